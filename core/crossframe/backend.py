@@ -1,0 +1,128 @@
+"""The backend interface: the compiled pieces a framework supplies to the one training loop.
+
+The loop owns everything else (data order, schedule, eval cadence, checkpoints, hooks). A
+backend holds its native state in an opaque object and works *state in, state out*, so the
+three framework styles fit one contract:
+
+- PyTorch (eager, mutable): the state holds an ``nn.Module`` and a ``torch.optim`` optimizer;
+  ``train_step`` mutates them and returns the same object.
+- JAX (functional): the state is a pytree of parameters and optax state; ``train_step`` is a
+  ``jax.jit`` function with donated buffers that returns a new state.
+- TensorFlow (graph): the state holds ``tf.Variable`` s and optimizer slots; ``train_step`` is a
+  ``tf.function`` that assigns to them and returns the same object.
+
+Values returned by ``train_step`` and ``eval_step`` stay on the device; the loop passes them
+to :meth:`Backend.fetch` only every ``train.log_every`` steps and once per evaluation.
+Gradient accumulation (``TrainSetup.grad_accum`` micro-batches per call), global-norm
+clipping and mixed precision happen inside ``train_step``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from crossframe.models.spec import ModelSpec, Params
+
+DEVICE_PREFERENCE = ("gpu", "tpu", "cpu")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do on this machine; the core checks every run against it first."""
+
+    devices: tuple[str, ...]
+    precisions: tuple[str, ...]
+    strategies: tuple[str, ...]
+    models: tuple[str, ...]
+    optimizers: tuple[str, ...]
+    compile: bool = False
+    can_train: bool = True
+    notes: dict[str, str] = field(default_factory=dict)  # e.g. {"tpu": "install torch_xla"}
+
+
+@dataclass
+class TrainSetup:
+    """Everything a backend needs to build a trainable state."""
+
+    spec: ModelSpec
+    weights: Params
+    optimizer: str = "sgd"
+    optimizer_params: dict[str, Any] = field(default_factory=lambda: {"lr": 0.01})
+    device: str = "cpu"  # resolved: cpu | gpu | tpu
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    grad_accum: int = 1
+    clip_norm: float | None = None
+    compile: bool = False
+    seed: int = 0
+
+    @property
+    def loss(self) -> str:
+        """``cross_entropy`` for classification, ``mse`` for regression."""
+        return "cross_entropy" if self.spec.data_info.task == "classification" else "mse"
+
+    @property
+    def decay_mask(self) -> dict[str, bool]:
+        """Whether weight decay applies, by canonical parameter name."""
+        return {p.name: p.decay for p in self.spec.table}
+
+
+class Backend(ABC):
+    """A training backend. Implementations import their framework lazily (in methods)."""
+
+    name: str = ""
+
+    @abstractmethod
+    def framework_version(self) -> str:
+        """The version of the framework behind this backend."""
+
+    @abstractmethod
+    def capabilities(self) -> Capabilities:
+        """Devices found, precisions, strategies, models and optimizers supported."""
+
+    @abstractmethod
+    def create_state(self, setup: TrainSetup) -> Any:
+        """Build the native model from canonical weights, plus optimizer state, on the device."""
+
+    @abstractmethod
+    def train_step(self, state: Any, batch: dict[str, np.ndarray], lr: float) -> tuple[Any, dict[str, Any]]:
+        """One optimizer step on ``batch`` (``grad_accum * batch_size`` examples) at rate ``lr``.
+
+        Returns the new state and device values, at least ``loss`` (mean over the batch) and,
+        when clipping is on, ``grad_norm`` (before clipping).
+        """
+
+    @abstractmethod
+    def eval_step(self, state: Any, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Device sums for one eval batch: ``loss_sum``, ``count`` and ``confusion`` or error sums."""
+
+    @abstractmethod
+    def predict(self, state: Any, x: np.ndarray) -> np.ndarray:
+        """Model outputs (logits or regression values) as float32 numpy, in eval mode."""
+
+    @abstractmethod
+    def fetch(self, values: Any) -> Any:
+        """Copy a nest of device values to host numpy (the only place the loop syncs)."""
+
+    @abstractmethod
+    def export_state(self, state: Any) -> tuple[Params, Params]:
+        """Canonical weights and canonical optimizer state (``<slot>/<param>`` and ``step``)."""
+
+    @abstractmethod
+    def load_state(self, state: Any, weights: Params, optimizer_state: Params | None) -> Any:
+        """Replace weights (and optimizer state when given) with canonical values; returns the state."""
+
+    def inference_state(self, spec: ModelSpec, weights: Params, device: str = "cpu",
+                        precision: str = "fp32") -> Any:
+        """A state for :meth:`predict` only (by default a training state with plain SGD)."""
+        return self.create_state(TrainSetup(spec, weights, device=device, precision=precision))  # type: ignore[arg-type]
+
+    def resolve_device(self, requested: str) -> str:
+        """``auto`` becomes the best device found; an explicit name is returned unchanged."""
+        if requested != "auto":
+            return requested
+        found = self.capabilities().devices
+        return next(d for d in DEVICE_PREFERENCE if d in found)

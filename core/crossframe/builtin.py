@@ -1,0 +1,85 @@
+"""The core's own plugin: it registers the neutral pieces through the same hooks as everyone.
+
+Each hook imports what it registers only when it runs, so loading this plugin costs nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crossframe import hookimpl
+
+
+@hookimpl
+def register_models(register: Any) -> None:
+    """Register ``mlp`` and ``cnn``."""
+    from crossframe.models import cnn, mlp
+
+    register("mlp", mlp.build_mlp, schema=mlp.MLPParams, description="multi-layer perceptron")
+    register("cnn", cnn.build_cnn, schema=cnn.CNNParams, description="small conv net on NHWC images")
+
+
+@hookimpl
+def register_datasets(register: Any) -> None:
+    """Register ``digits``, ``synthetic``, ``npz`` and ``csv``."""
+    from crossframe.data import sources as s
+
+    register("digits", s.load_digits, schema=s.DigitsParams, description="scikit-learn's 8x8 digits")
+    register("synthetic", s.load_synthetic, schema=s.SyntheticParams, description="seeded generated data")
+    register("npz", s.load_npz, schema=s.NpzParams, description="arrays from a .npz file")
+    register("csv", s.load_csv, schema=s.CsvParams, description="numeric CSV with a header row")
+
+
+@hookimpl
+def register_optimizers(register: Any) -> None:
+    """Register ``sgd``, ``adam`` and ``adamw``."""
+    from crossframe import optimizers as o
+
+    register("sgd", o.SGDParams, schema=o.SGDParams, description="SGD with optional momentum")
+    register("adam", o.AdamParams, schema=o.AdamParams, description="Adam (L2 weight decay)")
+    register("adamw", o.AdamWParams, schema=o.AdamWParams, description="Adam, decoupled weight decay")
+
+
+@hookimpl
+def register_schedules(register: Any) -> None:
+    """Register ``constant``, ``step``, ``exponential``, ``cosine`` and ``linear``."""
+    from crossframe import schedules as s
+
+    register("constant", s.constant, schema=s.WarmupParams, description="flat after warmup")
+    register("step", s.step_decay, schema=s.StepParams, description="x gamma every step_size")
+    register("exponential", s.exponential, schema=s.ExponentialParams, description="x gamma per step")
+    register("cosine", s.cosine, schema=s.CosineParams, description="warmup + cosine decay")
+    register("linear", s.linear, schema=s.LinearParams, description="warmup + linear decay")
+
+
+@hookimpl
+def register_metrics(register: Any) -> None:
+    """Register classification and regression metrics."""
+    from crossframe import metrics as m
+
+    cls, reg = ("classification",), ("regression",)
+    register("accuracy", m.accuracy, tasks=cls, description="fraction correct")
+    register("precision", m.macro_precision, tasks=cls, description="macro precision")
+    register("recall", m.macro_recall, tasks=cls, description="macro recall")
+    register("f1", m.macro_f1, tasks=cls, description="macro F1")
+    register("confusion_matrix", m.confusion_matrix, tasks=cls, description="[C, C] counts")
+    register("mae", m.mae, tasks=reg, description="mean absolute error")
+    register("rmse", m.rmse, tasks=reg, description="root mean squared error")
+
+
+@hookimpl
+def register_loggers(register: Any) -> None:
+    """Register ``jsonl`` and ``csv``."""
+    from crossframe import loggers as lg
+
+    register("jsonl", lg.JsonlLogger, schema=lg.FileParams, description="metrics.jsonl (always on)")
+    register("csv", lg.CsvLogger, schema=lg.FileParams, description="metrics.csv")
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    """Add ``run``, ``plugins`` and ``config``."""
+    from crossframe.cli import commands
+
+    for command in commands.COMMANDS:
+        cli.add_command(command)

@@ -1,0 +1,1 @@
+"""The ``crossframe`` command line."""

@@ -1,0 +1,105 @@
+"""The core's commands: ``run``, ``plugins`` and ``config show``. Heavy imports stay inside."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+
+@click.command("run")
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--backend", "-b", help="Backend to train on (overrides the config's 'backend').")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set train.steps=300 (repeatable).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu", "tpu"]), help="Shortcut for --set device=...")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), help="Shortcut for --set precision=...")
+@click.option("--resume", type=click.Path(), metavar="RUN_DIR",
+              help="Continue a run from its latest checkpoint (or a checkpoints/step_N directory).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def run_command(config: str | None, backend: str | None, overrides: tuple[str, ...], device: str | None,
+                precision: str | None, resume: str | None, quiet: bool) -> None:
+    """Train from CONFIG (YAML, TOML or JSON); with no CONFIG, the built-in quickstart."""
+    from crossframe.train.runner import run
+
+    extra = [f"device={device}"] * bool(device) + [f"precision={precision}"] * bool(precision)
+    try:
+        result = run(config, [*overrides, *extra], backend=backend, resume=resume, quiet=quiet)
+    except KeyboardInterrupt:
+        click.echo("interrupted: a checkpoint was written; continue with --resume RUN_DIR", err=True)
+        raise
+    scalars = {k: v for k, v in result.metrics.items() if not isinstance(v, (list, dict)) and _scalar(v)}
+    summary = "  ".join(f"{k} {v:.4f}" for k, v in scalars.items())
+    click.echo(f"{result.status} after {result.steps} steps: {summary}")
+    click.echo(f"run directory: {result.run_dir}")
+
+
+def _scalar(value: Any) -> bool:
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+@click.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--traceback", "show_tb", is_flag=True, help="Show the traceback of failed plugins.")
+def plugins_command(as_json: bool, show_tb: bool) -> None:
+    """List plugins: name, distribution, version, hooks, components and status."""
+    from crossframe.plugins import get_plugin_manager
+
+    manager = get_plugin_manager()
+    rows = []
+    for record in list(manager.records.values()):
+        provided = manager.provided_by(record.name) if record.status == "loaded" else {}
+        rows.append({
+            "name": record.name, "distribution": record.distribution, "version": record.version,
+            "module": record.module, "status": record.status, "error": record.error or None,
+            "hooks": record.hooks, "components": provided,
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="crossframe plugins")
+    for column in ("name", "distribution", "hooks", "components", "status"):
+        table.add_column(column, overflow="fold")
+    for row, record in zip(rows, manager.records.values(), strict=True):
+        comps = "\n".join(f"{kind}: {', '.join(names)}" for kind, names in row["components"].items())
+        dist = f"{row['distribution']} {row['version']}".strip()
+        status = record.describe_status()
+        style = {"loaded": "green", "disabled": "yellow"}.get(record.status, "red")
+        table.add_row(row["name"], dist, ", ".join(row["hooks"]), comps, f"[{style}]{status}[/{style}]")
+    Console().print(table)
+    if show_tb:
+        for record in manager.failures:
+            click.echo(f"--- {record.name}\n{record.traceback}", err=True)
+
+
+@click.group("config")
+def config_group() -> None:
+    """Inspect configs."""
+
+
+@config_group.command("show")
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--backend", "-b", help="Override the backend.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a value (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML.")
+def config_show(config: str | None, backend: str | None, overrides: tuple[str, ...], as_json: bool) -> None:
+    """Print the resolved config (defaults filled in) of CONFIG, or of the quickstart."""
+    from crossframe.config.loading import config_to_dict, dump_yaml, load_config
+
+    resolved = load_config(config, overrides, backend=backend)
+    if as_json:
+        click.echo(json.dumps(config_to_dict(resolved), indent=2))
+    else:
+        sys.stdout.write(dump_yaml(resolved))
+
+
+COMMANDS = [run_command, plugins_command, config_group]

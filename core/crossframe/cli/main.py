@@ -1,0 +1,94 @@
+"""The entry point: builds the command group from plugins and turns errors into one line.
+
+``--debug`` shows tracebacks; ``--disable-plugin NAME`` (repeatable) skips an entry point.
+Both are read before the group is built, since plugins contribute commands.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+import click
+
+from crossframe import __version__
+
+EXIT_USAGE = 2
+
+
+def _pre_parse(argv: list[str]) -> tuple[bool, list[str]]:
+    """Find ``--debug`` and ``--disable-plugin`` before click runs (they shape the CLI itself)."""
+    debug = "--debug" in argv or os.environ.get("CROSSFRAME_DEBUG", "") not in ("", "0")
+    disabled: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--disable-plugin" and i + 1 < len(argv):
+            disabled.append(argv[i + 1])
+        elif arg.startswith("--disable-plugin="):
+            disabled.append(arg.split("=", 1)[1])
+    return debug, disabled
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="crossframe")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("--disable-plugin", "disabled", multiple=True, metavar="NAME",
+              help="Do not load the plugin with this entry-point name (repeatable).")
+def cli(debug: bool, disabled: tuple[str, ...]) -> None:
+    """crossframe: data -> train -> compress -> export -> compare, on any framework."""
+
+
+def build_cli(disabled: Sequence[str] = ()) -> click.Group:
+    """Load plugins and let each add its commands (a failing one is reported and skipped)."""
+    from crossframe.plugins import configure
+
+    manager = configure(disabled=disabled)
+    for record in manager.failures:
+        click.echo(f"crossframe: plugin '{record.name}' failed and was skipped: {record.error}", err=True)
+    for impl in manager.pm.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:
+            click.echo(f"crossframe: plugin '{impl.plugin_name}' failed to add commands: {exc}", err=True)
+    return cli
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns (and, as a script, exits with) the exit code."""
+    from crossframe.errors import CrossframeError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug, disabled = _pre_parse(args)
+    try:
+        group = build_cli(disabled)
+        group.main(args=args, prog_name="crossframe", standalone_mode=False)
+        return 0
+    except CrossframeError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        if debug:
+            raise
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        return exc.exit_code if exc.exit_code else EXIT_USAGE
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+
+
+def entry() -> None:
+    """Console-script wrapper."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

@@ -1,0 +1,182 @@
+"""Reading config files (YAML, TOML, JSON), applying overrides, resolving and saving configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from crossframe.config.schema import ComponentConfig, RunConfig
+from crossframe.config.validation import describe, validate_params
+from crossframe.errors import ConfigError, UsageError
+
+DEFAULT_CONFIG = "quickstart.yaml"
+
+
+def default_config_text() -> str:
+    """The built-in quickstart config (also ``examples/quickstart.yaml``)."""
+    return resources.files("crossframe.presets").joinpath(DEFAULT_CONFIG).read_text()
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse a YAML, TOML or JSON file into a dict; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file '{path}' not found")
+    text = path.read_text()
+    suffix = path.suffix.lower()
+    try:
+        if suffix in {".yaml", ".yml"}:
+            data = yaml.safe_load(text)
+        elif suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise UsageError(f"config file '{path}': unknown format '{suffix}'; use .yaml, .yml, .toml or .json")
+    except (yaml.YAMLError, json.JSONDecodeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()
+        raise ConfigError(f"config file '{path}': not valid {suffix[1:].upper()}: "
+                          f"{' '.join(first[:1] + first[-1:]) if first else exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}': the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML: numbers, lists, booleans)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set '{item}': expected KEY=VALUE, e.g. train.steps=300")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                node = _list_item(node, part, ".".join(parts[: i + 1]))
+                continue
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, (dict, list)):
+                raise UsageError(f"--set '{item}': '{'.'.join(parts[: i + 1])}' is a value, not a section")
+            node = child
+        if isinstance(node, list):
+            index = int(_list_index(node, parts[-1], key))
+            node[index] = value
+        else:
+            node[parts[-1]] = value
+    return data
+
+
+def _list_index(items: list, part: str, where: str) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise UsageError(f"--set: '{where}' needs an index below {len(items)}")
+    return int(part)
+
+
+def _list_item(items: list, part: str, where: str) -> Any:
+    return items[_list_index(items, part, where)]
+
+
+def parse_config(data: Mapping[str, Any]) -> RunConfig:
+    """Validate a raw mapping against :class:`RunConfig` (components not yet resolved)."""
+    try:
+        return RunConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, RunConfig)) from None
+
+
+def _resolved(component: ComponentConfig, kind: str, where: str, cls: type = ComponentConfig) -> Any:
+    from crossframe.plugins import component as lookup
+
+    comp = lookup(kind, component.name, f"{where}.name")
+    validated = validate_params(comp.schema, component.params, where)
+    values = validated.model_dump() if isinstance(validated, BaseModel) else {}
+    fixed = {k: v for k, v in component.model_dump().items() if k not in (component.model_extra or {})}
+    return cls.model_validate({**fixed, **values})
+
+
+def resolve(config: RunConfig) -> RunConfig:
+    """Check every component against its plugin's schema and fill in their defaults."""
+    from crossframe.plugins import component as lookup
+
+    lookup("backend", config.backend, "backend")
+    out = config.model_copy(deep=True)
+    out.data = _resolved(config.data, "dataset", "data", type(config.data))
+    out.model = _resolved(config.model, "model", "model")
+    out.train.optimizer = _resolved(config.train.optimizer, "optimizer", "train.optimizer")
+    out.train.schedule = _resolved(config.train.schedule, "schedule", "train.schedule")
+    out.loggers = [_resolved(lg, "logger", f"loggers.{i}") for i, lg in enumerate(config.loggers)]
+    for i, name in enumerate(config.train.metrics or []):
+        lookup("metric", name, f"train.metrics.{i}")
+    return out
+
+
+def load_config(
+    source: str | os.PathLike | Mapping[str, Any] | RunConfig | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    backend: str | None = None,
+    resolve_components: bool = True,
+) -> RunConfig:
+    """Load, override and validate a config.
+
+    ``source`` is a path, a mapping, a :class:`RunConfig` or ``None`` for the built-in
+    quickstart. ``overrides`` are ``a.b=c`` strings; ``backend`` replaces ``backend``.
+    """
+    if source is None:
+        data = yaml.safe_load(default_config_text())
+    elif isinstance(source, RunConfig):
+        data = source.model_dump(exclude_none=True)
+    elif isinstance(source, Mapping):
+        data = json.loads(json.dumps(source))  # a deep copy that rejects non-JSON values early
+    else:
+        data = read_config_file(source)
+    data = apply_overrides(data, overrides)
+    if backend:
+        data["backend"] = backend
+    config = parse_config(data)
+    return resolve(config) if resolve_components else config
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """The config as plain data, ``None`` values dropped."""
+    return config.model_dump(mode="json", exclude_none=True)
+
+
+def dump_yaml(config: RunConfig) -> str:
+    """The config as YAML text, in field order."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so readers see the old file or the new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

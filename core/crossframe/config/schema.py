@@ -1,0 +1,94 @@
+"""The run config: pydantic models for everything a run needs, with defaults.
+
+Components (``data``, ``model``, ``train.optimizer``, ``train.schedule``, ``loggers``) are
+``{name: ..., <params>}``; their params are validated by the schema their plugin registered
+(see :func:`crossframe.config.loading.resolve`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat,
+                      PositiveInt, model_validator)
+
+
+class Strict(BaseModel):
+    """Base of every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ComponentConfig(BaseModel):
+    """``{name: ..., <params>}``: the params are validated by the component's own schema."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Everything but ``name``."""
+        return dict(self.model_extra or {})
+
+
+class DataConfig(ComponentConfig):
+    """``data``: a dataset source plus the split every source shares."""
+
+    name: str = "digits"
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="used when the source has no validation part")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The source's own params (everything but ``name`` and ``val_fraction``)."""
+        return dict(self.model_extra or {})
+
+
+class EarlyStoppingConfig(Strict):
+    """``train.early_stopping``: stop when ``monitor`` has not improved for ``patience`` evals."""
+
+    monitor: str = "val/loss"
+    mode: Literal["min", "max", "auto"] = "auto"
+    patience: PositiveInt = 5
+    min_delta: NonNegativeFloat = 0.0
+
+
+class TrainConfig(Strict):
+    """``train``: the loop's budget, batching, optimisation and intervals."""
+
+    steps: PositiveInt | None = Field(None, description="optimizer steps (or give epochs)")
+    epochs: PositiveInt | None = None
+    batch_size: PositiveInt = 64
+    grad_accum: PositiveInt = Field(1, description="micro-batches of batch_size per optimizer step")
+    clip_norm: PositiveFloat | None = Field(None, description="global gradient-norm clip")
+    optimizer: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="adamw"))
+    schedule: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="constant"))
+    eval_every: NonNegativeInt = Field(0, description="steps between evals; 0 = only at the end")
+    eval_batch_size: PositiveInt = 512
+    log_every: PositiveInt = 10
+    checkpoint_every: NonNegativeInt = Field(0, description="steps between checkpoints; 0 = only at the end")
+    keep_checkpoints: PositiveInt = 3
+    early_stopping: EarlyStoppingConfig | None = None
+    metrics: list[str] | None = Field(None, description="eval metrics; default depends on the task")
+    compile: bool = Field(False, description="compile the step (torch.compile, XLA, ...)")
+
+    @model_validator(mode="after")
+    def _budget(self) -> TrainConfig:
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give either steps or epochs, not both")
+        return self
+
+
+class RunConfig(Strict):
+    """The whole run. Defaults make ``RunConfig()`` a valid (if small) job."""
+
+    name: str | None = Field(None, description="run directory name; default <model>-<backend>-<time>")
+    backend: str = "torch"
+    device: Literal["auto", "cpu", "gpu", "tpu"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    strategy: Literal["single", "data_parallel", "fully_sharded"] = "single"
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="mlp"))
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    loggers: list[ComponentConfig] = Field(default_factory=list)

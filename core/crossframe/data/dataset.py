@@ -1,0 +1,92 @@
+"""In-memory datasets of numpy arrays and what a model needs to know about them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from crossframe.errors import DataError
+
+Task = Literal["classification", "regression"]
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """The shape of one example and the target a model must produce."""
+
+    task: Task
+    input_shape: tuple[int, ...]
+    num_outputs: int
+    class_names: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict (stored with checkpoints so a model can be rebuilt)."""
+        return {"task": self.task, "input_shape": list(self.input_shape),
+                "num_outputs": self.num_outputs, "class_names": list(self.class_names)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> DataInfo:
+        """Inverse of :meth:`to_json`."""
+        return cls(data["task"], tuple(data["input_shape"]), int(data["num_outputs"]),
+                   tuple(data.get("class_names", ())))
+
+
+@dataclass
+class Dataset:
+    """Features ``x`` (float32, ``[N, *input_shape]``) and targets ``y``.
+
+    Classification targets are int64 class ids; regression targets are float32 ``[N, k]``.
+    ``x_val`` / ``y_val`` may be given by the source; otherwise the run splits ``x``.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    task: Task
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    class_names: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        self.x = np.ascontiguousarray(self.x, dtype=np.float32)
+        self.y = self._targets(self.y)
+        if len(self.x) != len(self.y):
+            raise DataError(f"data: {len(self.x)} inputs but {len(self.y)} targets")
+        if self.x_val is not None and self.y_val is not None:
+            self.x_val = np.ascontiguousarray(self.x_val, dtype=np.float32)
+            self.y_val = self._targets(self.y_val)
+
+    def _targets(self, y: np.ndarray) -> np.ndarray:
+        if self.task == "classification":
+            if not np.all(np.equal(np.mod(y, 1), 0)):
+                raise DataError("data: classification targets must be integer class ids")
+            return np.ascontiguousarray(y, dtype=np.int64).reshape(-1)
+        y = np.asarray(y, dtype=np.float32)
+        return np.ascontiguousarray(y.reshape(len(y), -1))
+
+    @property
+    def info(self) -> DataInfo:
+        """The :class:`DataInfo` a model is built from."""
+        if self.task == "classification":
+            labels = self.y if self.y_val is None else np.concatenate([self.y, self.y_val])
+            outputs = max(int(labels.max()) + 1, len(self.class_names))
+        else:
+            outputs = int(self.y.shape[1])
+        return DataInfo(self.task, tuple(int(d) for d in self.x.shape[1:]), outputs, self.class_names)
+
+    def split(self, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+        """Train and validation parts: the source's own, or a seeded random split."""
+        if self.x_val is not None and self.y_val is not None:
+            return (Dataset(self.x, self.y, self.task, class_names=self.class_names),
+                    Dataset(self.x_val, self.y_val, self.task, class_names=self.class_names))
+        order = np.random.default_rng([seed, 7919]).permutation(len(self.x))
+        n_val = int(round(len(self.x) * val_fraction))
+        if n_val >= len(self.x):
+            raise DataError(f"data.val_fraction: {val_fraction} leaves no training examples")
+        val, train = order[:n_val], order[n_val:]
+        return (Dataset(self.x[train], self.y[train], self.task, class_names=self.class_names),
+                Dataset(self.x[val], self.y[val], self.task, class_names=self.class_names))
+
+    def __len__(self) -> int:
+        return len(self.x)

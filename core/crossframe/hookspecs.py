@@ -1,0 +1,190 @@
+"""Every crossframe hook, one function each; the docstring is the contract.
+
+A plugin implements hooks with ``@crossframe.hookimpl`` and is registered through the
+``crossframe`` entry-point group (the core registers its own pieces the same way).
+
+Registration hooks (``register_*``) receive a ``register`` callback. They run lazily, the
+first time a component of that kind is needed, once per process, and must stay cheap: a
+plugin registers *factories* and imports its framework only when a factory is called.
+
+Lifecycle hooks (``on_*``) are called by the training loop. They receive the live
+:class:`crossframe.train.Run` and may read anything on it; setting ``run.should_stop = True``
+ends training after the current step (a checkpoint is written first).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("crossframe")
+
+
+# --------------------------------------------------------------------------- registration
+
+
+@hookspec
+def register_backends(register: Any) -> None:
+    """Register training backends.
+
+    Called the first time a backend is looked up or listed.
+    ``register(name, factory, *, description="")``: ``factory()`` returns an object that
+    implements :class:`crossframe.backend.Backend`; it may import its framework.
+    Returns nothing.
+    """
+
+
+@hookspec
+def register_models(register: Any) -> None:
+    """Register model architectures.
+
+    Called the first time a model is looked up or listed.
+    ``register(name, builder, *, schema, description="")``: ``schema`` is a pydantic model
+    of the architecture's params; ``builder(params, data_info)`` returns a
+    :class:`crossframe.models.ModelSpec` (canonical parameter table, seeded initialiser,
+    numpy reference forward). Returns nothing.
+    """
+
+
+@hookspec
+def register_datasets(register: Any) -> None:
+    """Register dataset sources.
+
+    Called the first time a dataset is looked up or listed.
+    ``register(name, loader, *, schema, description="")``: ``loader(params)`` returns a
+    :class:`crossframe.data.Dataset` of numpy arrays. Returns nothing.
+    """
+
+
+@hookspec
+def register_optimizers(register: Any) -> None:
+    """Register optimizer names and their param schemas.
+
+    Called the first time an optimizer is looked up or listed.
+    ``register(name, schema, *, description="")``: the schema validates ``train.optimizer``;
+    each backend maps the name to its native optimizer and lists the names it supports in
+    its capabilities. Returns nothing.
+    """
+
+
+@hookspec
+def register_schedules(register: Any) -> None:
+    """Register learning-rate schedules.
+
+    Called the first time a schedule is looked up or listed.
+    ``register(name, factory, *, schema, description="")``: ``factory(params, base_lr,
+    total_steps)`` returns a pure function ``step -> lr`` (``step`` counts optimizer steps
+    from 0). Returns nothing.
+    """
+
+
+@hookspec
+def register_metrics(register: Any) -> None:
+    """Register evaluation metrics.
+
+    Called the first time a metric is looked up or listed.
+    ``register(name, fn, *, tasks=("classification",), description="")``: ``fn(totals)``
+    takes :class:`crossframe.metrics.EvalTotals` (host numpy sums gathered once per eval)
+    and returns a float or an array. Returns nothing.
+    """
+
+
+@hookspec
+def register_loggers(register: Any) -> None:
+    """Register metric loggers.
+
+    Called the first time a logger is looked up or listed.
+    ``register(name, factory, *, schema, description="")``: ``factory(params, run_dir)``
+    returns an object with ``log_config(config)``, ``log_metrics(step, metrics)`` and
+    ``close()``. Returns nothing.
+    """
+
+
+@hookspec
+def register_tokenizers(register: Any) -> None:
+    """Register text tokenizers.
+
+    Called the first time a tokenizer is looked up or listed.
+    ``register(name, factory, *, schema, description="")``: ``factory(params)`` returns a
+    tokenizer with ``encode(text) -> list[int]``, ``decode(ids) -> str`` and ``vocab_size``.
+    Returns nothing.
+    """
+
+
+@hookspec
+def register_compressors(register: Any) -> None:
+    """Register model compressors (pruning, quantisation, low-rank, ...).
+
+    Called the first time a compressor is looked up or listed.
+    ``register(name, factory, *, schema, description="")``: ``factory(params)`` returns a
+    compressor that acts on canonical weights. Returns nothing.
+    """
+
+
+@hookspec
+def register_exporters(register: Any) -> None:
+    """Register model exporters (ONNX, native formats).
+
+    Called the first time an exporter is looked up or listed.
+    ``register(name, factory, *, schema, description="")``: ``factory(params)`` returns an
+    exporter for one or more backends. Returns nothing.
+    """
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add commands to the ``crossframe`` command line.
+
+    Called once when the CLI is built, before arguments are parsed, so it must be cheap.
+    ``cli`` is the root :class:`click.Group`; call ``cli.add_command(...)``. Returns nothing.
+    """
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+@hookspec
+def on_run_start(run: Any) -> None:
+    """Called once the run directory, backend, model and data are ready, before step one.
+
+    ``run`` is the :class:`crossframe.train.Run` (config, run_dir, step, backend name).
+    Returns nothing.
+    """
+
+
+@hookspec
+def on_step_end(run: Any, step: int, batch: dict, logs: dict | None) -> None:
+    """Called after every optimizer step.
+
+    ``step`` is the number of optimizer steps done so far (1 after the first step);
+    ``batch`` is the host numpy batch just consumed; ``logs`` holds host metrics on log steps
+    (every ``train.log_every``) and is ``None`` otherwise, so implementations never force a
+    device sync. Set ``run.should_stop = True`` to stop after this step. Returns nothing.
+    """
+
+
+@hookspec
+def on_eval_end(run: Any, step: int, metrics: dict) -> None:
+    """Called after each evaluation with the host metrics (``val/loss``, ``val/accuracy``...).
+
+    Returns nothing.
+    """
+
+
+@hookspec
+def on_checkpoint_saved(run: Any, step: int, path: Any) -> None:
+    """Called after a checkpoint has been written and made durable at ``path``.
+
+    Returns nothing.
+    """
+
+
+@hookspec
+def on_run_end(run: Any, status: str, metrics: dict) -> None:
+    """Called once when the run ends.
+
+    ``status`` is ``"completed"``, ``"stopped"`` (early stopping or ``run.should_stop``),
+    ``"interrupted"`` (Ctrl-C) or ``"failed"``; ``metrics`` are the last eval metrics.
+    Returns nothing.
+    """

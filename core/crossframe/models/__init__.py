@@ -1,0 +1,14 @@
+"""Neutral model architectures: canonical parameter tables, seeded init, numpy reference forward."""
+
+from crossframe.models.spec import LAYOUTS, ModelSpec, Params, ParamSpec
+
+__all__ = ["LAYOUTS", "ModelSpec", "ParamSpec", "Params", "build_model"]
+
+
+def build_model(name: str, params: dict, data_info: object) -> ModelSpec:
+    """Build the spec of the registered architecture ``name`` from raw ``params``."""
+    from crossframe.config.validation import validate_params
+    from crossframe.plugins import component
+
+    comp = component("model", name, "model.name")
+    return comp.obj(validate_params(comp.schema, params, "model"), data_info)

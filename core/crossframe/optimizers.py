@@ -1,0 +1,53 @@
+"""Neutral optimizer descriptions: names and param schemas. Backends map them to native optimizers.
+
+The update rules are the usual ones, written here so every backend agrees:
+
+- ``sgd``: ``v = momentum * v + g`` (``v = g`` without momentum; ``nesterov`` uses ``g + momentum * v``),
+  ``p -= lr * v``; ``weight_decay`` adds ``weight_decay * p`` to ``g``.
+- ``adam``: Adam with bias correction, ``p -= lr * m_hat / (sqrt(v_hat) + eps)``; ``weight_decay``
+  is L2 (added to ``g``).
+- ``adamw``: Adam with decoupled weight decay, ``p -= lr * weight_decay * p`` as well.
+
+Weight decay never touches parameters whose :class:`~crossframe.models.ParamSpec` says
+``decay=False`` (biases, norms). Optimizer state is saved in canonical layout under
+``<slot>/<param>`` (slots: ``momentum`` for sgd, ``exp_avg`` / ``exp_avg_sq`` for adam and
+adamw) plus a ``step`` count.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat
+
+
+class SGDParams(BaseModel):
+    """``train.optimizer: {name: sgd}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    lr: PositiveFloat = 0.01
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: NonNegativeFloat = 0.0
+
+
+class AdamParams(BaseModel):
+    """``train.optimizer: {name: adam | adamw}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    lr: PositiveFloat = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+    weight_decay: NonNegativeFloat = 0.0
+
+
+class AdamWParams(AdamParams):
+    """``train.optimizer: {name: adamw}`` (decoupled weight decay, 0.01 by default)."""
+
+    weight_decay: NonNegativeFloat = 0.01
+
+
+#: optimizer name -> its state slots, in canonical naming
+STATE_SLOTS: dict[str, tuple[str, ...]] = {
+    "sgd": ("momentum",),
+    "adam": ("exp_avg", "exp_avg_sq"),
+    "adamw": ("exp_avg", "exp_avg_sq"),
+}

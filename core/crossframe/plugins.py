@@ -1,0 +1,289 @@
+"""Finding, loading and guarding plugins; the component registry they fill.
+
+Each ``crossframe`` entry point is loaded inside its own guard: a plugin that fails to import,
+declares a hook that does not exist, or raises while registering is recorded with its error
+and skipped, and everything else keeps working. ``CROSSFRAME_STRICT_PLUGINS=1`` turns any such
+failure into an error. ``CROSSFRAME_DISABLE_PLUGIN_AUTOLOAD=1`` loads no entry point,
+``CROSSFRAME_PLUGINS=a,b`` loads only those, ``CROSSFRAME_DISABLE_PLUGINS=a,b`` (and the CLI's
+``--disable-plugin``) skips some; names are entry-point names.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from crossframe import hookspecs
+from crossframe.errors import PluginError, did_you_mean, one_of
+
+ENTRY_POINT_GROUP = "crossframe"
+CORE_PLUGIN = "crossframe"
+
+#: component kind -> the registration hook that fills it
+KINDS: dict[str, str] = {
+    "backend": "register_backends",
+    "model": "register_models",
+    "dataset": "register_datasets",
+    "optimizer": "register_optimizers",
+    "schedule": "register_schedules",
+    "metric": "register_metrics",
+    "logger": "register_loggers",
+    "tokenizer": "register_tokenizers",
+    "compressor": "register_compressors",
+    "exporter": "register_exporters",
+}
+
+
+@dataclass
+class Component:
+    """One registered piece: a backend factory, a model builder, a schedule, ..."""
+
+    kind: str
+    name: str
+    obj: Any
+    plugin: str
+    schema: Any = None
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PluginRecord:
+    """What is known about one plugin: where it came from and whether it works."""
+
+    name: str
+    distribution: str = ""
+    version: str = ""
+    module: str = ""
+    status: str = "loaded"  # loaded | failed | disabled
+    error: str = ""
+    traceback: str = ""
+    hooks: list[str] = field(default_factory=list)
+
+    def describe_status(self) -> str:
+        """``loaded``, ``disabled`` or ``failed: <why>`` for listings."""
+        return f"failed: {self.error}" if self.status == "failed" else self.status
+
+
+def _env_list(name: str) -> list[str]:
+    return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+class PluginManager:
+    """crossframe's view of pluggy: guarded loading, listing and a lazy component registry."""
+
+    def __init__(self, disabled: Iterable[str] = (), strict: bool | None = None) -> None:
+        self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+        self.pm.add_hookspecs(hookspecs)
+        self.strict = _env_flag("CROSSFRAME_STRICT_PLUGINS") if strict is None else strict
+        self.disabled = set(disabled) | set(_env_list("CROSSFRAME_DISABLE_PLUGINS"))
+        self.records: dict[str, PluginRecord] = {}
+        self._components: dict[str, dict[str, Component]] = {}
+        self._loaded = False
+
+    # ------------------------------------------------------------------ loading
+
+    def load(self) -> PluginManager:
+        """Register the core plugin and every allowed entry point (once)."""
+        if self._loaded:
+            return self
+        self._loaded = True
+        from crossframe import builtin
+
+        self._register(CORE_PLUGIN, builtin, distribution="crossframe", module=builtin.__name__)
+        if _env_flag("CROSSFRAME_DISABLE_PLUGIN_AUTOLOAD"):
+            return self
+        allow = set(_env_list("CROSSFRAME_PLUGINS"))
+        seen: set[str] = set()
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in seen:
+                continue
+            seen.add(ep.name)
+            dist = getattr(ep, "dist", None)
+            record = PluginRecord(
+                name=ep.name,
+                distribution=dist.metadata["Name"] if dist else "",
+                version=dist.version if dist else "",
+                module=ep.value,
+            )
+            self.records[ep.name] = record
+            if ep.name in self.disabled or (allow and ep.name not in allow):
+                record.status = "disabled"
+                continue
+            try:
+                obj = ep.load()
+            except BaseException as exc:  # a plugin must never take the host down
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                self._fail(record, f"import of '{ep.value}' raised {type(exc).__name__}: {exc}")
+                continue
+            self._register(ep.name, obj, record=record)
+        return self
+
+    def register(self, plugin: Any, name: str) -> None:
+        """Register an in-process plugin object (tests, notebooks, ``crossframe.testing``)."""
+        self.load()
+        self._register(name, plugin, module=getattr(plugin, "__name__", type(plugin).__name__))
+        self._components.clear()
+
+    def unregister(self, name: str) -> None:
+        """Remove a plugin registered under ``name`` and forget the components it gave."""
+        if self.pm.has_plugin(name):
+            self.pm.unregister(name=name)
+        self.records.pop(name, None)
+        self._components.clear()
+
+    def _register(
+        self,
+        name: str,
+        obj: Any,
+        record: PluginRecord | None = None,
+        distribution: str = "",
+        module: str = "",
+    ) -> None:
+        record = record or PluginRecord(name=name, distribution=distribution, module=module)
+        self.records[name] = record
+        unknown = self._unknown_hooks(obj)
+        if unknown:
+            self._fail(record, unknown)
+            return
+        try:
+            self.pm.register(obj, name=name)
+        except Exception as exc:
+            self._fail(record, f"invalid hook implementation: {exc}")
+            return
+        record.hooks = sorted(impl.name for impl in self.pm.get_hookcallers(obj) or [])
+
+    def _unknown_hooks(self, obj: Any) -> str:
+        """Describe hook implementations that match no hook spec (a misspelt hook name)."""
+        known = [name for name in dir(hookspecs) if name.startswith(("register_", "on_"))]
+        for attr in dir(obj):
+            opts = self.pm.parse_hookimpl_opts(obj, attr)
+            if opts is None or opts.get("optionalhook"):
+                continue
+            if attr not in known:
+                return f"implements unknown hook '{attr}'{did_you_mean(attr, known)}"
+        return ""
+
+    def _fail(self, record: PluginRecord, message: str) -> None:
+        record.status = "failed"
+        record.error = message
+        record.traceback = traceback.format_exc() if sys.exc_info()[0] else ""
+        if self.pm.has_plugin(record.name):
+            self.pm.unregister(name=record.name)
+        if self.strict:
+            raise PluginError(f"plugin '{record.name}' {message} (CROSSFRAME_STRICT_PLUGINS is set)")
+
+    def check_pending(self) -> None:
+        """Fail loudly if any registered plugin implements a hook that has no spec."""
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"plugin '{exc.plugin_name}': {exc}") from exc
+
+    @property
+    def hook(self) -> Any:
+        """The pluggy hook relay, for calling lifecycle hooks."""
+        return self.load().pm.hook
+
+    @property
+    def failures(self) -> list[PluginRecord]:
+        """Plugins that failed to load or register."""
+        self.load()
+        return [r for r in self.records.values() if r.status == "failed"]
+
+    # ------------------------------------------------------------------ components
+
+    def components(self, kind: str) -> dict[str, Component]:
+        """All components of ``kind`` by name, calling its registration hook on first use."""
+        if kind not in KINDS:
+            raise PluginError(f"unknown component kind '{kind}'; expected {one_of(KINDS)}")
+        self.load()
+        if kind not in self._components:
+            self._components[kind] = self._collect(kind)
+        return self._components[kind]
+
+    def _collect(self, kind: str) -> dict[str, Component]:
+        found: dict[str, Component] = {}
+        caller = getattr(self.pm.hook, KINDS[kind])
+        for impl in caller.get_hookimpls():  # registration order: the core first
+            plugin = impl.plugin_name
+            added: list[Component] = []
+
+            def register(name: str, obj: Any, *, schema: Any = None, description: str = "",
+                         _added: list[Component] = added, _plugin: str = plugin, **extra: Any) -> None:
+                _added.append(Component(kind, name, obj, _plugin, schema, description, extra))
+
+            try:
+                impl.function(**{arg: register for arg in impl.argnames})
+            except Exception as exc:
+                record = self.records.setdefault(plugin, PluginRecord(name=plugin))
+                self._fail(record, f"{KINDS[kind]} raised {type(exc).__name__}: {exc}")
+                continue
+            for comp in added:
+                if comp.name in found and found[comp.name].plugin != plugin:
+                    first = found[comp.name].plugin
+                    print(f"crossframe: {kind} '{comp.name}' from plugin '{plugin}' ignored: "
+                          f"already provided by '{first}'", file=sys.stderr)
+                    continue
+                found[comp.name] = comp
+        return found
+
+    def get(self, kind: str, name: str, field_name: str | None = None) -> Component:
+        """The component ``name`` of ``kind``, or a one-line error listing what exists."""
+        available = self.components(kind)
+        if name in available:
+            return available[name]
+        where = f"{field_name}: " if field_name else ""
+        hint = did_you_mean(name, available)
+        broken = [r.name for r in self.failures]
+        extra = f" (plugins that failed to load: {', '.join(broken)})" if broken else ""
+        raise PluginError(f"{where}unknown {kind} '{name}'{hint}; available: {one_of(available)}{extra}")
+
+    def provided_by(self, plugin: str) -> dict[str, list[str]]:
+        """Component names by kind that ``plugin`` provides (calls every registration hook)."""
+        out: dict[str, list[str]] = {}
+        for kind in KINDS:
+            names = [c.name for c in self.components(kind).values() if c.plugin == plugin]
+            if names:
+                out[kind] = sorted(names)
+        return out
+
+
+_manager: PluginManager | None = None
+
+
+def get_plugin_manager() -> PluginManager:
+    """The process-wide plugin manager, loading plugins on first use."""
+    global _manager
+    if _manager is None:
+        _manager = PluginManager()
+    return _manager.load()
+
+
+def configure(disabled: Iterable[str] = (), strict: bool | None = None) -> PluginManager:
+    """Replace the process-wide manager (the CLI calls this before anything loads)."""
+    global _manager
+    _manager = PluginManager(disabled=disabled, strict=strict)
+    return _manager.load()
+
+
+def component(kind: str, name: str, field_name: str | None = None) -> Component:
+    """Shortcut: look up one component in the process-wide manager."""
+    return get_plugin_manager().get(kind, name, field_name)
+
+
+hookimpl = pluggy.HookimplMarker(ENTRY_POINT_GROUP)
+
+Factory = Callable[..., Any]

@@ -1,0 +1,174 @@
+"""The one training loop: every backend trains through it.
+
+It owns the data order, the learning-rate schedule, evaluation, early stopping, logging,
+checkpoints and lifecycle hooks; a backend supplies only compiled steps (see
+:mod:`crossframe.backend`). Device values are fetched only on log steps and evaluations.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossframe import __version__
+from crossframe.backend import Backend
+from crossframe.checkpoint import save_checkpoint
+from crossframe.config.schema import RunConfig
+from crossframe.data.dataset import Dataset
+from crossframe.data.loader import BatchLoader, eval_batches
+from crossframe.errors import RunError
+from crossframe.metrics import EvalTotals, loss
+from crossframe.models.spec import ModelSpec
+from crossframe.train.early_stopping import EarlyStopping
+from crossframe.train.progress import Progress
+
+
+@dataclass
+class Run:
+    """A live run, as lifecycle hooks see it. Set ``should_stop`` to end it after this step."""
+
+    config: RunConfig
+    run_dir: Path
+    backend: Backend
+    spec: ModelSpec
+    total_steps: int
+    device: str
+    step: int = 0
+    should_stop: bool = False
+    status: str = "running"
+    last_eval: dict[str, Any] = field(default_factory=dict)
+    last_checkpoint: Path | None = None
+
+    @property
+    def backend_name(self) -> str:
+        """The backend's registered name."""
+        return self.config.backend
+
+
+class Trainer:
+    """Drives one :class:`Run` from its current step to its budget."""
+
+    def __init__(self, run: Run, state: Any, loader: BatchLoader, val: Dataset,
+                 schedule: Callable[[int], float], metric_fns: dict[str, Callable[[EvalTotals], Any]],
+                 loggers: list[Any], hook: Any, progress: Progress,
+                 early_stopping: EarlyStopping | None) -> None:
+        self.run, self.state, self.loader, self.val = run, state, loader, val
+        self.schedule, self.metric_fns, self.loggers, self.hook = schedule, metric_fns, loggers, hook
+        self.progress, self.early_stopping = progress, early_stopping
+        cfg = run.config.train
+        self.log_every, self.eval_every, self.ckpt_every = cfg.log_every, cfg.eval_every, cfg.checkpoint_every
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self) -> str:
+        """Train until the budget is spent or something asks to stop; returns the status."""
+        run, backend, total = self.run, self.run.backend, self.run.total_steps
+        step_hook = self.hook.on_step_end if self.hook.on_step_end.get_hookimpls() else None
+        pending: list[dict[str, Any]] = []
+        window = (time.perf_counter(), run.step)
+        try:
+            while run.step < total and not run.should_stop:
+                step = run.step
+                batch = self.loader.batch(step)
+                lr = self.schedule(step)
+                self.state, out = backend.train_step(self.state, batch, lr)
+                pending.append(out)
+                run.step = done = step + 1
+                logs = None
+                if done % self.log_every == 0 or done == total:
+                    logs, window = self._log(pending, lr, window)
+                    pending = []
+                if step_hook is not None:
+                    step_hook(run=run, step=done, batch=batch, logs=logs)
+                if logs is None:
+                    self.progress.update(done)
+                if self.eval_every and done % self.eval_every == 0 and done != total:
+                    self.evaluate()
+                if self.ckpt_every and done % self.ckpt_every == 0 and done != total:
+                    self.save()
+        except KeyboardInterrupt:
+            run.status = "interrupted"
+            self.save()
+            raise
+        run.status = "completed" if run.step >= total else "stopped"
+        if run.last_eval.get("step") != run.step:
+            self.evaluate()
+        self.save()
+        return run.status
+
+    def _log(self, pending: list[dict[str, Any]], lr: float,
+             window: tuple[float, int]) -> tuple[dict[str, Any], tuple[float, int]]:
+        host = self.run.backend.fetch(pending)  # the one sync of this window
+        now, done = time.perf_counter(), self.run.step
+        steps = done - window[1]
+        logs: dict[str, Any] = {
+            "train/loss": float(np.mean([h["loss"] for h in host])),
+            "train/lr": lr,
+            "train/epoch": done / self.loader.steps_per_epoch,
+        }
+        if "grad_norm" in host[0]:
+            logs["train/grad_norm"] = float(np.mean([h["grad_norm"] for h in host]))
+        if steps > 0 and now > window[0]:
+            logs["train/steps_per_sec"] = steps / (now - window[0])
+            logs["train/samples_per_sec"] = logs["train/steps_per_sec"] * self.loader.batch_size
+        if not math.isfinite(logs["train/loss"]):
+            raise RunError(f"train loss became {logs['train/loss']} by step {done}; "
+                           "lower train.optimizer.lr or set train.clip_norm")
+        self._emit(done, logs)
+        self.progress.update(done, logs)
+        return logs, (now, done)
+
+    def _emit(self, step: int, metrics: dict[str, Any]) -> None:
+        for logger in self.loggers:
+            logger.log_metrics(step, metrics)
+
+    # ------------------------------------------------------------------ eval and checkpoints
+
+    def evaluate(self) -> dict[str, Any]:
+        """Evaluate on the validation split; one device sync for the whole pass."""
+        run, backend = self.run, self.run.backend
+        outs = [backend.eval_step(self.state, b)
+                for b in eval_batches(self.val, run.config.train.eval_batch_size)]
+        totals = EvalTotals.from_batches(backend.fetch(outs))
+        metrics: dict[str, Any] = {"val/loss": loss(totals)}
+        for name, fn in self.metric_fns.items():
+            metrics[f"val/{name}"] = fn(totals)
+        run.last_eval = {"step": run.step, **metrics}
+        self._emit(run.step, metrics)
+        scalars = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if np.ndim(v) == 0)
+        self.progress.print(f"step {run.step}: {scalars}")
+        self.hook.on_eval_end(run=run, step=run.step, metrics=metrics)
+        if self.early_stopping and self.early_stopping.update(run.step, metrics):
+            es = self.early_stopping
+            self.progress.print(f"early stopping: {es.monitor} has not improved for {es.patience} evals "
+                                f"(best {es.best:.4f} at step {es.best_step})")
+            run.should_stop = True
+        return metrics
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current step and tell the hooks."""
+        run = self.run
+        weights, opt_state = run.backend.export_state(self.state)
+        scalars = {k: v for k, v in run.last_eval.items() if np.ndim(v) == 0}
+        state = {
+            "crossframe_version": __version__,
+            "backend": run.config.backend,
+            "model": run.spec.to_json(),
+            "optimizer": run.config.train.optimizer.name,
+            "epoch": run.step / self.loader.steps_per_epoch,
+            "status": run.status,
+            "last_eval": scalars,
+            "early_stopping": self.early_stopping.state() if self.early_stopping else None,
+            "time": time.time(),
+        }
+        path = save_checkpoint(run.run_dir / "checkpoints", run.step, weights, opt_state, state,
+                               run.config.train.keep_checkpoints)
+        run.last_checkpoint = path
+        self.hook.on_checkpoint_saved(run=run, step=run.step, path=path)
+        return path

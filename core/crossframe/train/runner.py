@@ -1,0 +1,208 @@
+"""Setting a run up from a config, running it, and what comes back: ``crossframe.run(...)``."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crossframe.backend import Backend, Capabilities, TrainSetup
+from crossframe.checkpoint import Checkpoint, find_checkpoint, load_checkpoint
+from crossframe.config.loading import atomic_write_text, dump_yaml, load_config
+from crossframe.config.schema import RunConfig
+from crossframe.config.validation import validate_params
+from crossframe.data.loader import BatchLoader
+from crossframe.errors import CapabilityError, ConfigError, CrossframeError, RunError, one_of
+from crossframe.metrics import CLASSIFICATION_DEFAULT, REGRESSION_DEFAULT
+from crossframe.models import build_model
+from crossframe.plugins import component, get_plugin_manager
+from crossframe.train.early_stopping import EarlyStopping
+from crossframe.train.loop import Run, Trainer
+from crossframe.train.progress import Progress
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class RunResult:
+    """What a finished run returns."""
+
+    run_dir: Path
+    status: str
+    steps: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Path | None = None
+
+
+def make_backend(name: str) -> Backend:
+    """Instantiate the backend registered as ``name``."""
+    comp = component("backend", name, "backend")
+    try:
+        return comp.obj()
+    except ImportError as exc:
+        raise CapabilityError(f"backend: '{name}' needs a framework that is not installed ({exc}); "
+                              f"install crossframe[{name}]") from None
+
+
+def check_capabilities(config: RunConfig, caps: Capabilities, device: str, model: str) -> None:
+    """Fail before the run, in one line, if the backend cannot do what the config asks."""
+    name = config.backend
+    checks = [
+        ("device", device, caps.devices, "found"),
+        ("precision", config.precision, caps.precisions, "supports"),
+        ("strategy", config.strategy, caps.strategies, "supports"),
+        ("model.name", model, caps.models, "supports"),
+        ("train.optimizer.name", config.train.optimizer.name, caps.optimizers, "supports"),
+    ]
+    for field_name, wanted, available, verb in checks:
+        if wanted not in available:
+            note = caps.notes.get(wanted, "")
+            raise CapabilityError(f"{field_name}: '{wanted}' requested, but backend '{name}' {verb} only "
+                                  f"{one_of(available)}{f' ({note})' if note else ''}")
+    if config.train.compile and not caps.compile:
+        raise CapabilityError(f"train.compile: backend '{name}' cannot compile steps")
+    if not caps.can_train:
+        raise CapabilityError(f"backend: '{name}' is inference-only and cannot train")
+
+
+def _unique_dir(base: Path) -> Path:
+    if not base.exists():
+        return base
+    for i in range(1, 10_000):
+        candidate = base.with_name(f"{base.name}-{i}")
+        if not candidate.exists():
+            return candidate
+    raise RunError(f"output_dir: too many runs named '{base.name}'")
+
+
+def _run_name(config: RunConfig) -> str:
+    if config.name:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", config.name):
+            raise ConfigError(f"name: '{config.name}' may use only letters, digits, '.', '_' and '-'")
+        return config.name
+    return f"{config.model.name}-{config.backend}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run(
+    config: str | os.PathLike | Mapping[str, Any] | RunConfig | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    backend: str | None = None,
+    resume: str | os.PathLike | None = None,
+    quiet: bool = False,
+) -> RunResult:
+    """Train from a config (path, mapping, :class:`RunConfig` or ``None`` for the quickstart).
+
+    With ``resume`` (a run directory or checkpoint), training continues in that run
+    directory from its latest checkpoint; the run's saved config is used unless ``config``
+    is given. Raises :class:`~crossframe.errors.CrossframeError` with a one-line message.
+    """
+    checkpoint: Checkpoint | None = None
+    run_dir: Path | None = None
+    if resume is not None:
+        checkpoint = load_checkpoint(Path(resume))
+        run_dir = checkpoint.path.parent.parent
+        if config is None:
+            saved = run_dir / CONFIG_FILE
+            if not saved.is_file():
+                raise ConfigError(f"--resume: '{run_dir}' has no {CONFIG_FILE}; pass the config file too")
+            config = saved
+    cfg = load_config(config, overrides, backend=backend)
+    if checkpoint is None and run_dir is None:
+        run_dir = _unique_dir(Path(cfg.output_dir) / _run_name(cfg))
+    assert run_dir is not None
+    return _train(cfg, run_dir, checkpoint, quiet)
+
+
+def _train(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quiet: bool) -> RunResult:
+    plugins = get_plugin_manager()
+    backend = make_backend(cfg.backend)
+    caps = backend.capabilities()
+    if cfg.device not in ("auto", *caps.devices):
+        check_capabilities(cfg, caps, cfg.device, cfg.model.name)
+    device = backend.resolve_device(cfg.device)
+    check_capabilities(cfg, caps, device, cfg.model.name)
+
+    data_comp = component("dataset", cfg.data.name, "data.name")
+    dataset = data_comp.obj(validate_params(data_comp.schema, cfg.data.params, "data"))
+    train_set, val_set = dataset.split(cfg.data.val_fraction, cfg.seed)
+    spec = build_model(cfg.model.name, cfg.model.params, train_set.info)
+    metric_fns = _metric_functions(cfg, train_set.task)
+
+    loader = BatchLoader(train_set, cfg.train.batch_size * cfg.train.grad_accum, cfg.seed)
+    total = cfg.train.steps or (cfg.train.epochs or 0) * loader.steps_per_epoch or 1000
+    opt_params = cfg.train.optimizer.params
+    schedule_comp = component("schedule", cfg.train.schedule.name, "train.schedule.name")
+    schedule = schedule_comp.obj(validate_params(schedule_comp.schema, cfg.train.schedule.params, "train.schedule"),
+                                 float(opt_params["lr"]), total)
+
+    weights = spec.init(cfg.seed)
+    state = backend.create_state(TrainSetup(
+        spec, weights, cfg.train.optimizer.name, opt_params, device, cfg.precision,
+        cfg.train.grad_accum, cfg.train.clip_norm, cfg.train.compile, cfg.seed))
+    early = EarlyStopping.from_config(cfg.train.early_stopping) if cfg.train.early_stopping else None
+    start = 0
+    if checkpoint is not None:
+        spec.check_weights(checkpoint.weights, f"checkpoint '{checkpoint.path}'")
+        state = backend.load_state(state, checkpoint.weights, checkpoint.optimizer_state or None)
+        start = checkpoint.step
+        if early and checkpoint.state.get("early_stopping"):
+            early.restore(checkpoint.state["early_stopping"])
+        if start >= total:
+            raise ConfigError(f"--resume: the checkpoint is at step {start} and train.steps is {total}; "
+                              f"raise train.steps to train further")
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
+    loggers = _make_loggers(cfg, run_dir)
+    run = Run(cfg, run_dir, backend, spec, total, device, step=start)
+    progress = Progress(total, start, f"{cfg.backend}:{cfg.model.name}", enabled=not quiet)
+    trainer = Trainer(run, state, loader, val_set, schedule, metric_fns, loggers, plugins.hook, progress, early)
+    plugins.hook.on_run_start(run=run)
+    try:
+        status = trainer.fit()
+    except KeyboardInterrupt:
+        plugins.hook.on_run_end(run=run, status="interrupted", metrics=run.last_eval)
+        raise
+    except CrossframeError:
+        run.status = "failed"
+        plugins.hook.on_run_end(run=run, status="failed", metrics=run.last_eval)
+        raise
+    finally:
+        progress.close()
+        for logger in loggers:
+            logger.close()
+    plugins.hook.on_run_end(run=run, status=status, metrics=run.last_eval)
+    metrics = {k: v for k, v in run.last_eval.items() if k != "step"}
+    return RunResult(run_dir, status, run.step, metrics, run.last_checkpoint)
+
+
+def _metric_functions(cfg: RunConfig, task: str) -> dict[str, Any]:
+    names = cfg.train.metrics or (CLASSIFICATION_DEFAULT if task == "classification" else REGRESSION_DEFAULT)
+    out = {}
+    for i, name in enumerate(names):
+        comp = component("metric", name, f"train.metrics.{i}")
+        tasks = comp.extra.get("tasks", ("classification",))
+        if task not in tasks:
+            raise ConfigError(f"train.metrics.{i}: '{name}' is for {' or '.join(tasks)} data; this dataset is {task}")
+        out[name] = comp.obj
+    return out
+
+
+def _make_loggers(cfg: RunConfig, run_dir: Path) -> list[Any]:
+    specs = [("jsonl", {})] if not any(lg.name == "jsonl" for lg in cfg.loggers) else []
+    specs += [(lg.name, lg.params) for lg in cfg.loggers]
+    loggers = []
+    for i, (name, params) in enumerate(specs):
+        comp = component("logger", name, f"loggers.{i}.name")
+        logger = comp.obj(validate_params(comp.schema, params, f"loggers.{i}"), run_dir)
+        logger.log_config(cfg.model_dump(mode="json"))
+        loggers.append(logger)
+    return loggers
+
+
+__all__ = ["RunResult", "check_capabilities", "find_checkpoint", "make_backend", "run"]
