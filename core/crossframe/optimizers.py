@@ -51,3 +51,11 @@ STATE_SLOTS: dict[str, tuple[str, ...]] = {
     "adam": ("exp_avg", "exp_avg_sq"),
     "adamw": ("exp_avg", "exp_avg_sq"),
 }
+
+
+def state_step(state: dict) -> int:
+    """The update count stored in canonical optimizer state (0 when absent)."""
+    import numpy as np
+
+    value = state.get("step")
+    return 0 if value is None else int(np.asarray(value).reshape(-1)[0])

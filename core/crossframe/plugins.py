@@ -101,7 +101,9 @@ class PluginManager:
         self._loaded = True
         from crossframe import builtin
 
-        self._register(CORE_PLUGIN, builtin, distribution="crossframe", module=builtin.__name__)
+        from crossframe import __version__
+
+        self._register(CORE_PLUGIN, builtin, PluginRecord(CORE_PLUGIN, "crossframe", __version__, builtin.__name__))
         if _env_flag("CROSSFRAME_DISABLE_PLUGIN_AUTOLOAD"):
             return self
         allow = set(_env_list("CROSSFRAME_PLUGINS"))
@@ -190,7 +192,8 @@ class PluginManager:
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise PluginError(f"plugin '{exc.plugin_name}': {exc}") from exc
+            name = self.pm.get_name(exc.plugin) or repr(exc.plugin)
+            raise PluginError(f"plugin '{name}': {exc}") from exc
 
     @property
     def hook(self) -> Any:
@@ -249,7 +252,7 @@ class PluginManager:
         hint = did_you_mean(name, available)
         broken = [r.name for r in self.failures]
         extra = f" (plugins that failed to load: {', '.join(broken)})" if broken else ""
-        raise PluginError(f"{where}unknown {kind} '{name}'{hint}; available: {one_of(available)}{extra}")
+        raise PluginError(f"{where}unknown {kind} '{name}'{hint} (available: {one_of(available)}){extra}")
 
     def provided_by(self, plugin: str) -> dict[str, list[str]]:
         """Component names by kind that ``plugin`` provides (calls every registration hook)."""

@@ -10,7 +10,7 @@ import torch
 from crossframe.backend import TrainSetup
 from crossframe.errors import CapabilityError
 from crossframe.models.spec import Params
-from crossframe.optimizers import STATE_SLOTS
+from crossframe.optimizers import STATE_SLOTS, state_step
 from crossframe_torch.models import to_canonical, to_native
 
 SUPPORTED = tuple(STATE_SLOTS)
@@ -58,7 +58,7 @@ def export_optimizer_state(opt: torch.optim.Optimizer, name: str, params: dict[s
 def load_optimizer_state(opt: torch.optim.Optimizer, name: str, params: dict[str, torch.nn.Parameter],
                          layouts: dict[str, str], state: Params) -> int:
     """Install canonical optimizer state into the native optimizer; returns its step count."""
-    step = float(np.asarray(state.get("step", 0.0)))
+    step = state_step(state)
     opt.state.clear()
     if step == 0:
         return 0
@@ -71,6 +71,6 @@ def load_optimizer_state(opt: torch.optim.Optimizer, name: str, params: dict[str
             value = torch.from_numpy(np.ascontiguousarray(state[key])).to(param.device, param.dtype)
             native[_NATIVE_SLOT[slot]] = to_native(layouts[pname], value).contiguous()
         if name != "sgd":
-            native["step"] = torch.tensor(step, dtype=torch.float32)
+            native["step"] = torch.tensor(float(step), dtype=torch.float32)
         opt.state[param] = native
-    return int(step)
+    return step

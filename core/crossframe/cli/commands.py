@@ -74,7 +74,7 @@ def plugins_command(as_json: bool, show_tb: bool) -> None:
         dist = f"{row['distribution']} {row['version']}".strip()
         status = record.describe_status()
         style = {"loaded": "green", "disabled": "yellow"}.get(record.status, "red")
-        table.add_row(row["name"], dist, ", ".join(row["hooks"]), comps, f"[{style}]{status}[/{style}]")
+        table.add_row(row["name"], dist, "\n".join(row["hooks"]), comps, f"[{style}]{status}[/{style}]")
     Console().print(table)
     if show_tb:
         for record in manager.failures:

@@ -46,14 +46,20 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         else:
             raise UsageError(f"config file '{path}': unknown format '{suffix}'; use .yaml, .yml, .toml or .json")
     except (yaml.YAMLError, json.JSONDecodeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()
-        raise ConfigError(f"config file '{path}': not valid {suffix[1:].upper()}: "
-                          f"{' '.join(first[:1] + first[-1:]) if first else exc}") from None
+        raise ConfigError(f"config file '{path}': not valid {suffix[1:].upper()}: {_parse_problem(exc)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}': the top level must be a mapping of keys, got {type(data).__name__}")
     return data
+
+
+def _parse_problem(exc: Exception) -> str:
+    """Where and what, in one line, for a YAML / TOML / JSON parse error."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    return " ".join(str(exc).split())
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

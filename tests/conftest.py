@@ -1,0 +1,55 @@
+"""Shared fixtures: a clean plugin manager per test, a working directory for runs, tiny configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("ci", deadline=None, max_examples=25,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.load_profile("ci")
+
+for _flag in ("CROSSFRAME_STRICT_PLUGINS", "CROSSFRAME_DISABLE_PLUGIN_AUTOLOAD", "CROSSFRAME_PLUGINS",
+              "CROSSFRAME_DISABLE_PLUGINS"):
+    os.environ.pop(_flag, None)
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins() -> Any:
+    """Each test starts from a freshly loaded plugin manager."""
+    from crossframe import plugins
+
+    plugins._manager = None
+    yield
+    plugins._manager = None
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in a temporary directory so ``runs/`` lands there."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def tiny_config(**train: Any) -> dict[str, Any]:
+    """A config that trains in well under a second: a small MLP on synthetic data."""
+    cfg: dict[str, Any] = {
+        "backend": "torch",
+        "device": "cpu",
+        "seed": 3,
+        "data": {"name": "synthetic", "samples": 256, "features": 8, "classes": 3},
+        "model": {"name": "mlp", "hidden": [16]},
+        "train": {"steps": 20, "batch_size": 16, "log_every": 5,
+                  "optimizer": {"name": "adamw", "lr": 0.01}, **train},
+    }
+    return cfg
+
+
+@pytest.fixture
+def tiny() -> Any:
+    """The :func:`tiny_config` factory."""
+    return tiny_config
