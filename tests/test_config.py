@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from crossframe.cli.main import main
 from crossframe.config.loading import apply_overrides, load_config
 from crossframe.errors import ConfigError, UsageError
@@ -116,3 +115,21 @@ def test_resolved_config_round_trips(workdir: Path, capsys: pytest.CaptureFixtur
 def test_examples_quickstart_is_the_builtin_default() -> None:
     example = Path(__file__).parents[1] / "examples" / "quickstart.yaml"
     assert load_config(example) == load_config(None)
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("train.optimizer={name: sgd, nesterov: true}", "train.optimizer: nesterov needs momentum > 0"),
+    ("train.optimizer={name: adam, betas: [0.9, 1.5]}", "train.optimizer: betas must each be in [0, 1)"),
+    ("train.schedule={name: linear, warmup_steps: 9, decay_steps: 3}", "decay_steps must be larger"),
+    ("name=bad name!", "name: string should match pattern"),
+])
+def test_cross_field_rules_are_config_errors(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert expected in str(info.value)
+
+
+def test_default_budget_is_visible() -> None:
+    cfg = load_config({"train": {}})
+    assert cfg.train.steps == 1000 and cfg.train.epochs is None
+    assert load_config({"train": {"epochs": 3}}).train.steps is None

@@ -6,14 +6,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from crossframe.data import BatchLoader, Dataset
 from crossframe.data.loader import eval_batches
-from crossframe.data.sources import (CsvParams, DigitsParams, NpzParams, SyntheticParams, load_csv, load_digits,
-                                     load_npz, load_synthetic)
+from crossframe.data.sources import (
+    CsvParams,
+    DigitsParams,
+    NpzParams,
+    SyntheticParams,
+    load_csv,
+    load_digits,
+    load_npz,
+    load_synthetic,
+)
 from crossframe.errors import ConfigError, DataError
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 def numbered(n: int) -> Dataset:
@@ -45,7 +52,7 @@ def test_epochs_are_shuffled_differently_and_seeds_matter() -> None:
 
 
 def test_batch_larger_than_data_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="train.batch_size: 64"):
+    with pytest.raises(ConfigError, match=r"train\.batch_size: 64"):
         BatchLoader(numbered(10), 64, 0)
 
 
@@ -67,7 +74,7 @@ def test_split_is_seeded_and_disjoint() -> None:
 def test_digits_are_images_in_unit_range() -> None:
     data = load_digits(DigitsParams())
     assert data.x.shape == (1797, 8, 8, 1) and data.x.dtype == np.float32
-    assert 0.0 <= data.x.min() and data.x.max() <= 1.0
+    assert data.x.min() >= 0.0 and data.x.max() <= 1.0
     assert data.info.num_outputs == 10
     assert load_digits(DigitsParams(flatten=True)).x.shape == (1797, 64)
 

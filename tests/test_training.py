@@ -6,10 +6,9 @@ import hashlib
 import json
 from pathlib import Path
 
+import crossframe
 import numpy as np
 import pytest
-
-import crossframe
 from crossframe import hookimpl
 from crossframe.checkpoint import load_checkpoint
 from crossframe.cli.main import main
@@ -176,3 +175,74 @@ def test_resume_past_the_budget_is_refused(workdir: Path, tiny, capsys: pytest.C
     assert "raise train.steps" in capsys.readouterr().err
     assert main(["run", "--resume", str(done.run_dir), "--set", "train.steps=8", "-q"]) == 0
     assert load_checkpoint(done.run_dir).step == 8
+
+
+INTERRUPT_AT_7 = """
+from crossframe import hookimpl
+
+@hookimpl
+def on_step_end(run, step, batch, logs):
+    if step == 7 and not run.config.name.endswith("resumed"):
+        raise KeyboardInterrupt
+"""
+
+
+def test_ctrl_c_writes_a_checkpoint_and_the_run_resumes(workdir: Path, tiny, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    from tests.plugin_dists import make_distribution
+
+    make_distribution(workdir / "site", "crossframe-ctrl-c", "ctrlc", "ctrlc_plugin", INTERRUPT_AT_7)
+    monkeypatch.syspath_prepend(str(workdir / "site"))
+    (workdir / "cfg.json").write_text(json.dumps({**tiny(steps=12), "name": "int"}))
+    assert main(["run", "cfg.json", "-q"]) == 130
+    assert "continue with --resume" in capsys.readouterr().err
+    assert load_checkpoint(workdir / "runs" / "int").step == 7
+    assert main(["run", "--resume", "runs/int", "--set", "name=int-resumed", "-q"]) == 0
+    assert load_checkpoint(workdir / "runs" / "int").step == 12
+
+
+@pytest.mark.slow
+def test_torch_compile_gives_the_same_training(workdir: Path, tiny) -> None:
+    eager = crossframe.run({**tiny(steps=5), "name": "eager"}, quiet=True)
+    compiled = crossframe.run({**tiny(steps=5, compile=True), "name": "compiled"}, quiet=True)
+    a, b = weights_of(eager.run_dir), weights_of(compiled.run_dir)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-5, rtol=0)
+
+
+def test_metrics_do_not_depend_on_the_eval_batch_size(workdir: Path, tiny) -> None:
+    cfg = tiny(steps=20)
+    cfg["data"] = {"name": "synthetic", "task": "regression", "features": 4, "targets": 2}
+    one = crossframe.run({**cfg, "name": "one", "train": {**cfg["train"], "eval_batch_size": 512}}, quiet=True)
+    many = crossframe.run({**cfg, "name": "many", "train": {**cfg["train"], "eval_batch_size": 7}}, quiet=True)
+    for key in ("val/loss", "val/mae", "val/rmse"):
+        assert many.metrics[key] == pytest.approx(one.metrics[key], rel=1e-5)
+
+
+def test_csv_logger_keeps_rows_across_a_resume(workdir: Path, tiny) -> None:
+    first = crossframe.run({**tiny(steps=10, log_every=5), "loggers": [{"name": "csv"}]}, quiet=True)
+    crossframe.run(resume=first.run_dir, overrides=["train.steps=20"], quiet=True)
+    import csv
+
+    with (first.run_dir / "metrics.csv").open() as handle:
+        steps = [int(row["step"]) for row in csv.DictReader(handle)]
+    assert steps == sorted(steps) and steps[0] == 5 and steps[-1] == 20
+
+
+def test_run_end_hook_sees_failures_of_any_kind(workdir: Path, tiny) -> None:
+    seen: list[str] = []
+
+    class Watcher:
+        @hookimpl
+        def on_step_end(self, run, step, batch, logs):
+            if step == 3:
+                raise ValueError("a plugin bug")
+
+        @hookimpl
+        def on_run_end(self, run, status, metrics):
+            seen.append(status)
+
+    get_plugin_manager().register(Watcher(), "watcher")
+    with pytest.raises(ValueError, match="a plugin bug"):
+        crossframe.run(tiny(), quiet=True)
+    assert seen == ["failed"]

@@ -35,9 +35,9 @@ def register_optimizers(register: Any) -> None:
     """Register ``sgd``, ``adam`` and ``adamw``."""
     from crossframe import optimizers as o
 
-    register("sgd", o.SGDParams, schema=o.SGDParams, description="SGD with optional momentum")
-    register("adam", o.AdamParams, schema=o.AdamParams, description="Adam (L2 weight decay)")
-    register("adamw", o.AdamWParams, schema=o.AdamWParams, description="Adam, decoupled weight decay")
+    register("sgd", o.SGDParams, description="SGD with optional momentum")
+    register("adam", o.AdamParams, description="Adam (L2 weight decay)")
+    register("adamw", o.AdamWParams, description="Adam, decoupled weight decay")
 
 
 @hookimpl

@@ -62,7 +62,8 @@ def register_optimizers(register: Any) -> None:
     """Register optimizer names and their param schemas.
 
     Called the first time an optimizer is looked up or listed.
-    ``register(name, schema, *, description="")``: the schema validates ``train.optimizer``;
+    ``register(name, schema, *, description="")``: ``schema`` is a pydantic model that
+    validates ``train.optimizer`` and must have an ``lr`` field (the schedule's base rate);
     each backend maps the name to its native optimizer and lists the names it supports in
     its capabilities. Returns nothing.
     """

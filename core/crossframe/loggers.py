@@ -55,6 +55,9 @@ class CsvLogger:
     def __init__(self, params: FileParams, run_dir: Path) -> None:
         self.path = run_dir / (params.filename or "metrics.csv")
         self._rows: list[dict[str, Any]] = []
+        if self.path.is_file():  # a resumed run keeps the rows written before
+            with self.path.open(newline="") as handle:
+                self._rows = list(csv.DictReader(handle))
 
     def log_config(self, config: dict) -> None:
         """Nothing to do."""
@@ -65,11 +68,16 @@ class CsvLogger:
         self._rows.append({"step": step, **scalars})
 
     def close(self) -> None:
-        """Write the file once, with the union of all columns."""
+        """Write the file once (atomically), with the union of all columns."""
+        import io
+
+        from crossframe.config.loading import atomic_write_text
+
         columns: list[str] = []
         for row in self._rows:
             columns += [k for k in row if k not in columns]
-        with self.path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self._rows)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self._rows)
+        atomic_write_text(self.path, buffer.getvalue())

@@ -35,6 +35,9 @@ class EvalTotals:
         for batch in batches:
             for key, value in batch.items():
                 value = np.asarray(value, dtype=np.float64)
+                if key == "outputs":  # a property of the model, the same in every batch
+                    totals[key] = value
+                    continue
                 totals[key] = totals[key] + value if key in totals else value
         confusion = totals.get("confusion")
         return cls(

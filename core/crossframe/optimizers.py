@@ -16,7 +16,7 @@ adamw) plus a ``step`` count.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, model_validator
 
 
 class SGDParams(BaseModel):
@@ -28,15 +28,28 @@ class SGDParams(BaseModel):
     nesterov: bool = False
     weight_decay: NonNegativeFloat = 0.0
 
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> SGDParams:
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
+        return self
+
 
 class AdamParams(BaseModel):
     """``train.optimizer: {name: adam | adamw}``."""
 
     model_config = ConfigDict(extra="forbid")
     lr: PositiveFloat = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="each in [0, 1)")
     eps: PositiveFloat = 1e-8
     weight_decay: NonNegativeFloat = 0.0
+
+
+    @model_validator(mode="after")
+    def _betas_in_range(self) -> AdamParams:
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must each be in [0, 1), got {list(self.betas)}")
+        return self
 
 
 class AdamWParams(AdamParams):

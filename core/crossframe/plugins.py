@@ -99,9 +99,7 @@ class PluginManager:
         if self._loaded:
             return self
         self._loaded = True
-        from crossframe import builtin
-
-        from crossframe import __version__
+        from crossframe import __version__, builtin
 
         self._register(CORE_PLUGIN, builtin, PluginRecord(CORE_PLUGIN, "crossframe", __version__, builtin.__name__))
         if _env_flag("CROSSFRAME_DISABLE_PLUGIN_AUTOLOAD"):
@@ -119,6 +117,10 @@ class PluginManager:
                 version=dist.version if dist else "",
                 module=ep.value,
             )
+            if ep.name == CORE_PLUGIN:
+                print(f"crossframe: entry point '{ep.name}' from '{record.distribution}' ignored: "
+                      "the name is reserved for the core", file=sys.stderr)
+                continue
             self.records[ep.name] = record
             if ep.name in self.disabled or (allow and ep.name not in allow):
                 record.status = "disabled"
@@ -178,6 +180,15 @@ class PluginManager:
                 return f"implements unknown hook '{attr}'{did_you_mean(attr, known)}"
         return ""
 
+    def call_guarded(self, hook_name: str, **kwargs: Any) -> None:
+        """Call every implementation of ``hook_name``; one that raises marks its plugin failed."""
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            try:
+                impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+            except Exception as exc:
+                record = self.records.setdefault(impl.plugin_name, PluginRecord(name=impl.plugin_name))
+                self._fail(record, f"{hook_name} raised {type(exc).__name__}: {exc}")
+
     def _fail(self, record: PluginRecord, message: str) -> None:
         record.status = "failed"
         record.error = message
@@ -235,6 +246,8 @@ class PluginManager:
                 self._fail(record, f"{KINDS[kind]} raised {type(exc).__name__}: {exc}")
                 continue
             for comp in added:
+                if comp.schema is None and _is_schema(comp.obj):
+                    comp.schema = comp.obj
                 if comp.name in found and found[comp.name].plugin != plugin:
                     first = found[comp.name].plugin
                     print(f"crossframe: {kind} '{comp.name}' from plugin '{plugin}' ignored: "
@@ -262,6 +275,11 @@ class PluginManager:
             if names:
                 out[kind] = sorted(names)
         return out
+
+
+def _is_schema(obj: Any) -> bool:
+    """Whether ``obj`` is a pydantic model class (used as the component's params schema)."""
+    return isinstance(obj, type) and hasattr(obj, "model_validate") and hasattr(obj, "model_fields")
 
 
 _manager: PluginManager | None = None

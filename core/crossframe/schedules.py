@@ -34,24 +34,28 @@ class ExponentialParams(WarmupParams):
     gamma: float = Field(0.999, gt=0.0, le=1.0)
 
 
-class CosineParams(WarmupParams):
-    """``cosine``: half a cosine from ``base_lr`` to ``base_lr * min_lr_ratio`` over ``decay_steps``."""
+class DecayParams(WarmupParams):
+    """Params of schedules that decay over a horizon."""
 
-    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
     decay_steps: PositiveInt | None = Field(None, description="default: train.steps")
 
     @model_validator(mode="after")
-    def _fits(self) -> CosineParams:
+    def _fits(self) -> DecayParams:
         if self.decay_steps is not None and self.decay_steps <= self.warmup_steps:
             raise ValueError("decay_steps must be larger than warmup_steps")
         return self
 
 
-class LinearParams(WarmupParams):
+class CosineParams(DecayParams):
+    """``cosine``: half a cosine from ``base_lr`` to ``base_lr * min_lr_ratio`` over ``decay_steps``."""
+
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+
+
+class LinearParams(DecayParams):
     """``linear``: straight from ``base_lr`` to ``base_lr * end_factor`` over ``decay_steps``."""
 
     end_factor: float = Field(0.0, ge=0.0, le=1.0)
-    decay_steps: PositiveInt | None = Field(None, description="default: train.steps")
 
 
 def with_warmup(warmup_steps: int, base_lr: float, after: Schedule) -> Schedule:

@@ -6,7 +6,6 @@ import importlib.util
 from typing import Any
 
 import torch
-
 from crossframe.errors import CapabilityError
 
 

@@ -43,13 +43,9 @@ def build_cli(disabled: Sequence[str] = ()) -> click.Group:
     from crossframe.plugins import configure
 
     manager = configure(disabled=disabled)
+    manager.call_guarded("register_commands", cli=cli)
     for record in manager.failures:
         click.echo(f"crossframe: plugin '{record.name}' failed and was skipped: {record.error}", err=True)
-    for impl in manager.pm.hook.register_commands.get_hookimpls():
-        try:
-            impl.function(cli=cli)
-        except Exception as exc:
-            click.echo(f"crossframe: plugin '{impl.plugin_name}' failed to add commands: {exc}", err=True)
     return cli
 
 

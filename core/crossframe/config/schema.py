@@ -9,8 +9,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat,
-                      PositiveInt, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
+
+DEFAULT_STEPS = 1000
 
 
 class Strict(BaseModel):
@@ -55,7 +65,7 @@ class EarlyStoppingConfig(Strict):
 class TrainConfig(Strict):
     """``train``: the loop's budget, batching, optimisation and intervals."""
 
-    steps: PositiveInt | None = Field(None, description="optimizer steps (or give epochs)")
+    steps: PositiveInt | None = Field(None, description=f"optimizer steps (or give epochs); {DEFAULT_STEPS} if neither")
     epochs: PositiveInt | None = None
     batch_size: PositiveInt = 64
     grad_accum: PositiveInt = Field(1, description="micro-batches of batch_size per optimizer step")
@@ -71,6 +81,13 @@ class TrainConfig(Strict):
     metrics: list[str] | None = Field(None, description="eval metrics; default depends on the task")
     compile: bool = Field(False, description="compile the step (torch.compile, XLA, ...)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_budget(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("steps") is None and data.get("epochs") is None:
+            return {**data, "steps": DEFAULT_STEPS}
+        return data
+
     @model_validator(mode="after")
     def _budget(self) -> TrainConfig:
         if self.steps is not None and self.epochs is not None:
@@ -81,7 +98,8 @@ class TrainConfig(Strict):
 class RunConfig(Strict):
     """The whole run. Defaults make ``RunConfig()`` a valid (if small) job."""
 
-    name: str | None = Field(None, description="run directory name; default <model>-<backend>-<time>")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$",
+                             description="run directory (letters, digits, . _ -); default <model>-<backend>-<time>")
     backend: str = "torch"
     device: Literal["auto", "cpu", "gpu", "tpu"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"

@@ -61,6 +61,8 @@ class Dataset:
         if self.task == "classification":
             if not np.all(np.equal(np.mod(y, 1), 0)):
                 raise DataError("data: classification targets must be integer class ids")
+            if len(y) and np.min(y) < 0:
+                raise DataError("data: classification targets must be class ids >= 0")
             return np.ascontiguousarray(y, dtype=np.int64).reshape(-1)
         y = np.asarray(y, dtype=np.float32)
         return np.ascontiguousarray(y.reshape(len(y), -1))
@@ -81,7 +83,7 @@ class Dataset:
             return (Dataset(self.x, self.y, self.task, class_names=self.class_names),
                     Dataset(self.x_val, self.y_val, self.task, class_names=self.class_names))
         order = np.random.default_rng([seed, 7919]).permutation(len(self.x))
-        n_val = int(round(len(self.x) * val_fraction))
+        n_val = round(len(self.x) * val_fraction)
         if n_val >= len(self.x):
             raise DataError(f"data.val_fraction: {val_fraction} leaves no training examples")
         val, train = order[:n_val], order[n_val:]

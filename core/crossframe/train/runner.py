@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from crossframe.config.loading import atomic_write_text, dump_yaml, load_config
 from crossframe.config.schema import RunConfig
 from crossframe.config.validation import validate_params
 from crossframe.data.loader import BatchLoader
-from crossframe.errors import CapabilityError, ConfigError, CrossframeError, RunError, one_of
+from crossframe.errors import CapabilityError, ConfigError, RunError, one_of
 from crossframe.metrics import CLASSIFICATION_DEFAULT, REGRESSION_DEFAULT
 from crossframe.models import build_model
 from crossframe.plugins import component, get_plugin_manager
@@ -81,8 +80,6 @@ def _unique_dir(base: Path) -> Path:
 
 def _run_name(config: RunConfig) -> str:
     if config.name:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", config.name):
-            raise ConfigError(f"name: '{config.name}' may use only letters, digits, '.', '_' and '-'")
         return config.name
     return f"{config.model.name}-{config.backend}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -134,8 +131,11 @@ def _train(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quiet: 
     metric_fns = _metric_functions(cfg, train_set.task)
 
     loader = BatchLoader(train_set, cfg.train.batch_size * cfg.train.grad_accum, cfg.seed)
-    total = cfg.train.steps or (cfg.train.epochs or 0) * loader.steps_per_epoch or 1000
+    total = cfg.train.steps or (cfg.train.epochs or 1) * loader.steps_per_epoch
     opt_params = cfg.train.optimizer.params
+    if "lr" not in opt_params:
+        raise ConfigError(f"train.optimizer: '{cfg.train.optimizer.name}' has no 'lr' param; "
+                          "its plugin's schema must define one")
     schedule_comp = component("schedule", cfg.train.schedule.name, "train.schedule.name")
     schedule = schedule_comp.obj(validate_params(schedule_comp.schema, cfg.train.schedule.params, "train.schedule"),
                                  float(opt_params["lr"]), total)
@@ -153,7 +153,8 @@ def _train(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quiet: 
         if early and checkpoint.state.get("early_stopping"):
             early.restore(checkpoint.state["early_stopping"])
         if start >= total:
-            raise ConfigError(f"--resume: the checkpoint is at step {start} and train.steps is {total}; "
+            budget = "train.steps" if cfg.train.steps else f"train.epochs ({total} steps)"
+            raise ConfigError(f"--resume: the checkpoint is at step {start}, the budget {budget} is {total}; "
                               f"raise train.steps to train further")
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +169,7 @@ def _train(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quiet: 
     except KeyboardInterrupt:
         plugins.hook.on_run_end(run=run, status="interrupted", metrics=run.last_eval)
         raise
-    except CrossframeError:
+    except Exception:
         run.status = "failed"
         plugins.hook.on_run_end(run=run, status="failed", metrics=run.last_eval)
         raise
