@@ -81,6 +81,41 @@ def plugins_command(as_json: bool, show_tb: bool) -> None:
             click.echo(f"--- {record.name}\n{record.traceback}", err=True)
 
 
+@click.command("backends")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def backends_command(as_json: bool) -> None:
+    """Show each backend: framework version, devices found, precisions, strategies, models."""
+    from crossframe.errors import CrossframeError
+    from crossframe.plugins import get_plugin_manager
+    from crossframe.train.runner import make_backend
+
+    rows = []
+    for name, comp in sorted(get_plugin_manager().components("backend").items()):
+        row: dict[str, Any] = {"backend": name, "plugin": comp.plugin}
+        try:
+            backend = make_backend(name)
+            caps = backend.capabilities()
+            row.update(status="ok", version=backend.framework_version(), devices=list(caps.devices),
+                       precisions=list(caps.precisions), strategies=list(caps.strategies),
+                       models=list(caps.models), compile=caps.compile, can_train=caps.can_train)
+        except (CrossframeError, ImportError, RuntimeError) as exc:
+            row.update(status=f"unavailable: {exc}")
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="crossframe backends")
+    for column in ("backend", "version", "devices", "precisions", "strategies", "models", "status"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["backend"], row.get("version", ""), *(", ".join(row.get(k, [])) for k in
+                      ("devices", "precisions", "strategies", "models")), row["status"])
+    Console().print(table)
+
+
 @click.group("config")
 def config_group() -> None:
     """Inspect configs."""
@@ -102,4 +137,4 @@ def config_show(config: str | None, backend: str | None, overrides: tuple[str, .
         sys.stdout.write(dump_yaml(resolved))
 
 
-COMMANDS = [run_command, plugins_command, config_group]
+COMMANDS = [run_command, plugins_command, backends_command, config_group]

@@ -38,25 +38,29 @@ def cli(debug: bool, disabled: tuple[str, ...]) -> None:
     """crossframe: data -> train -> compress -> export -> compare, on any framework."""
 
 
-def build_cli(disabled: Sequence[str] = ()) -> click.Group:
-    """Load plugins and let each add its commands (a failing one is reported and skipped)."""
-    from crossframe.plugins import configure
+def build_cli(disabled: Sequence[str] = (), keep_plugins: bool = False) -> click.Group:
+    """Load plugins and let each add its commands (a failing one is reported and skipped).
 
-    manager = configure(disabled=disabled)
+    ``keep_plugins`` reuses the process's plugin manager (with any in-process registrations)
+    instead of loading a fresh one; ``crossframe.testing`` uses it.
+    """
+    from crossframe.plugins import configure, get_plugin_manager
+
+    manager = get_plugin_manager() if keep_plugins and not disabled else configure(disabled=disabled)
     manager.call_guarded("register_commands", cli=cli)
     for record in manager.failures:
         click.echo(f"crossframe: plugin '{record.name}' failed and was skipped: {record.error}", err=True)
     return cli
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, keep_plugins: bool = False) -> int:
     """Run the CLI; returns (and, as a script, exits with) the exit code."""
     from crossframe.errors import CrossframeError
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug, disabled = _pre_parse(args)
     try:
-        group = build_cli(disabled)
+        group = build_cli(disabled, keep_plugins)
         group.main(args=args, prog_name="crossframe", standalone_mode=False)
         return 0
     except CrossframeError as exc:

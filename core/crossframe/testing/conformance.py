@@ -1,0 +1,243 @@
+"""The backend conformance suite: subclass :class:`BackendConformance` and name your backend.
+
+Every check goes through the public :class:`~crossframe.backend.Backend` interface only, and
+each failure says what is wrong (which parameter, which layout, how far off) rather than just
+that two arrays differ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+from crossframe.backend import Backend, TrainSetup
+from crossframe.checkpoint import load_checkpoint, save_checkpoint
+from crossframe.data.dataset import DataInfo
+from crossframe.errors import CapabilityError
+from crossframe.models import build_model
+from crossframe.models.spec import ModelSpec
+from crossframe.testing import reference
+
+#: tiny architectures the suite builds for each model a backend claims
+MODEL_CASES: dict[str, tuple[dict[str, Any], DataInfo]] = {
+    "mlp": ({"hidden": [12, 7], "activation": "gelu"}, DataInfo("classification", (4, 3, 1), 5)),
+    "cnn": ({"channels": [3, 4], "kernel_size": 3, "hidden": 6}, DataInfo("classification", (6, 5, 2), 3)),
+}
+OPTIMIZER_CASES: dict[str, dict[str, Any]] = {
+    "sgd": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.05},
+    "adam": {"lr": 0.05, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.05},
+    "adamw": {"lr": 0.05, "betas": (0.8, 0.95), "eps": 1e-8, "weight_decay": 0.1},
+}
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))) if np.size(a) else 0.0
+
+
+def _batch(info: DataInfo, n: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"x": rng.normal(0.0, 1.0, (n, *info.input_shape)).astype(np.float32),
+            "y": rng.integers(0, info.num_outputs, n).astype(np.int64)}
+
+
+class BackendConformance:
+    """Subclass as ``TestMyBackend(BackendConformance)`` and set ``backend``.
+
+    Override :meth:`make_backend` to test an instance that is not registered (or a variant).
+    ``atol`` bounds every float32 comparison against the float64 numpy references.
+    """
+
+    backend: ClassVar[str] = ""
+    atol: ClassVar[float] = 1e-5
+
+    # ------------------------------------------------------------------ helpers
+
+    def make_backend(self) -> Backend:
+        """The backend under test (by default: the registered one named ``backend``)."""
+        from crossframe.train.runner import make_backend
+
+        if not self.backend:
+            raise pytest.UsageError(f"{type(self).__name__}: set `backend = \"<name>\"`")
+        try:
+            return make_backend(self.backend)
+        except CapabilityError as exc:
+            pytest.skip(str(exc))
+
+    @pytest.fixture
+    def impl(self) -> Backend:
+        """The backend instance for one test."""
+        return self.make_backend()
+
+    def claimed_models(self, impl: Backend) -> list[str]:
+        """Models the backend claims that the suite knows how to build."""
+        return [m for m in impl.capabilities().models if m in MODEL_CASES]
+
+    def spec(self, model: str) -> ModelSpec:
+        """A tiny spec of ``model``."""
+        params, info = MODEL_CASES[model]
+        return build_model(model, params, info)
+
+    def linear_setup(self, optimizer: str, clip_norm: float | None = None, grad_accum: int = 1) -> TrainSetup:
+        """A one-layer mlp, whose exact gradient the numpy reference knows."""
+        spec = build_model("mlp", {"hidden": []}, DataInfo("classification", (6,), 4))
+        weights = {k: v * 3 for k, v in spec.init(11).items()}
+        weights["layers.0.bias"] = np.linspace(-0.5, 0.5, 4).astype(np.float32)
+        return TrainSetup(spec, weights, optimizer, dict(OPTIMIZER_CASES[optimizer]), "cpu", "fp32",
+                          grad_accum, clip_norm)
+
+    # ------------------------------------------------------------------ checks
+
+    def test_capabilities_are_declared(self, impl: Backend) -> None:
+        """Capabilities name at least the CPU, fp32, single-device training and a model."""
+        caps = impl.capabilities()
+        assert "cpu" in caps.devices, f"capabilities.devices {caps.devices} must include 'cpu'"
+        assert "fp32" in caps.precisions, f"capabilities.precisions {caps.precisions} must include 'fp32'"
+        assert "single" in caps.strategies, f"capabilities.strategies {caps.strategies} must include 'single'"
+        assert caps.models, "capabilities.models is empty"
+        assert impl.framework_version(), "framework_version() is empty"
+        assert impl.resolve_device("auto") in caps.devices
+
+    def test_canonical_round_trip_is_exact(self, impl: Backend) -> None:
+        """canonical -> native -> canonical returns the very same float32 values, for every model."""
+        for model in self.claimed_models(impl):
+            spec = self.spec(model)
+            weights = spec.init(5)
+            back, _ = impl.export_state(impl.create_state(TrainSetup(spec, weights)))
+            assert set(back) == set(weights), f"{model}: exported names {sorted(back)} != table {sorted(weights)}"
+            for p in spec.table:
+                got = back[p.name]
+                assert got.shape == p.shape, (
+                    f"{model}: '{p.name}' comes back with shape {got.shape}, canonical is {p.shape} "
+                    f"(layout '{p.layout}')")
+                assert got.dtype == np.float32, f"{model}: '{p.name}' comes back as {got.dtype}, not float32"
+                assert np.array_equal(got, weights[p.name]), (
+                    f"{model}: round trip changed '{p.name}' (layout '{p.layout}', max |diff| "
+                    f"{_max_diff(got, weights[p.name]):.3g}); the native <-> canonical conversion is wrong")
+
+    def test_forward_matches_numpy_reference(self, impl: Backend) -> None:
+        """Outputs on canonical weights match the numpy reference forward within ``atol``."""
+        for model in self.claimed_models(impl):
+            spec = self.spec(model)
+            weights = spec.init(6)
+            x = _batch(spec.data_info, 9, 1)["x"]
+            got = impl.predict(impl.inference_state(spec, weights), x)
+            want = spec.forward(weights, x)
+            assert got.shape == want.shape, f"{model}: predict gives shape {got.shape}, reference {want.shape}"
+            diff = _max_diff(got, want)
+            assert diff <= self.atol, (
+                f"{model}: forward differs from the numpy reference by {diff:.3g} (allowed {self.atol}); "
+                f"check the weight layouts ({sorted({p.layout for p in spec.table})}) and the ops")
+
+    @pytest.mark.parametrize("optimizer", sorted(OPTIMIZER_CASES))
+    def test_optimizer_steps_match_reference(self, impl: Backend, optimizer: str) -> None:
+        """Two steps from given weights equal two numpy reference steps (state carried over)."""
+        if optimizer not in impl.capabilities().optimizers:
+            pytest.skip(f"backend does not claim '{optimizer}'")
+        self._check_steps(impl, self.linear_setup(optimizer), steps=2)
+
+    def test_clipping_matches_reference(self, impl: Backend) -> None:
+        """Global-norm clipping: g * min(1, clip / (norm + 1e-6)); the pre-clip norm is reported."""
+        self._check_steps(impl, self.linear_setup("adamw", clip_norm=0.05), steps=2, check_norm=True)
+
+    def _check_steps(self, impl: Backend, setup: TrainSetup, steps: int, check_norm: bool = False) -> None:
+        state = impl.create_state(setup)
+        params = {k: v.astype(np.float64) for k, v in setup.weights.items()}
+        ref_state: dict[str, np.ndarray] = {}
+        lr = float(setup.optimizer_params["lr"])
+        for i in range(steps):
+            batch = _batch(setup.spec.data_info, 16, 20 + i)
+            loss, grads = reference.linear_softmax_grads(params, batch["x"], batch["y"])
+            grads, norm = reference.clip_by_global_norm(grads, setup.clip_norm)
+            params, ref_state = reference.optimizer_step(setup.optimizer, setup.optimizer_params, params, grads,
+                                                         ref_state, lr, setup.decay_mask)
+            state, out = impl.train_step(state, batch, lr)
+            host = impl.fetch(out)
+            assert abs(float(host["loss"]) - loss) <= self.atol, (
+                f"{setup.optimizer} step {i + 1}: loss {float(host['loss']):.6f}, reference {loss:.6f}")
+            if check_norm:
+                assert "grad_norm" in host, "train_step must return 'grad_norm' when clipping is on"
+                assert abs(float(host["grad_norm"]) - norm) <= 1e-4 * max(norm, 1.0), (
+                    f"grad_norm {float(host['grad_norm']):.6f}, reference {norm:.6f} (before clipping)")
+        weights, opt_state = impl.export_state(state)
+        for name, want in params.items():
+            diff = _max_diff(weights[name], want)
+            assert diff <= self.atol, (
+                f"{setup.optimizer}{' + clipping' if setup.clip_norm else ''}: '{name}' is {diff:.3g} away from "
+                f"the reference after {steps} steps")
+        for key, want in ref_state.items():
+            if key == "step":
+                got_step = int(np.asarray(opt_state.get("step", -1)).reshape(-1)[0])
+                assert got_step == steps, f"optimizer state 'step' is {got_step}, expected {steps}"
+                continue
+            assert key in opt_state, f"canonical optimizer state lacks '{key}' (has {sorted(opt_state)[:4]}...)"
+            diff = _max_diff(opt_state[key], want)
+            assert diff <= self.atol, f"optimizer state '{key}' is {diff:.3g} away from the reference"
+
+    def test_grad_accumulation_equals_one_big_batch(self, impl: Backend) -> None:
+        """k micro-batches of b give the update of one batch of k*b."""
+        big = self.linear_setup("sgd")
+        small = self.linear_setup("sgd", grad_accum=4)
+        s_big, s_small = impl.create_state(big), impl.create_state(small)
+        for i in range(3):
+            batch = _batch(big.spec.data_info, 32, 40 + i)
+            s_big, _ = impl.train_step(s_big, batch, 0.1)
+            s_small, _ = impl.train_step(s_small, batch, 0.1)
+        a, b = impl.export_state(s_big)[0], impl.export_state(s_small)[0]
+        for name in a:
+            diff = _max_diff(a[name], b[name])
+            assert diff <= self.atol, f"grad_accum=4 differs from one batch of 32 on '{name}' by {diff:.3g}"
+
+    def test_eval_step_sums(self, impl: Backend) -> None:
+        """eval_step returns loss sum, count and confusion counts that agree with the reference."""
+        setup = self.linear_setup("sgd")
+        state = impl.create_state(setup)
+        batch = _batch(setup.spec.data_info, 24, 3)
+        host = impl.fetch(impl.eval_step(state, batch))
+        logits = setup.spec.forward(setup.weights, batch["x"])
+        assert int(host["count"]) == 24, f"eval_step count {host['count']}, expected 24"
+        want_loss = reference.linear_softmax_grads(setup.weights, batch["x"], batch["y"])[0] * 24
+        assert abs(float(host["loss_sum"]) - want_loss) <= 1e-4, f"loss_sum {host['loss_sum']}, ref {want_loss}"
+        want_cm = np.zeros((4, 4), np.int64)
+        np.add.at(want_cm, (batch["y"], logits.argmax(axis=1)), 1)
+        assert np.array_equal(np.asarray(host["confusion"]), want_cm), "confusion matrix (rows: truth) differs"
+
+    def test_checkpoint_save_and_load(self, impl: Backend, tmp_path: Path) -> None:
+        """Weights and optimizer state survive safetensors; training continues identically."""
+        setup = self.linear_setup("adamw")
+        state = impl.create_state(setup)
+        for i in range(2):
+            state, _ = impl.train_step(state, _batch(setup.spec.data_info, 16, i), 0.05)
+        weights, opt = impl.export_state(state)
+        save_checkpoint(tmp_path, 2, weights, opt, {"backend": self.backend}, keep=1)
+        loaded = load_checkpoint(tmp_path)
+        fresh = impl.create_state(self.linear_setup("adamw"))
+        fresh = impl.load_state(fresh, loaded.weights, loaded.optimizer_state)
+        w2, o2 = impl.export_state(fresh)
+        for name in weights:
+            assert np.array_equal(w2[name], weights[name]), f"weight '{name}' changed through save / load"
+        for key in opt:
+            assert np.allclose(o2[key], opt[key], atol=0, rtol=0), f"optimizer state '{key}' changed through load"
+        batch = _batch(setup.spec.data_info, 16, 9)
+        state, _ = impl.train_step(state, batch, 0.05)
+        fresh, _ = impl.train_step(fresh, batch, 0.05)
+        a, b = impl.export_state(state)[0], impl.export_state(fresh)[0]
+        for name in a:
+            assert _max_diff(a[name], b[name]) <= 1e-7, f"after loading, the next step differs on '{name}'"
+
+    def test_capability_errors_are_one_line(self, impl: Backend) -> None:
+        """A run asking for a missing device or an unclaimed model fails before it starts."""
+        from crossframe.config.loading import load_config
+        from crossframe.train.runner import check_capabilities
+
+        caps = impl.capabilities()
+        config = load_config({"backend": self.backend} if self.backend else {}, resolve_components=False)
+        missing = next((d for d in ("tpu", "gpu") if d not in caps.devices), None)
+        if missing:
+            with pytest.raises(CapabilityError) as info:
+                check_capabilities(config, caps, missing, "mlp")
+            assert f"device: '{missing}' requested" in str(info.value) and "\n" not in str(info.value)
+        with pytest.raises(CapabilityError, match=r"model\.name: 'no-such-model' requested"):
+            check_capabilities(config, caps, "cpu", "no-such-model")

@@ -1,0 +1,82 @@
+"""Numpy references for what every backend must compute: gradients of a linear model and
+optimizer steps, in float64.
+
+The optimizer rules are those documented in :mod:`crossframe.optimizers`; clipping is
+``g * min(1, clip_norm / (||g|| + 1e-6))`` over all gradients together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from crossframe.optimizers import STATE_SLOTS
+
+CLIP_EPS = 1e-6
+
+
+def linear_softmax_grads(weights: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray
+                         ) -> tuple[float, dict[str, np.ndarray]]:
+    """Mean cross-entropy and its exact gradients for a one-layer ``mlp`` (``hidden: []``)."""
+    w = weights["layers.0.weight"].astype(np.float64)
+    b = weights["layers.0.bias"].astype(np.float64)
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    logits = flat @ w + b
+    z = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    n = len(y)
+    loss = float(-np.log(probs[np.arange(n), y]).mean())
+    delta = probs.copy()
+    delta[np.arange(n), y] -= 1.0
+    delta /= n
+    return loss, {"layers.0.weight": flat.T @ delta, "layers.0.bias": delta.sum(axis=0)}
+
+
+def clip_by_global_norm(grads: Mapping[str, np.ndarray], clip_norm: float | None
+                        ) -> tuple[dict[str, np.ndarray], float]:
+    """Clipped gradients and the norm before clipping."""
+    norm = float(np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in grads.values())))
+    scale = 1.0 if clip_norm is None else min(1.0, clip_norm / (norm + CLIP_EPS))
+    return {k: g * scale for k, g in grads.items()}, norm
+
+
+def optimizer_step(name: str, hp: Mapping[str, object], params: Mapping[str, np.ndarray],
+                   grads: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray], lr: float,
+                   decay: Mapping[str, bool]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One update of ``sgd``, ``adam`` or ``adamw`` in canonical state form (``<slot>/<param>``, ``step``)."""
+    step = int(np.asarray(state.get("step", 0)).reshape(-1)[0]) + 1
+    wd = float(hp.get("weight_decay", 0.0))  # type: ignore[arg-type]
+    new_params: dict[str, np.ndarray] = {}
+    new_state: dict[str, np.ndarray] = {"step": np.asarray(float(step))}
+    for key, p in params.items():
+        p = p.astype(np.float64)
+        g = grads[key].astype(np.float64)
+        decays = decay[key] and wd > 0
+        if name == "sgd":
+            momentum = float(hp.get("momentum", 0.0))  # type: ignore[arg-type]
+            if decays:
+                g = g + wd * p
+            if momentum:
+                buf = state.get(f"momentum/{key}")
+                buf = g if buf is None or step == 1 else momentum * buf.astype(np.float64) + g
+                new_state[f"momentum/{key}"] = buf
+                g = g + momentum * buf if hp.get("nesterov") else buf
+            else:
+                new_state[f"momentum/{key}"] = np.zeros_like(p)
+            new_params[key] = p - lr * g
+            continue
+        b1, b2 = (float(v) for v in hp.get("betas", (0.9, 0.999)))  # type: ignore[union-attr]
+        eps = float(hp.get("eps", 1e-8))  # type: ignore[arg-type]
+        if name == "adam" and decays:
+            g = g + wd * p
+        m = b1 * state.get(f"exp_avg/{key}", np.zeros_like(p)).astype(np.float64) + (1 - b1) * g
+        v = b2 * state.get(f"exp_avg_sq/{key}", np.zeros_like(p)).astype(np.float64) + (1 - b2) * g * g
+        m_hat, v_hat = m / (1 - b1**step), v / (1 - b2**step)
+        update = m_hat / (np.sqrt(v_hat) + eps)
+        if name == "adamw" and decays:
+            update = update + wd * p
+        new_params[key] = p - lr * update
+        new_state[f"exp_avg/{key}"], new_state[f"exp_avg_sq/{key}"] = m, v
+    assert set(STATE_SLOTS[name])  # the slots written above are the documented ones
+    return new_params, new_state
