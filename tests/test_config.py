@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from crossframe.cli.main import main
 from crossframe.config.loading import apply_overrides, load_config
 from crossframe.errors import ConfigError, UsageError

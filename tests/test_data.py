@@ -6,6 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from crossframe.data import BatchLoader, Dataset
 from crossframe.data.loader import eval_batches
 from crossframe.data.sources import (
@@ -19,8 +22,6 @@ from crossframe.data.sources import (
     load_synthetic,
 )
 from crossframe.errors import ConfigError, DataError
-from hypothesis import given
-from hypothesis import strategies as st
 
 
 def numbered(n: int) -> Dataset:

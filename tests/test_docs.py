@@ -14,9 +14,10 @@ import inspect
 import re
 from pathlib import Path
 
-import crossframe.hookspecs
 import pluggy
 import pytest
+
+import crossframe.hookspecs
 from crossframe.config.schema import DataConfig, EarlyStoppingConfig, RunConfig, TrainConfig
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from crossframe.data.dataset import DataInfo
 from crossframe.errors import CheckpointError, ConfigError
 from crossframe.models import build_model
-from hypothesis import given
-from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 from crossframe_torch.backend import TorchBackend  # noqa: E402

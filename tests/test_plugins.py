@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from crossframe import hookimpl
 from crossframe.cli.main import main
 from crossframe.errors import PluginError
 from crossframe.plugins import configure, get_plugin_manager
-
 from tests.plugin_dists import BROKEN, FAILS_TO_REGISTER, GOOD_DATASET, MISSPELT, make_distribution
 
 

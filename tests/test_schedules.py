@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
 from crossframe import schedules as s
 from crossframe.config.validation import validate_params
 from crossframe.errors import ConfigError
 from crossframe.plugins import component
-from hypothesis import assume, given
-from hypothesis import strategies as st
 
 base_lrs = st.floats(1e-6, 10.0)
 totals = st.integers(2, 5000)

@@ -6,9 +6,10 @@ import hashlib
 import json
 from pathlib import Path
 
-import crossframe
 import numpy as np
 import pytest
+
+import crossframe
 from crossframe import hookimpl
 from crossframe.checkpoint import load_checkpoint
 from crossframe.cli.main import main

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from crossframe.backend import Backend, Capabilities, TrainSetup
 from crossframe.models.spec import ModelSpec, Params
-
 from crossframe_torch import devices
 from crossframe_torch.models import build_module, export_canonical, load_canonical, native_parameters
 from crossframe_torch.optim import SUPPORTED, build_optimizer, export_optimizer_state, load_optimizer_state

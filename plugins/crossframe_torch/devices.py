@@ -6,6 +6,7 @@ import importlib.util
 from typing import Any
 
 import torch
+
 from crossframe.errors import CapabilityError
 
 

@@ -12,9 +12,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from crossframe.errors import CapabilityError
 from crossframe.models.spec import ModelSpec, Params
-from torch import nn
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,

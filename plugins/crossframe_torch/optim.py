@@ -6,11 +6,11 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from crossframe.backend import TrainSetup
 from crossframe.errors import CapabilityError
 from crossframe.models.spec import Params
 from crossframe.optimizers import STATE_SLOTS, state_step
-
 from crossframe_torch.models import to_canonical, to_native
 
 SUPPORTED = tuple(STATE_SLOTS)
