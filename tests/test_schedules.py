@@ -39,7 +39,7 @@ def test_warmup_rises_monotonically_to_base_lr(name, warmup, base_lr, total) -> 
 def test_cosine_stays_within_bounds_and_hits_its_ends(base_lr, total, ratio, warmup, step) -> None:
     assume(warmup < total)
     lr = build("cosine", {"warmup_steps": warmup, "min_lr_ratio": ratio}, base_lr, total)
-    assert 0 < lr(step) <= base_lr * (1 + 1e-12)
+    assert 0 <= lr(step) <= base_lr * (1 + 1e-12)
     if step >= warmup:
         assert lr(step) >= base_lr * ratio * (1 - 1e-12)
     assert math.isclose(lr(total), base_lr * ratio, rel_tol=1e-9, abs_tol=1e-15)

@@ -1,0 +1,55 @@
+"""Mapping crossframe's device and precision names to TensorFlow's.
+
+This is the one module of the package that imports tensorflow; the others take ``tf`` from
+here, so TensorFlow's C++ logging is quietened before the first import however the package is
+entered. (TF 2.21 still prints its one-line oneDNN notice before its log settings are read;
+only ``TF_ENABLE_ONEDNN_OPTS=0`` removes that, and we do not set it: see
+``docs/backend-tensorflow.md``.)
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before the first `import tensorflow`
+
+import tensorflow as tf
+
+from crossframe.errors import CapabilityError
+
+__all__ = ["available_devices", "compute_dtype", "tf", "tf_device"]
+
+_KINDS = {"cpu": "CPU", "gpu": "GPU", "tpu": "TPU"}
+
+
+def _found(kind: str) -> bool:
+    """Whether TensorFlow sees a device of ``kind`` (``CPU``, ``GPU`` or ``TPU``)."""
+    if tf.config.list_physical_devices(kind):
+        return True
+    # A TPU shows up as a logical device once its system is initialised (TPU VMs, Cloud TPU).
+    return kind == "TPU" and bool(tf.config.list_logical_devices("TPU"))
+
+
+def available_devices() -> tuple[str, ...]:
+    """Device names TensorFlow offers here: cpu always, gpu and tpu only when actually found."""
+    return tuple(name for name, kind in _KINDS.items() if name == "cpu" or _found(kind))
+
+
+def tf_device(name: str) -> str:
+    """The TensorFlow device string (``/CPU:0``, ``/GPU:0``, ``/TPU:0``) for a crossframe device name."""
+    kind = _KINDS.get(name)
+    if kind is None:
+        raise CapabilityError(f"device: unknown device '{name}'")
+    if name != "cpu" and not _found(kind):
+        hint = ("tensorflow-cpu is installed, or no CUDA device is visible" if name == "gpu"
+                else "run on a TPU VM with a TPU build of TensorFlow")
+        raise CapabilityError(f"device: '{name}' requested, but TensorFlow sees no {kind} ({hint})")
+    return f"/{kind}:0"
+
+
+def compute_dtype(precision: str) -> tf.DType:
+    """The dtype the forward pass computes in (variables stay float32 in every mode)."""
+    try:
+        return {"fp32": tf.float32, "bf16": tf.bfloat16, "fp16": tf.float16}[precision]
+    except KeyError:
+        raise CapabilityError(f"precision: unknown precision '{precision}'") from None
