@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,11 +32,17 @@ class TorchState:
     autocast_dtype: Any
     step: int = 0
 
-    def autocast(self) -> Any:
-        """The autocast context for this precision (a no-op for fp32)."""
+    def set_training(self, training: bool) -> None:
+        """Switch train / eval mode only when it changes (``Module.train`` walks every submodule)."""
+        if self.module.training != training:
+            self.module.train(training)
+
+    def run_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward pass under this precision's autocast (none at all for fp32)."""
         if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            return self.forward(x)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+            return self.forward(x)
 
 
 class TorchBackend(Backend):
@@ -115,7 +120,8 @@ class TorchBackend(Backend):
         return x, y
 
     def _loss(self, state: TorchState, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        out = out.float()
+        if out.dtype != torch.float32:
+            out = out.float()
         if state.setup.loss == "cross_entropy":
             return F.cross_entropy(out, y, reduction=reduction)
         per_example = F.mse_loss(out, y, reduction="none").mean(dim=1)
@@ -128,14 +134,13 @@ class TorchBackend(Backend):
         assert opt is not None
         for group in opt.param_groups:
             group["lr"] = lr
-        state.module.train()
+        state.set_training(True)
         x, y = self._inputs(state, batch)
         xs, ys = (x, y) if k == 1 else (x.chunk(k), y.chunk(k))
         total = None
         for i in range(k):
             xi, yi = (xs, ys) if k == 1 else (xs[i], ys[i])
-            with state.autocast():
-                loss = self._loss(state, state.forward(xi), yi)
+            loss = self._loss(state, state.run_forward(xi), yi)
             if k > 1:
                 loss = loss / k
             (state.scaler.scale(loss) if state.scaler else loss).backward()
@@ -158,10 +163,9 @@ class TorchBackend(Backend):
     @torch.no_grad()
     def eval_step(self, state: TorchState, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """Device sums for one batch: loss, count, and the confusion matrix or error sums."""
-        state.module.eval()
+        state.set_training(False)
         x, y = self._inputs(state, batch)
-        with state.autocast():
-            out = state.forward(x).float()
+        out = state.run_forward(x).float()
         sums: dict[str, Any] = {"loss_sum": self._loss(state, out, y, "sum"), "count": len(y)}
         if state.setup.loss == "cross_entropy":
             classes = out.shape[1]
@@ -177,14 +181,22 @@ class TorchBackend(Backend):
     @torch.no_grad()
     def predict(self, state: TorchState, x: np.ndarray) -> np.ndarray:
         """Outputs as float32 numpy."""
-        state.module.eval()
+        state.set_training(False)
         inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(state.device)
-        with state.autocast():
-            out = state.forward(inputs)
-        return out.float().cpu().numpy()
+        return state.run_forward(inputs).float().cpu().numpy()
 
     def fetch(self, values: Any) -> Any:
-        """Tensors to numpy, through lists, tuples and dicts."""
+        """Tensors to numpy, through lists, tuples and dicts.
+
+        A list of step outputs (dicts of scalar tensors, as the loop gathers between log steps)
+        is stacked per key and copied in one transfer instead of one per value.
+        """
+        if isinstance(values, list) and values and all(isinstance(v, dict) for v in values):
+            keys = values[0].keys()
+            if all(v.keys() == keys for v in values) and all(
+                    isinstance(v[k], torch.Tensor) and v[k].ndim == 0 for v in values for k in keys):
+                stacked = {k: torch.stack([v[k] for v in values]).cpu().numpy() for k in keys}
+                return [{k: stacked[k][i] for k in keys} for i in range(len(values))]
         if isinstance(values, torch.Tensor):
             return values.detach().cpu().numpy()
         if isinstance(values, dict):
