@@ -1,0 +1,279 @@
+"""The JAX backend: a parameter pytree, pure forward functions, optax, one jit-compiled step.
+
+The state is functional. ``train_step`` calls one ``jax.jit`` function
+``(params, opt_state, x, y, lr) -> (params, opt_state, out)`` whose parameter and optimizer
+buffers are donated (updated in place on the device), and returns a new :class:`JaxState`; the
+state passed in must not be used again. Gradient accumulation (``lax.scan`` over contiguous
+micro-batches), global-norm clipping, mixed precision and the optimizer update all happen
+inside that one compiled function, so a step is one dispatch and never syncs with the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from crossframe.backend import Backend, Capabilities, TrainSetup
+from crossframe.models.spec import ModelSpec, Params
+from crossframe_jax import devices
+from crossframe_jax.models import Forward, export_canonical, load_canonical, make_forward
+from crossframe_jax.optim import (
+    SUPPORTED,
+    OptState,
+    build_transform,
+    export_optimizer_state,
+    init_state,
+    load_optimizer_state,
+)
+
+MODELS = ("mlp", "cnn")
+CLIP_EPS = 1e-6  # scale = min(1, clip_norm / (norm + CLIP_EPS)), as crossframe.testing.reference
+
+
+@dataclass(frozen=True)
+class JaxProgram:
+    """What does not change during a run: the setup, the device and the compiled functions."""
+
+    setup: TrainSetup
+    device: Any
+    forward: Forward
+    tx: optax.GradientTransformation | None
+    train: Callable[..., Any] | None  # jit: (params, opt_state, x, y, lr) -> (params, opt_state, out)
+    evaluate: Callable[..., Any]  # jit: (params, x, y) -> device sums
+    predict: Callable[..., Any]  # jit: (params, x) -> float32 outputs
+    traces: dict[str, int] = field(default_factory=dict)  # how often each function was traced
+
+
+@dataclass(frozen=True)
+class JaxState:
+    """The native state of a jax run; every step returns a new one (the old one's buffers are donated)."""
+
+    program: JaxProgram
+    params: dict[str, jax.Array]
+    opt_state: OptState | None
+
+    @property
+    def setup(self) -> TrainSetup:
+        """The setup the state was built from."""
+        return self.program.setup
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def per_example_loss(loss: str, out: jax.Array, y: jax.Array) -> jax.Array:
+    """Softmax cross-entropy on integer labels, or squared error averaged over the outputs; float32."""
+    out = out.astype(jnp.float32)
+    if loss == "cross_entropy":
+        picked = jnp.take_along_axis(out, y[:, None].astype(jnp.int32), axis=1)[:, 0]
+        return jax.nn.logsumexp(out, axis=1) - picked
+    return jnp.mean(jnp.square(out - y), axis=1)
+
+
+def global_norm(tree: Any) -> jax.Array:
+    """The L2 norm of all leaves together."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(tree)))
+
+
+def _count_trace(traces: dict[str, int], name: str) -> None:
+    traces[name] = traces.get(name, 0) + 1  # runs while tracing only, never per step
+
+
+def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransformation,
+                  traces: dict[str, int]) -> Callable[..., Any]:
+    """The jit-compiled step, with params and optimizer state donated."""
+    k, loss_name, clip = setup.grad_accum, setup.loss, setup.clip_norm
+
+    def mean_loss(params: Mapping[str, jax.Array], x: jax.Array, y: jax.Array) -> jax.Array:
+        return per_example_loss(loss_name, forward(params, x), y).mean()
+
+    def scaled_loss(params: Mapping[str, jax.Array], x: jax.Array, y: jax.Array) -> jax.Array:
+        return mean_loss(params, x, y) / k
+
+    def train(params: dict[str, jax.Array], opt: OptState, x: jax.Array, y: jax.Array, lr: jax.Array
+              ) -> tuple[dict[str, jax.Array], OptState, dict[str, jax.Array]]:
+        _count_trace(traces, "train")
+        if k == 1:
+            loss, grads = jax.value_and_grad(mean_loss)(params, x, y)
+        else:
+            if x.shape[0] % k:
+                raise ValueError(f"train batch of {x.shape[0]} examples does not split into grad_accum={k} "
+                                 "equal micro-batches")
+            # k contiguous chunks in order: the same split as torch.chunk
+            xs = x.reshape(k, x.shape[0] // k, *x.shape[1:])
+            ys = y.reshape(k, y.shape[0] // k, *y.shape[1:])
+            grad_fn = jax.value_and_grad(scaled_loss)
+
+            def micro(carry: Any, batch: tuple[jax.Array, jax.Array]) -> tuple[Any, None]:
+                grad_sum, loss_sum = carry
+                loss_i, grads_i = grad_fn(params, *batch)
+                return (jax.tree.map(jnp.add, grad_sum, grads_i), loss_sum + loss_i), None
+
+            init = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32))
+            (grads, loss), _ = jax.lax.scan(micro, init, (xs, ys))
+        out = {"loss": loss}
+        if clip is not None:
+            norm = global_norm(grads)
+            scale = jnp.minimum(1.0, clip / (norm + CLIP_EPS))
+            grads = jax.tree.map(lambda g: g * scale, grads)
+            out["grad_norm"] = norm
+        direction, inner = tx.update(grads, opt.inner, params)
+        params = jax.tree.map(lambda p, d: p - lr * d, params, direction)
+        return params, OptState(inner, opt.step + 1), out
+
+    return jax.jit(train, donate_argnums=(0, 1))
+
+
+def make_eval_fn(setup: TrainSetup, forward: Forward, traces: dict[str, int]) -> Callable[..., Any]:
+    """The jit-compiled eval sums (one compile per distinct batch size)."""
+    loss_name, classes = setup.loss, setup.spec.data_info.num_outputs
+
+    def evaluate(params: Mapping[str, jax.Array], x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
+        _count_trace(traces, "eval")
+        out = forward(params, x).astype(jnp.float32)
+        sums = {"loss_sum": per_example_loss(loss_name, out, y).sum()}
+        if loss_name == "cross_entropy":
+            pred = jnp.argmax(out, axis=1)
+            sums["confusion"] = jnp.zeros((classes, classes), jnp.int32).at[y, pred].add(1)
+        else:
+            err = out - y
+            sums["abs_err_sum"] = jnp.abs(err).sum()
+            sums["sq_err_sum"] = jnp.square(err).sum()
+        return sums
+
+    return jax.jit(evaluate)
+
+
+def make_predict_fn(forward: Forward, traces: dict[str, int]) -> Callable[..., Any]:
+    """The jit-compiled forward pass, float32 out."""
+
+    def predict(params: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
+        _count_trace(traces, "predict")
+        return forward(params, x).astype(jnp.float32)
+
+    return jax.jit(predict)
+
+
+# --------------------------------------------------------------------------- the backend
+
+
+class JaxBackend(Backend):
+    """crossframe on JAX and optax."""
+
+    name = "jax"
+
+    def framework_version(self) -> str:
+        """jax's version."""
+        return jax.__version__
+
+    def capabilities(self) -> Capabilities:
+        """CPU always; GPU with a CUDA/ROCm jaxlib; TPU on a TPU host. fp16 training is not offered."""
+        return Capabilities(
+            devices=devices.available_devices(),
+            precisions=devices.TRAIN_PRECISIONS,
+            strategies=("single",),
+            models=MODELS,
+            optimizers=SUPPORTED,
+            compile=True,
+            notes={"tpu": "install jax[tpu] on a TPU host", "gpu": "install jax[cuda12] on a machine with a CUDA GPU",
+                   "fp16": "no loss scaling in the jax backend yet; use bf16",
+                   "compile": "steps are always jax.jit-compiled; train.compile is accepted and ignored",
+                   "data_parallel": "coming with jax.sharding", "fully_sharded": "coming with jax.sharding"},
+        )
+
+    # ------------------------------------------------------------------ state
+
+    def _program(self, setup: TrainSetup, training: bool) -> JaxProgram:
+        device = devices.jax_device(setup.device)
+        forward = make_forward(setup.spec, devices.compute_dtype(setup.precision, training=training))
+        traces: dict[str, int] = {}
+        tx = build_transform(setup) if training else None
+        train = make_train_fn(setup, forward, tx, traces) if tx is not None else None
+        return JaxProgram(setup, device, forward, tx, train, make_eval_fn(setup, forward, traces),
+                          make_predict_fn(forward, traces), traces)
+
+    def create_state(self, setup: TrainSetup) -> JaxState:
+        """Place the canonical weights on the device and build the optimizer state; steps compile lazily."""
+        program = self._program(setup, training=True)
+        params = load_canonical(setup.spec, setup.weights, program.device)
+        assert program.tx is not None
+        return JaxState(program, params, init_state(program.tx, params, program.device))
+
+    def inference_state(self, spec: ModelSpec, weights: Params, device: str = "cpu",
+                        precision: str = "fp32") -> JaxState:
+        """A state without an optimizer, for :meth:`predict` (fp16 is allowed here: no gradients)."""
+        setup = TrainSetup(spec, weights, device=device, precision=precision)  # type: ignore[arg-type]
+        program = self._program(setup, training=False)
+        return JaxState(program, load_canonical(spec, weights, program.device), None)
+
+    def export_state(self, state: JaxState) -> tuple[Params, Params]:
+        """Canonical weights and optimizer state (exact float32 host copies)."""
+        weights = export_canonical(state.params, state.setup.spec)
+        if state.opt_state is None:
+            return weights, {}
+        return weights, export_optimizer_state(state.setup.optimizer, state.opt_state, state.setup.spec)
+
+    def load_state(self, state: JaxState, weights: Params, optimizer_state: Params | None) -> JaxState:
+        """A new state holding canonical weights (and optimizer state, from any backend)."""
+        program = state.program
+        params = load_canonical(state.setup.spec, weights, program.device)
+        opt = state.opt_state
+        if optimizer_state is not None and program.tx is not None:
+            opt = load_optimizer_state(state.setup.optimizer, program.tx, params, state.setup.spec,
+                                       optimizer_state, program.device)
+        return JaxState(program, params, opt)
+
+    # ------------------------------------------------------------------ steps
+
+    def train_step(self, state: JaxState, batch: dict[str, np.ndarray], lr: float
+                   ) -> tuple[JaxState, dict[str, Any]]:
+        """One dispatch of the compiled step; no host sync.
+
+        The numpy batch and the float32 rate go straight into the jitted call, which copies them
+        to the device of the (committed) parameters in its C++ dispatch path: one transfer per
+        array, and several times less per-step overhead than a ``jax.device_put`` beforehand.
+        """
+        program = state.program
+        if program.train is None:
+            raise TypeError("train_step: this state was built by inference_state and cannot train")
+        params, opt, out = program.train(state.params, state.opt_state, batch["x"], batch["y"], np.float32(lr))
+        return JaxState(program, params, opt), out
+
+    def eval_step(self, state: JaxState, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Device sums for one batch: loss, count, and the confusion matrix or error sums."""
+        program = state.program
+        y_host = batch["y"]
+        sums: dict[str, Any] = dict(program.evaluate(state.params, batch["x"], y_host))
+        sums["count"] = len(y_host)
+        if state.setup.loss != "cross_entropy":
+            sums["outputs"] = int(y_host.shape[1])
+        return sums
+
+    def predict(self, state: JaxState, x: np.ndarray) -> np.ndarray:
+        """Outputs as float32 numpy."""
+        program = state.program
+        out = program.predict(state.params, np.ascontiguousarray(x, dtype=np.float32))
+        return np.array(jax.device_get(out), dtype=np.float32, copy=True)
+
+    def fetch(self, values: Any) -> Any:
+        """Device arrays to numpy, through lists, tuples and dicts (other leaves unchanged).
+
+        ``jax.device_get`` starts every copy before waiting for any, which pays off on
+        accelerators; on the CPU the arrays already live in host memory, and copying each one
+        with numpy costs a seventh of ``device_get``'s per-array overhead. The loop fetches
+        ``log_every`` pending loss scalars at a time: with ``device_get`` that cost about 12 us
+        a step on the quickstart MLP (steps of 0.1 ms), with numpy about 1 us.
+        """
+        leaves = jax.tree.leaves(values)
+        first = next((leaf for leaf in leaves if isinstance(leaf, jax.Array)), None)
+        if first is None:
+            return values
+        if all(d.platform == "cpu" for d in first.devices()):
+            return jax.tree.map(lambda v: np.array(v) if isinstance(v, jax.Array) else v, values)
+        return jax.device_get(values)
