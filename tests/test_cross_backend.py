@@ -89,3 +89,38 @@ def test_resume_on_another_backend(workdir: Path, tiny, first: str, second: str)
     want = load_checkpoint(straight.run_dir).weights
     for name, value in final.weights.items():
         np.testing.assert_allclose(value, want[name], atol=1e-4, rtol=0, err_msg=f"{first}->{second}: {name}")
+
+
+@needs_two
+def test_eval_of_one_run_agrees_on_every_backend(workdir: Path, tiny) -> None:
+    trained = crossframe.run(tiny(steps=15), quiet=True)
+    results = {b: crossframe.evaluate(trained.run_dir, backend=b) for b in BACKENDS}
+    first = results[BACKENDS[0]]
+    assert first["step"] == 15 and first["val/loss"] == pytest.approx(trained.metrics["val/loss"], abs=1e-6)
+    for backend, metrics in results.items():
+        assert metrics["backend"] == backend
+        assert metrics["val/loss"] == pytest.approx(first["val/loss"], abs=1e-5)
+        assert metrics["val/accuracy"] == first["val/accuracy"]
+
+
+def test_eval_cli_reports_and_rejects_bad_input(workdir: Path, tiny, capsys: pytest.CaptureFixture) -> None:
+    from crossframe.cli.main import main
+
+    trained = crossframe.run(tiny(steps=5), quiet=True)
+    assert main(["eval", str(trained.run_dir), "--json", "--split", "train"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["step"] == 5 and "train/accuracy" in out
+    assert main(["eval", str(workdir / "nowhere")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no checkpoint found" in err[0]
+
+
+def test_backends_command_lists_every_backend(capsys: pytest.CaptureFixture) -> None:
+    from crossframe.cli.main import main
+
+    assert main(["backends", "--json"]) == 0
+    rows = {row["backend"]: row for row in json.loads(capsys.readouterr().out)}
+    for backend in BACKENDS:
+        assert rows[backend]["status"] == "ok"
+        assert "cpu" in rows[backend]["devices"] and "fp32" in rows[backend]["precisions"]
+        assert {"mlp", "cnn"} <= set(rows[backend]["models"])

@@ -17,6 +17,7 @@ hookimpl = pluggy.HookimplMarker("crossframe")
 
 _LAZY = {
     "run": ("crossframe.train.runner", "run"),
+    "evaluate": ("crossframe.train.evaluate", "evaluate"),
     "load_config": ("crossframe.config.loading", "load_config"),
     "RunConfig": ("crossframe.config.schema", "RunConfig"),
     "Backend": ("crossframe.backend", "Backend"),
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from crossframe.errors import CrossframeError
     from crossframe.models.spec import ModelSpec, ParamSpec
     from crossframe.plugins import get_plugin_manager
+    from crossframe.train.evaluate import evaluate
     from crossframe.train.runner import run
 
 

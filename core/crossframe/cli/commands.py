@@ -44,6 +44,24 @@ def _scalar(value: Any) -> bool:
         return False
 
 
+@click.command("eval")
+@click.argument("run_dir", type=click.Path())
+@click.option("--backend", "-b", help="Evaluate on this backend instead of the run's own.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a value (repeatable).")
+@click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def eval_command(run_dir: str, backend: str | None, overrides: tuple[str, ...], split: str, as_json: bool) -> None:
+    """Evaluate RUN_DIR's latest checkpoint (or a checkpoints/step_N directory) on any backend."""
+    from crossframe.train.evaluate import evaluate
+
+    metrics = evaluate(run_dir, overrides, backend=backend, split=split)
+    if as_json:
+        click.echo(json.dumps({k: v.tolist() if hasattr(v, "tolist") else v for k, v in metrics.items()}))
+        return
+    scalars = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("step", "backend") and _scalar(v))
+    click.echo(f"step {metrics['step']} on {metrics['backend']}: {scalars}")
+
+
 @click.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--traceback", "show_tb", is_flag=True, help="Show the traceback of failed plugins.")
@@ -137,4 +155,4 @@ def config_show(config: str | None, backend: str | None, overrides: tuple[str, .
         sys.stdout.write(dump_yaml(resolved))
 
 
-COMMANDS = [run_command, plugins_command, backends_command, config_group]
+COMMANDS = [run_command, eval_command, plugins_command, backends_command, config_group]

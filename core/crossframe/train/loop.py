@@ -29,6 +29,17 @@ from crossframe.train.early_stopping import EarlyStopping
 from crossframe.train.progress import Progress
 
 
+def evaluate_dataset(backend: Backend, state: Any, dataset: Dataset, batch_size: int,
+                     metric_fns: dict[str, Callable[[EvalTotals], Any]], prefix: str = "val/") -> dict[str, Any]:
+    """Loss and metrics of ``state`` over all of ``dataset``, fetched from the device once."""
+    outs = [backend.eval_step(state, b) for b in eval_batches(dataset, batch_size)]
+    totals = EvalTotals.from_batches(backend.fetch(outs))
+    metrics: dict[str, Any] = {f"{prefix}loss": loss(totals)}
+    for name, fn in metric_fns.items():
+        metrics[f"{prefix}{name}"] = fn(totals)
+    return metrics
+
+
 @dataclass
 class Run:
     """A live run, as lifecycle hooks see it. Set ``should_stop`` to end it after this step."""
@@ -132,13 +143,9 @@ class Trainer:
 
     def evaluate(self) -> dict[str, Any]:
         """Evaluate on the validation split; one device sync for the whole pass."""
-        run, backend = self.run, self.run.backend
-        outs = [backend.eval_step(self.state, b)
-                for b in eval_batches(self.val, run.config.train.eval_batch_size)]
-        totals = EvalTotals.from_batches(backend.fetch(outs))
-        metrics: dict[str, Any] = {"val/loss": loss(totals)}
-        for name, fn in self.metric_fns.items():
-            metrics[f"val/{name}"] = fn(totals)
+        run = self.run
+        metrics = evaluate_dataset(run.backend, self.state, self.val, run.config.train.eval_batch_size,
+                                   self.metric_fns)
         run.last_eval = {"step": run.step, **metrics}
         self._emit(run.step, metrics)
         scalars = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if np.ndim(v) == 0)

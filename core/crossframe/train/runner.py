@@ -14,6 +14,7 @@ from crossframe.checkpoint import Checkpoint, find_checkpoint, load_checkpoint
 from crossframe.config.loading import atomic_write_text, dump_yaml, load_config
 from crossframe.config.schema import RunConfig
 from crossframe.config.validation import validate_params
+from crossframe.data.dataset import Dataset
 from crossframe.data.loader import BatchLoader
 from crossframe.errors import CapabilityError, ConfigError, RunError, one_of
 from crossframe.metrics import CLASSIFICATION_DEFAULT, REGRESSION_DEFAULT
@@ -47,25 +48,36 @@ def make_backend(name: str) -> Backend:
                               f"install crossframe[{name}]") from None
 
 
-def check_capabilities(config: RunConfig, caps: Capabilities, device: str, model: str) -> None:
-    """Fail before the run, in one line, if the backend cannot do what the config asks."""
+def check_capabilities(config: RunConfig, caps: Capabilities, device: str, model: str,
+                       training: bool = True) -> None:
+    """Fail before the run, in one line, if the backend cannot do what the config asks.
+
+    With ``training=False`` (evaluation, prediction) the strategy, optimizer, compile and
+    ability to train are not required.
+    """
     name = config.backend
     checks = [
         ("device", device, caps.devices, "found"),
         ("precision", config.precision, caps.precisions, "supports"),
-        ("strategy", config.strategy, caps.strategies, "supports"),
         ("model.name", model, caps.models, "supports"),
-        ("train.optimizer.name", config.train.optimizer.name, caps.optimizers, "supports"),
     ]
+    if training:
+        checks += [
+            ("strategy", config.strategy, caps.strategies, "supports"),
+            ("train.optimizer.name", config.train.optimizer.name, caps.optimizers, "supports"),
+        ]
     for field_name, wanted, available, verb in checks:
         if wanted not in available:
             note = caps.notes.get(wanted, "")
             raise CapabilityError(f"{field_name}: '{wanted}' requested, but backend '{name}' {verb} only "
                                   f"{one_of(available)}{f' ({note})' if note else ''}")
+    if not training:
+        return
+    if not caps.can_train:
+        raise CapabilityError(f"backend: '{name}' is inference-only and cannot train; use it with "
+                              f"'crossframe eval RUN_DIR --backend {name}'")
     if config.train.compile and not caps.compile:
         raise CapabilityError(f"train.compile: backend '{name}' cannot compile steps")
-    if not caps.can_train:
-        raise CapabilityError(f"backend: '{name}' is inference-only and cannot train")
 
 
 def _unique_dir(base: Path) -> Path:
@@ -115,20 +127,30 @@ def run(
     return _train(cfg, run_dir, checkpoint, quiet)
 
 
-def _train(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quiet: bool) -> RunResult:
-    plugins = get_plugin_manager()
+def prepare_backend(cfg: RunConfig, training: bool = True) -> tuple[Backend, str]:
+    """The configured backend and the device it will use, checked against its capabilities."""
     backend = make_backend(cfg.backend)
     caps = backend.capabilities()
     if cfg.device not in ("auto", *caps.devices):
-        check_capabilities(cfg, caps, cfg.device, cfg.model.name)
+        check_capabilities(cfg, caps, cfg.device, cfg.model.name, training)
     device = backend.resolve_device(cfg.device)
-    check_capabilities(cfg, caps, device, cfg.model.name)
+    check_capabilities(cfg, caps, device, cfg.model.name, training)
+    return backend, device
 
+
+def load_data(cfg: RunConfig) -> tuple[Dataset, Dataset]:
+    """The configured dataset, split into training and validation parts."""
     data_comp = component("dataset", cfg.data.name, "data.name")
     dataset = data_comp.obj(validate_params(data_comp.schema, cfg.data.params, "data"))
-    train_set, val_set = dataset.split(cfg.data.val_fraction, cfg.seed)
+    return dataset.split(cfg.data.val_fraction, cfg.seed)
+
+
+def _train(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quiet: bool) -> RunResult:
+    plugins = get_plugin_manager()
+    backend, device = prepare_backend(cfg)
+    train_set, val_set = load_data(cfg)
     spec = build_model(cfg.model.name, cfg.model.params, train_set.info)
-    metric_fns = _metric_functions(cfg, train_set.task)
+    metric_fns = metric_functions(cfg, train_set.task)
 
     loader = BatchLoader(train_set, cfg.train.batch_size * cfg.train.grad_accum, cfg.seed)
     total = cfg.train.steps or (cfg.train.epochs or 1) * loader.steps_per_epoch
@@ -182,7 +204,7 @@ def _train(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quiet: 
     return RunResult(run_dir, status, run.step, metrics, run.last_checkpoint)
 
 
-def _metric_functions(cfg: RunConfig, task: str) -> dict[str, Any]:
+def metric_functions(cfg: RunConfig, task: str) -> dict[str, Any]:
     names = cfg.train.metrics or (CLASSIFICATION_DEFAULT if task == "classification" else REGRESSION_DEFAULT)
     out = {}
     for i, name in enumerate(names):

@@ -1,0 +1,41 @@
+"""Evaluating a finished (or running) run's checkpoint, on any backend: ``crossframe eval``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from crossframe.checkpoint import load_checkpoint
+from crossframe.config.loading import load_config
+from crossframe.errors import ConfigError
+from crossframe.models import spec_from_json
+from crossframe.train.loop import evaluate_dataset
+from crossframe.train.runner import CONFIG_FILE, load_data, metric_functions, prepare_backend
+
+
+def evaluate(run: str | os.PathLike, overrides: Iterable[str] = (), *, backend: str | None = None,
+             split: str = "val") -> dict[str, Any]:
+    """Metrics of a run's latest checkpoint (or the ``checkpoints/step_N`` given) on ``split``.
+
+    The run's saved config gives the data and metrics; ``backend`` evaluates on another backend
+    (an inference-only one too). ``split`` is ``val`` or ``train``.
+    """
+    if split not in ("val", "train"):
+        raise ConfigError(f"--split: '{split}' is not a split; use 'val' or 'train'")
+    checkpoint = load_checkpoint(Path(run))
+    run_dir = checkpoint.path.parent.parent
+    saved = run_dir / CONFIG_FILE
+    if not saved.is_file():
+        raise ConfigError(f"eval: '{run_dir}' has no {CONFIG_FILE}")
+    cfg = load_config(saved, overrides, backend=backend)
+    spec = spec_from_json(checkpoint.state["model"])
+    impl, device = prepare_backend(cfg, training=False)
+    spec.check_weights(checkpoint.weights, f"checkpoint '{checkpoint.path}'")
+    state = impl.inference_state(spec, checkpoint.weights, device, cfg.precision)
+    train_set, val_set = load_data(cfg)
+    dataset = val_set if split == "val" else train_set
+    metrics = evaluate_dataset(impl, state, dataset, cfg.train.eval_batch_size,
+                               metric_functions(cfg, dataset.task), prefix=f"{split}/")
+    return {"step": checkpoint.step, "backend": cfg.backend, **metrics}
