@@ -7,13 +7,14 @@ from textwrap import dedent
 
 
 def make_distribution(root: Path, dist: str, entry_name: str, module: str, source: str,
-                      version: str = "0.1.0") -> Path:
+                      version: str = "0.1.0", requires: tuple[str, ...] = ()) -> Path:
     """Write ``module.py`` and a ``<dist>-<version>.dist-info`` registering it under ``crossframe``."""
     root.mkdir(parents=True, exist_ok=True)
     (root / f"{module}.py").write_text(dedent(source))
     info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
     info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    requirement_lines = "".join(f"Requires-Dist: {r}\n" for r in requires)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n{requirement_lines}")
     (info / "entry_points.txt").write_text(f"[crossframe]\n{entry_name} = {module}\n")
     return root
 
@@ -54,4 +55,15 @@ from crossframe import hookimpl
 @hookimpl
 def register_models(register):
     raise ValueError("cannot register today")
+"""
+
+RENAMED_HOOK = """
+from crossframe import hookimpl
+
+@hookimpl
+def on_training_start(run):
+    run.config.name  # touch it: the hook really runs
+    STARTED.append(run.step)
+
+STARTED = []
 """

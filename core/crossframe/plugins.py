@@ -21,6 +21,7 @@ from typing import Any
 import pluggy
 
 from crossframe import hookspecs
+from crossframe.compat import apply_renames, incompatibility
 from crossframe.errors import PluginError, did_you_mean, one_of
 
 ENTRY_POINT_GROUP = "crossframe"
@@ -62,14 +63,14 @@ class PluginRecord:
     distribution: str = ""
     version: str = ""
     module: str = ""
-    status: str = "loaded"  # loaded | failed | disabled
+    status: str = "loaded"  # loaded | failed | incompatible | disabled
     error: str = ""
     traceback: str = ""
     hooks: list[str] = field(default_factory=list)
 
     def describe_status(self) -> str:
         """``loaded``, ``disabled`` or ``failed: <why>`` for listings."""
-        return f"failed: {self.error}" if self.status == "failed" else self.status
+        return f"{self.status}: {self.error}" if self.status in ("failed", "incompatible") else self.status
 
 
 def _env_list(name: str) -> list[str]:
@@ -125,6 +126,10 @@ class PluginManager:
             if ep.name in self.disabled or (allow and ep.name not in allow):
                 record.status = "disabled"
                 continue
+            why = incompatibility(dist, __version__)
+            if why:
+                self._fail(record, why, status="incompatible")
+                continue
             try:
                 obj = ep.load()
             except BaseException as exc:  # a plugin must never take the host down
@@ -158,6 +163,7 @@ class PluginManager:
     ) -> None:
         record = record or PluginRecord(name=name, distribution=distribution, module=module)
         self.records[name] = record
+        obj = apply_renames(obj, name, lambda o, attr: self.pm.parse_hookimpl_opts(o, attr) is not None)
         unknown = self._unknown_hooks(obj)
         if unknown:
             self._fail(record, unknown)
@@ -189,8 +195,8 @@ class PluginManager:
                 record = self.records.setdefault(impl.plugin_name, PluginRecord(name=impl.plugin_name))
                 self._fail(record, f"{hook_name} raised {type(exc).__name__}: {exc}")
 
-    def _fail(self, record: PluginRecord, message: str) -> None:
-        record.status = "failed"
+    def _fail(self, record: PluginRecord, message: str, status: str = "failed") -> None:
+        record.status = status
         record.error = message
         record.traceback = traceback.format_exc() if sys.exc_info()[0] else ""
         if self.pm.has_plugin(record.name):
@@ -215,7 +221,7 @@ class PluginManager:
     def failures(self) -> list[PluginRecord]:
         """Plugins that failed to load or register."""
         self.load()
-        return [r for r in self.records.values() if r.status == "failed"]
+        return [r for r in self.records.values() if r.status in ("failed", "incompatible")]
 
     # ------------------------------------------------------------------ components
 

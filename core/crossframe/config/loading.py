@@ -122,8 +122,11 @@ def _resolved(component: ComponentConfig, kind: str, where: str, cls: type = Com
 
 def resolve(config: RunConfig) -> RunConfig:
     """Check every component against its plugin's schema and fill in their defaults."""
+    from crossframe.compat import check_requirements
     from crossframe.plugins import component as lookup
+    from crossframe.plugins import get_plugin_manager
 
+    check_requirements(config.requires, get_plugin_manager().records)
     lookup("backend", config.backend, "backend")
     out = config.model_copy(deep=True)
     out.data = _resolved(config.data, "dataset", "data", type(config.data))

@@ -110,3 +110,5 @@ class RunConfig(Strict):
     model: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="mlp"))
     train: TrainConfig = Field(default_factory=TrainConfig)
     loggers: list[ComponentConfig] = Field(default_factory=list)
+    requires: list[str] = Field(default_factory=list,
+                                description="plugin distributions this config needs, e.g. 'crossframe-mlflow>=0.1'")
