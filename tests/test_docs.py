@@ -132,3 +132,21 @@ def test_config_fields_appear_in_config_doc(model: type) -> None:
     text = CONFIG_MD.read_text(encoding="utf-8")
     missing = sorted(f for f in model.model_fields if f"`{f}`" not in text)
     assert not missing, f"docs/config.md never mentions {model.__name__} fields: {missing}"
+
+
+PLUGINS_MD = DOCS / "plugins.md"
+#: "| `register_models(register)` |" -> a row of the hook table in docs/plugins.md
+HOOK_ROW = re.compile(r"^\|\s*`(?P<name>(?:register|on)_\w+)\((?P<args>[^)]*)\)`\s*\|", re.MULTILINE)
+
+
+def test_plugins_guide_lists_every_hook_with_its_exact_signature() -> None:
+    rows = {m["name"]: [a.strip() for a in m["args"].split(",") if a.strip()]
+            for m in HOOK_ROW.finditer(PLUGINS_MD.read_text(encoding="utf-8"))}
+    missing = sorted(set(SPECS) - set(rows))
+    assert not missing, f"docs/plugins.md 'Every hook' table lacks: {missing}"
+    unknown = sorted(set(rows) - set(SPECS))
+    assert not unknown, f"docs/plugins.md lists hooks that do not exist: {unknown}"
+    for name, fn in SPECS.items():
+        expected = list(inspect.signature(fn).parameters)
+        assert rows[name] == expected, f"docs/plugins.md: `{name}({', '.join(rows[name])})` should be " \
+                                       f"`{name}({', '.join(expected)})`"
