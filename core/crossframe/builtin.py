@@ -12,11 +12,12 @@ from crossframe import hookimpl
 
 @hookimpl
 def register_models(register: Any) -> None:
-    """Register ``mlp`` and ``cnn``."""
-    from crossframe.models import cnn, mlp
+    """Register ``mlp``, ``cnn`` and ``gpt``."""
+    from crossframe.models import cnn, gpt, mlp
 
     register("mlp", mlp.build_mlp, schema=mlp.MLPParams, description="multi-layer perceptron")
     register("cnn", cnn.build_cnn, schema=cnn.CNNParams, description="small conv net on NHWC images")
+    register("gpt", gpt.build_gpt, schema=gpt.GPTParams, description="decoder-only transformer (GPT-2 style)")
 
 
 @hookimpl

@@ -9,7 +9,7 @@ import numpy as np
 
 from crossframe.errors import DataError
 
-Task = Literal["classification", "regression"]
+Task = Literal["classification", "regression", "language_modeling"]
 
 
 @dataclass(frozen=True)
