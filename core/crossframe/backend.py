@@ -58,11 +58,21 @@ class TrainSetup:
     clip_norm: float | None = None
     compile: bool = False
     seed: int = 0
+    activation_checkpointing: bool = False
 
     @property
     def loss(self) -> str:
-        """``cross_entropy`` for classification, ``mse`` for regression."""
-        return "cross_entropy" if self.spec.data_info.task == "classification" else "mse"
+        """``cross_entropy`` (classification), ``mse`` (regression) or ``token_cross_entropy``.
+
+        ``token_cross_entropy`` (language modelling): batches are ``{"x", "y"}`` int token ids
+        ``[B, T]`` and an optional float ``"mask"`` ``[B, T]`` (1 where a target counts). The
+        loss of a step is ``sum(ce * mask) / sum(mask)`` over the *whole* batch, so ``grad_accum``
+        micro-batches give exactly the gradient of one big batch even when masks differ.
+        ``eval_step`` returns ``loss_sum`` (summed over counted tokens) and ``count`` (counted
+        tokens); ``predict`` returns logits ``[B, T, vocab]``.
+        """
+        return {"classification": "cross_entropy", "regression": "mse",
+                "language_modeling": "token_cross_entropy"}[self.spec.data_info.task]
 
     @property
     def decay_mask(self) -> dict[str, bool]:

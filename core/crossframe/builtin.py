@@ -66,6 +66,7 @@ def register_metrics(register: Any) -> None:
     register("confusion_matrix", m.confusion_matrix, tasks=cls, description="[C, C] counts")
     register("mae", m.mae, tasks=reg, description="mean absolute error")
     register("rmse", m.rmse, tasks=reg, description="root mean squared error")
+    register("perplexity", m.perplexity, tasks=("language_modeling",), description="exp(mean token loss)")
 
 
 @hookimpl

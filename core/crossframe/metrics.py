@@ -1,8 +1,9 @@
 """Evaluation metrics, computed on the host from sums a backend accumulates on its device.
 
 A backend's ``eval_step`` returns, per batch, device values for ``loss_sum`` and ``count`` and
-either ``confusion`` (classification, ``[C, C]`` counts, rows = truth) or ``abs_err_sum`` /
-``sq_err_sum`` (regression). The loop fetches them once per evaluation and sums them into
+either ``confusion`` (classification, ``[C, C]`` counts, rows = truth), ``abs_err_sum`` /
+``sq_err_sum`` (regression), or nothing more (language modelling: ``count`` is the number of
+counted target tokens). The loop fetches them once per evaluation and sums them into
 :class:`EvalTotals`; every metric is a function of those totals.
 """
 
@@ -13,8 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CLASSIFICATION_DEFAULT = ["accuracy", "precision", "recall", "f1"]
-REGRESSION_DEFAULT = ["mae", "rmse"]
+DEFAULT_METRICS = {
+    "classification": ["accuracy", "precision", "recall", "f1"],
+    "regression": ["mae", "rmse"],
+    "language_modeling": ["perplexity"],
+}
 
 
 @dataclass
@@ -51,8 +55,13 @@ class EvalTotals:
 
 
 def loss(t: EvalTotals) -> float:
-    """Mean loss per example."""
+    """Mean loss per example (per counted token for language models)."""
     return t.loss_sum / max(t.count, 1)
+
+
+def perplexity(t: EvalTotals) -> float:
+    """``exp`` of the mean per-token cross-entropy."""
+    return float(np.exp(min(loss(t), 700.0)))
 
 
 def accuracy(t: EvalTotals) -> float:

@@ -80,6 +80,7 @@ class TrainConfig(Strict):
     early_stopping: EarlyStoppingConfig | None = None
     metrics: list[str] | None = Field(None, description="eval metrics; default depends on the task")
     compile: bool = Field(False, description="compile the step (torch.compile, XLA, ...)")
+    activation_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
 
     @model_validator(mode="before")
     @classmethod

@@ -17,7 +17,7 @@ from crossframe.config.validation import validate_params
 from crossframe.data.dataset import Dataset
 from crossframe.data.loader import BatchLoader
 from crossframe.errors import CapabilityError, ConfigError, RunError, one_of
-from crossframe.metrics import CLASSIFICATION_DEFAULT, REGRESSION_DEFAULT
+from crossframe.metrics import DEFAULT_METRICS
 from crossframe.models import build_model
 from crossframe.plugins import component, get_plugin_manager
 from crossframe.train.early_stopping import EarlyStopping
@@ -165,7 +165,8 @@ def _train(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quiet: 
     weights = spec.init(cfg.seed)
     state = backend.create_state(TrainSetup(
         spec, weights, cfg.train.optimizer.name, opt_params, device, cfg.precision,
-        cfg.train.grad_accum, cfg.train.clip_norm, cfg.train.compile, cfg.seed))
+        cfg.train.grad_accum, cfg.train.clip_norm, cfg.train.compile, cfg.seed,
+        cfg.train.activation_checkpointing))
     early = EarlyStopping.from_config(cfg.train.early_stopping) if cfg.train.early_stopping else None
     start = 0
     if checkpoint is not None:
@@ -205,7 +206,7 @@ def _train(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quiet: 
 
 
 def metric_functions(cfg: RunConfig, task: str) -> dict[str, Any]:
-    names = cfg.train.metrics or (CLASSIFICATION_DEFAULT if task == "classification" else REGRESSION_DEFAULT)
+    names = cfg.train.metrics or DEFAULT_METRICS[task]
     out = {}
     for i, name in enumerate(names):
         comp = component("metric", name, f"train.metrics.{i}")
