@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+MIN_REDRAW_S = 0.1
 
 
 class Progress:
@@ -24,11 +27,16 @@ class Progress:
         )
         self._bar.start()
         self._task = self._bar.add_task(description, total=total, completed=start, info="")
+        self._last_draw = 0.0
 
     def update(self, step: int, logs: dict[str, Any] | None = None) -> None:
         """Move to ``step``; ``logs`` (host values) refresh the info column."""
         if not self.enabled:
             return
+        now = time.monotonic()
+        if logs is None and now - self._last_draw < MIN_REDRAW_S:
+            return  # the bar redraws a few times a second anyway: skip the per-step bookkeeping
+        self._last_draw = now
         info = None
         if logs:
             parts = [f"loss {logs['train/loss']:.4f}", f"lr {logs['train/lr']:.2e}"]
