@@ -262,7 +262,10 @@ class BackendConformance:
         missing = next((d for d in ("tpu", "gpu") if d not in caps.devices), None)
         if missing:
             with pytest.raises(CapabilityError) as info:
-                check_capabilities(config, caps, missing, "mlp")
+                check_capabilities(config, caps, missing, "mlp", training=caps.can_train)
             assert f"device: '{missing}' requested" in str(info.value) and "\n" not in str(info.value)
         with pytest.raises(CapabilityError, match=r"model\.name: 'no-such-model' requested"):
-            check_capabilities(config, caps, "cpu", "no-such-model")
+            check_capabilities(config, caps, "cpu", "no-such-model", training=caps.can_train)
+        if not caps.can_train:
+            with pytest.raises(CapabilityError, match="inference-only and cannot train"):
+                check_capabilities(config, caps, "cpu", "mlp")

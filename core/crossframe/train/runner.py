@@ -56,6 +56,9 @@ def check_capabilities(config: RunConfig, caps: Capabilities, device: str, model
     ability to train are not required.
     """
     name = config.backend
+    if training and not caps.can_train:
+        raise CapabilityError(f"backend: '{name}' is inference-only and cannot train; use it with "
+                              f"'crossframe eval RUN_DIR --backend {name}'")
     checks = [
         ("device", device, caps.devices, "found"),
         ("precision", config.precision, caps.precisions, "supports"),
@@ -71,12 +74,7 @@ def check_capabilities(config: RunConfig, caps: Capabilities, device: str, model
             note = caps.notes.get(wanted, "")
             raise CapabilityError(f"{field_name}: '{wanted}' requested, but backend '{name}' {verb} only "
                                   f"{one_of(available)}{f' ({note})' if note else ''}")
-    if not training:
-        return
-    if not caps.can_train:
-        raise CapabilityError(f"backend: '{name}' is inference-only and cannot train; use it with "
-                              f"'crossframe eval RUN_DIR --backend {name}'")
-    if config.train.compile and not caps.compile:
+    if training and config.train.compile and not caps.compile:
         raise CapabilityError(f"train.compile: backend '{name}' cannot compile steps")
 
 
