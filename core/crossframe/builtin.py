@@ -22,13 +22,24 @@ def register_models(register: Any) -> None:
 
 @hookimpl
 def register_datasets(register: Any) -> None:
-    """Register ``digits``, ``synthetic``, ``npz`` and ``csv``."""
+    """Register ``digits``, ``synthetic``, ``npz``, ``csv`` and the text sources."""
     from crossframe.data import sources as s
 
     register("digits", s.load_digits, schema=s.DigitsParams, description="scikit-learn's 8x8 digits")
     register("synthetic", s.load_synthetic, schema=s.SyntheticParams, description="seeded generated data")
     register("npz", s.load_npz, schema=s.NpzParams, description="arrays from a .npz file")
     register("csv", s.load_csv, schema=s.CsvParams, description="numeric CSV with a header row")
+    from crossframe.text import registry as text
+
+    text.register_datasets(register)  # text-files, jsonl, python-stdlib
+
+
+@hookimpl
+def register_tokenizers(register: Any) -> None:
+    """Register ``bytes``, ``chars`` and ``bpe``."""
+    from crossframe.text import registry
+
+    registry.register_tokenizers(register)
 
 
 @hookimpl

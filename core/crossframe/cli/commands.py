@@ -155,4 +155,6 @@ def config_show(config: str | None, backend: str | None, overrides: tuple[str, .
         sys.stdout.write(dump_yaml(resolved))
 
 
-COMMANDS = [run_command, eval_command, plugins_command, backends_command, config_group]
+from crossframe.cli.new_plugin import new_plugin_command  # noqa: E402  (click only)
+
+COMMANDS = [run_command, eval_command, plugins_command, backends_command, config_group, new_plugin_command]

@@ -76,7 +76,10 @@ def layout(kind: str, module: str) -> dict[str, str]:
 def _template(path: str) -> str:
     from importlib.resources import files
 
-    return files(TEMPLATE_PACKAGE).joinpath(TEMPLATE_DIR, path).read_text(encoding="utf-8")
+    node = files(TEMPLATE_PACKAGE)
+    for part in f"{TEMPLATE_DIR}/{path}".split("/"):
+        node = node.joinpath(part)
+    return node.read_text(encoding="utf-8")
 
 
 def fill(text: str, values: Mapping[str, str]) -> str:
@@ -89,7 +92,8 @@ def fill(text: str, values: Mapping[str, str]) -> str:
 def render(name: str, kind: str) -> dict[str, str]:
     """The files of the distribution ``crossframe-<name>`` of ``kind``: relative path -> text."""
     values = variables(name, kind)
-    values = {"kind_readme": _template(f"{kind}/README.md.tmpl"), **values}  # a section, filled in below
+    section = _template(f"{kind}/README.md.tmpl").strip("\n") + "\n"  # filled in below, like the rest
+    values = {"kind_readme": section, **values}
     files: dict[str, str] = {}
     for out, source in layout(kind, values["module"]).items():
         text = fill(_template(source), values)
@@ -114,7 +118,7 @@ def check_name(name: str, kind: str) -> None:
                          "named crossframe-NAME")
     taken = _taken_names(kind)
     if name in taken:
-        raise UsageError(f"NAME: '{name}' is already used by crossframe itself ({taken[name]}); choose another name")
+        raise UsageError(f"NAME: '{name}' is already taken by {taken[name]}; choose another name")
 
 
 def _taken_names(kind: str) -> dict[str, str]:
@@ -123,15 +127,15 @@ def _taken_names(kind: str) -> dict[str, str]:
 
     from crossframe.plugins import CORE_PLUGIN, ENTRY_POINT_GROUP, KINDS, get_plugin_manager
 
-    taken = {CORE_PLUGIN: "the core plugin"}
+    taken = {CORE_PLUGIN: "crossframe's core plugin"}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(ep, "dist", None)
         if dist is not None and dist.metadata["Name"] == "crossframe":
-            taken[ep.name] = f"the entry point of its {ep.name} plugin"
+            taken[ep.name] = f"the entry point of crossframe's {ep.name} plugin"
     if kind in KINDS:
         for name, comp in get_plugin_manager().components(kind).items():
             if comp.plugin == CORE_PLUGIN:
-                taken.setdefault(name, f"its {kind} '{name}'")
+                taken.setdefault(name, f"crossframe's {kind} '{name}'")
     elif kind == "command":
         from crossframe.cli.commands import COMMANDS
 
@@ -158,17 +162,21 @@ def write(target: Path, files: Mapping[str, str]) -> None:
 
 @click.command("new-plugin")
 @click.argument("name")
-@click.option("--kind", "-k", required=True, type=click.Choice(KINDS),
-              help="What the plugin provides; it gets one working implementation of it.")
+@click.option("--kind", "-k", type=click.Choice(KINDS),
+              help="Required: what the plugin provides; it gets one working implementation of it.")
 @click.option("--dir", "directory", default=".", show_default=True, type=click.Path(path_type=Path),
               help="Where to create crossframe-NAME/.")
-def new_plugin_command(name: str, kind: str, directory: Path) -> None:
+def new_plugin_command(name: str, kind: str | None, directory: Path) -> None:
     """Write a ready-to-publish plugin distribution into DIR/crossframe-NAME/.
 
     It holds pyproject.toml (entry point NAME, crossframe's compatible range as its
     dependency), src/crossframe_NAME/ with one working hook implementation of KIND, tests that
     use crossframe's pytest fixtures, and a README on installing, testing and publishing it.
     """
+    if kind is None:  # checked here, not by click, whose message for a missing choice is many lines
+        from crossframe.errors import UsageError, one_of
+
+        raise UsageError(f"--kind: required; choose {one_of(KINDS)}")
     check_name(name, kind)
     files = render(name, kind)
     target = directory / f"crossframe-{name}"

@@ -133,6 +133,7 @@ def resolve(config: RunConfig) -> RunConfig:
     out.model = _resolved(config.model, "model", "model")
     out.train.optimizer = _resolved(config.train.optimizer, "optimizer", "train.optimizer")
     out.train.schedule = _resolved(config.train.schedule, "schedule", "train.schedule")
+    out.text.tokenizer = _resolved(config.text.tokenizer, "tokenizer", "text.tokenizer")
     out.loggers = [_resolved(lg, "logger", f"loggers.{i}") for i, lg in enumerate(config.loggers)]
     for i, name in enumerate(config.train.metrics or []):
         lookup("metric", name, f"train.metrics.{i}")

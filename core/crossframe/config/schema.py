@@ -96,6 +96,15 @@ class TrainConfig(Strict):
         return self
 
 
+class TextConfig(Strict):
+    """``text``: how a text source becomes token sequences (language models only)."""
+
+    tokenizer: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="bytes"))
+    seq_len: PositiveInt = Field(128, description="tokens per training sequence")
+    store: str | None = Field(None, description="token store directory; default <output_dir>/.tokens/<hash>")
+    max_eval_tokens: PositiveInt | None = Field(None, description="cap on validation tokens per evaluation")
+
+
 class RunConfig(Strict):
     """The whole run. Defaults make ``RunConfig()`` a valid (if small) job."""
 
@@ -110,6 +119,7 @@ class RunConfig(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="mlp"))
     train: TrainConfig = Field(default_factory=TrainConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
     loggers: list[ComponentConfig] = Field(default_factory=list)
     requires: list[str] = Field(default_factory=list,
                                 description="plugin distributions this config needs, e.g. 'crossframe-mlflow>=0.1'")

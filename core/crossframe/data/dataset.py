@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -92,3 +93,8 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.x)
+
+    def eval_batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """All examples in order, in batches (the last may be smaller)."""
+        for start in range(0, len(self), batch_size):
+            yield {"x": self.x[start:start + batch_size], "y": self.y[start:start + batch_size]}

@@ -63,5 +63,4 @@ class BatchLoader:
 
 def eval_batches(dataset: Dataset, batch_size: int) -> Iterator[Batch]:
     """The whole of ``dataset`` in order, in batches (the last one may be smaller)."""
-    for start in range(0, len(dataset), batch_size):
-        yield {"x": dataset.x[start:start + batch_size], "y": dataset.y[start:start + batch_size]}
+    return dataset.eval_batches(batch_size)

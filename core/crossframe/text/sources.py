@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,12 +94,15 @@ class JsonlParams(Params):
     max_docs: PositiveInt | None = None
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _valid_unicode(text: str) -> str:
-    """``text`` with lone surrogates (legal in JSON, not in UTF-8) replaced by U+FFFD."""
+    """``text`` with each lone surrogate (legal in JSON, not in UTF-8) replaced by U+FFFD."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return _SURROGATE.sub("\ufffd", text)
     return text
 
 

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from crossframe.errors import ConfigError, DataError
+from crossframe.errors import ConfigError, DataError, PluginError
 from crossframe.text.corpus import Document, texts
 
 DESCRIPTION_FILE = "crossframe_tokenizer.json"
@@ -237,7 +237,7 @@ class CharsTokenizer(Tokenizer):
         pos = np.searchsorted(self._codes, codes)
         pos_clipped = np.minimum(pos, len(self._codes) - 1)
         known = self._codes[pos_clipped] == codes
-        return np.where(known, pos_clipped, len(self._chars)).astype(np.int64)
+        return np.where(known, pos_clipped, len(self._chars)).astype(np.int32)
 
     def decode(self, ids: Ids) -> str:
         """The characters of ``ids``; unknown decodes to ``params.unk``, EOT to ``<|endoftext|>``."""
@@ -268,6 +268,15 @@ def make_chars(params: CharsParams | None = None) -> CharsTokenizer:
 
 
 # --------------------------------------------------------------------------- bpe
+
+
+def _library() -> Any:
+    """The ``tokenizers`` library, or a one-line error saying how to install it."""
+    try:
+        import tokenizers
+    except ImportError:
+        raise PluginError("tokenizer 'bpe': needs the 'tokenizers' library (pip install tokenizers)") from None
+    return tokenizers
 
 
 class BPEParams(Params):
@@ -327,12 +336,11 @@ class BPETokenizer(Tokenizer):
 
     def train(self, documents: Iterable[Document | str]) -> BPETokenizer:
         """Learn merges from ``documents`` (streamed into the library's trainer)."""
-        from tokenizers import Tokenizer as Native
-        from tokenizers import decoders, models, pre_tokenizers, trainers
-
-        native = Native(models.BPE())
+        lib = _library()
+        pre_tokenizers, trainers = lib.pre_tokenizers, lib.trainers
+        native = lib.Tokenizer(lib.models.BPE())
         native.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        native.decoder = decoders.ByteLevel()
+        native.decoder = lib.decoders.ByteLevel()
         extra = {"max_token_length": self.config.max_token_length} if self.config.max_token_length else {}
         trainer = trainers.BpeTrainer(
             vocab_size=self.config.vocab_size, min_frequency=self.config.min_frequency, show_progress=False,
@@ -373,9 +381,7 @@ class BPETokenizer(Tokenizer):
 
     def to_json(self) -> dict[str, Any]:
         """Name, params, vocab_size, eot_id and the ``tokenizers`` version that trained it."""
-        import tokenizers
-
-        return {**super().to_json(), "library": f"tokenizers {tokenizers.__version__}"}
+        return {**super().to_json(), "library": f"tokenizers {_library().__version__}"}
 
     def save(self, directory: str | Path) -> Path:
         """Write ``tokenizer.json`` (the library's format) and the description."""
@@ -387,12 +393,11 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def load(cls, directory: str | Path) -> BPETokenizer:
         """Read ``tokenizer.json`` and the description written by :meth:`save`."""
-        from tokenizers import Tokenizer as Native
-
         path = Path(directory)
         data = _read_description(path, cls.name)
+        native_cls = _library().Tokenizer
         try:
-            native = Native.from_file(str(path / "tokenizer.json"))
+            native = native_cls.from_file(str(path / "tokenizer.json"))
         except Exception as exc:  # the library raises plain Exception
             raise DataError(f"tokenizer: cannot read '{path / 'tokenizer.json'}' ({exc})") from None
         return cls(BPEParams.model_validate(data.get("params", {})), native)

@@ -9,10 +9,12 @@ from typing import Any
 
 from crossframe.checkpoint import load_checkpoint
 from crossframe.config.loading import load_config
+from crossframe.data.loader import BatchLoader
 from crossframe.errors import ConfigError
 from crossframe.models import spec_from_json
+from crossframe.train.data import load_training_data
 from crossframe.train.loop import evaluate_dataset
-from crossframe.train.runner import CONFIG_FILE, load_data, metric_functions, prepare_backend
+from crossframe.train.runner import CONFIG_FILE, metric_functions, prepare_backend
 
 
 def evaluate(run: str | os.PathLike, overrides: Iterable[str] = (), *, backend: str | None = None,
@@ -34,8 +36,13 @@ def evaluate(run: str | os.PathLike, overrides: Iterable[str] = (), *, backend: 
     impl, device = prepare_backend(cfg, training=False)
     spec.check_weights(checkpoint.weights, f"checkpoint '{checkpoint.path}'")
     state = impl.inference_state(spec, checkpoint.weights, device, cfg.precision)
-    train_set, val_set = load_data(cfg)
-    dataset = val_set if split == "val" else train_set
+    data = load_training_data(cfg)
+    if split == "train":
+        if not isinstance(data.loader, BatchLoader):
+            raise ConfigError("--split: 'train' is available for array datasets only")
+        dataset = data.loader.dataset
+    else:
+        dataset = data.val
     metrics = evaluate_dataset(impl, state, dataset, cfg.train.eval_batch_size,
-                               metric_functions(cfg, dataset.task), prefix=f"{split}/")
+                               metric_functions(cfg, data.info.task), prefix=f"{split}/")
     return {"step": checkpoint.step, "backend": cfg.backend, **metrics}

@@ -20,8 +20,6 @@ from crossframe import __version__
 from crossframe.backend import Backend
 from crossframe.checkpoint import save_checkpoint
 from crossframe.config.schema import RunConfig
-from crossframe.data.dataset import Dataset
-from crossframe.data.loader import BatchLoader, eval_batches
 from crossframe.errors import RunError
 from crossframe.metrics import EvalTotals, loss
 from crossframe.models.spec import ModelSpec
@@ -29,10 +27,11 @@ from crossframe.train.early_stopping import EarlyStopping
 from crossframe.train.progress import Progress
 
 
-def evaluate_dataset(backend: Backend, state: Any, dataset: Dataset, batch_size: int,
+def evaluate_dataset(backend: Backend, state: Any, dataset: Any, batch_size: int,
                      metric_fns: dict[str, Callable[[EvalTotals], Any]], prefix: str = "val/") -> dict[str, Any]:
-    """Loss and metrics of ``state`` over all of ``dataset``, fetched from the device once."""
-    outs = [backend.eval_step(state, b) for b in eval_batches(dataset, batch_size)]
+    """Loss and metrics of ``state`` over all of ``dataset`` (anything with ``eval_batches``),
+    fetched from the device once."""
+    outs = [backend.eval_step(state, b) for b in dataset.eval_batches(batch_size)]
     totals = EvalTotals.from_batches(backend.fetch(outs))
     metrics: dict[str, Any] = {f"{prefix}loss": loss(totals)}
     for name, fn in metric_fns.items():
@@ -65,7 +64,7 @@ class Run:
 class Trainer:
     """Drives one :class:`Run` from its current step to its budget."""
 
-    def __init__(self, run: Run, state: Any, loader: BatchLoader, val: Dataset,
+    def __init__(self, run: Run, state: Any, loader: Any, val: Any,
                  schedule: Callable[[int], float], metric_fns: dict[str, Callable[[EvalTotals], Any]],
                  loggers: list[Any], hook: Any, progress: Progress,
                  early_stopping: EarlyStopping | None) -> None:
@@ -128,6 +127,9 @@ class Trainer:
         if steps > 0 and now > window[0]:
             logs["train/steps_per_sec"] = steps / (now - window[0])
             logs["train/samples_per_sec"] = logs["train/steps_per_sec"] * self.loader.batch_size
+            tokens = getattr(self.loader, "tokens_per_step", None)
+            if tokens:
+                logs["train/tokens_per_sec"] = logs["train/steps_per_sec"] * tokens
         if not math.isfinite(logs["train/loss"]):
             raise RunError(f"train loss became {logs['train/loss']} by step {done}; "
                            "lower train.optimizer.lr or set train.clip_norm")

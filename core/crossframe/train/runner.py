@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -14,12 +15,11 @@ from crossframe.checkpoint import Checkpoint, find_checkpoint, load_checkpoint
 from crossframe.config.loading import atomic_write_text, dump_yaml, load_config
 from crossframe.config.schema import RunConfig
 from crossframe.config.validation import validate_params
-from crossframe.data.dataset import Dataset
-from crossframe.data.loader import BatchLoader
 from crossframe.errors import CapabilityError, ConfigError, RunError, one_of
 from crossframe.metrics import DEFAULT_METRICS
 from crossframe.models import build_model
 from crossframe.plugins import component, get_plugin_manager
+from crossframe.train.data import load_training_data
 from crossframe.train.early_stopping import EarlyStopping
 from crossframe.train.loop import Run, Trainer
 from crossframe.train.progress import Progress
@@ -136,21 +136,13 @@ def prepare_backend(cfg: RunConfig, training: bool = True) -> tuple[Backend, str
     return backend, device
 
 
-def load_data(cfg: RunConfig) -> tuple[Dataset, Dataset]:
-    """The configured dataset, split into training and validation parts."""
-    data_comp = component("dataset", cfg.data.name, "data.name")
-    dataset = data_comp.obj(validate_params(data_comp.schema, cfg.data.params, "data"))
-    return dataset.split(cfg.data.val_fraction, cfg.seed)
-
-
 def _train(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quiet: bool) -> RunResult:
     plugins = get_plugin_manager()
     backend, device = prepare_backend(cfg)
-    train_set, val_set = load_data(cfg)
-    spec = build_model(cfg.model.name, cfg.model.params, train_set.info)
-    metric_fns = metric_functions(cfg, train_set.task)
-
-    loader = BatchLoader(train_set, cfg.train.batch_size * cfg.train.grad_accum, cfg.seed)
+    data = load_training_data(cfg)
+    spec = build_model(cfg.model.name, cfg.model.params, data.info)
+    metric_fns = metric_functions(cfg, data.info.task)
+    loader = data.loader
     total = cfg.train.steps or (cfg.train.epochs or 1) * loader.steps_per_epoch
     opt_params = cfg.train.optimizer.params
     if "lr" not in opt_params:
@@ -180,10 +172,12 @@ def _train(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quiet: 
 
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
+    if data.tokenizer_dir is not None and not (run_dir / "tokenizer").exists():
+        shutil.copytree(data.tokenizer_dir, run_dir / "tokenizer")  # generation needs it
     loggers = _make_loggers(cfg, run_dir)
     run = Run(cfg, run_dir, backend, spec, total, device, step=start)
     progress = Progress(total, start, f"{cfg.backend}:{cfg.model.name}", enabled=not quiet)
-    trainer = Trainer(run, state, loader, val_set, schedule, metric_fns, loggers, plugins.hook, progress, early)
+    trainer = Trainer(run, state, loader, data.val, schedule, metric_fns, loggers, plugins.hook, progress, early)
     plugins.hook.on_run_start(run=run)
     try:
         status = trainer.fit()

@@ -1,0 +1,93 @@
+"""The data a run trains and evaluates on: arrays (classifiers) or a token store (language models)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossframe.config.schema import RunConfig
+from crossframe.config.validation import validate_params
+from crossframe.data.dataset import DataInfo, Dataset
+from crossframe.data.loader import BatchLoader
+from crossframe.errors import ConfigError
+from crossframe.plugins import component
+
+
+@dataclass
+class TokenEvalSet:
+    """Validation tokens, evaluated in packed blocks (at most ``max_tokens`` of them)."""
+
+    tokens: np.ndarray
+    seq_len: int
+    max_tokens: int | None = None
+    task: str = "language_modeling"
+
+    def eval_batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        """Packed blocks of the (capped) validation tokens, in order."""
+        from crossframe.text.loader import eval_batches
+
+        data = self.tokens if self.max_tokens is None else self.tokens[: self.max_tokens + 1]
+        yield from eval_batches(data, self.seq_len, batch_size, dtype=np.int64)
+
+
+@dataclass
+class TrainingData:
+    """What the loop needs: a resumable training order, an evaluation set and the data's shape."""
+
+    loader: Any  # BatchLoader | LMBatchLoader: .batch(step), .steps_per_epoch, .batch_size
+    val: Any  # Dataset | TokenEvalSet: .eval_batches(batch_size), .task
+    info: DataInfo
+    tokenizer_dir: Path | None = None
+
+
+def load_source(cfg: RunConfig) -> Any:
+    """The configured source: a :class:`Dataset` or a text corpus."""
+    data_comp = component("dataset", cfg.data.name, "data.name")
+    return data_comp.obj(validate_params(data_comp.schema, cfg.data.params, "data"))
+
+
+def load_training_data(cfg: RunConfig) -> TrainingData:
+    """Split the source and build the training order (``batch_size * grad_accum`` per step)."""
+    source = load_source(cfg)
+    batch = cfg.train.batch_size * cfg.train.grad_accum
+    if isinstance(source, Dataset):
+        train, val = source.split(cfg.data.val_fraction, cfg.seed)
+        return TrainingData(BatchLoader(train, batch, cfg.seed), val, train.info)
+    from crossframe.text.corpus import TextCorpus
+    from crossframe.text.loader import LMBatchLoader
+
+    if not isinstance(source, TextCorpus):
+        raise ConfigError(f"data.name: '{cfg.data.name}' gives {type(source).__name__}, "
+                          "neither a Dataset nor a text corpus")
+    store = token_store(cfg, source)
+    seq_len = cfg.text.seq_len
+    loader = LMBatchLoader(store["train"], seq_len, batch, cfg.seed, dtype=np.int64)
+    val = TokenEvalSet(np.asarray(store["val"].tokens), seq_len, cfg.text.max_eval_tokens)
+    info = DataInfo("language_modeling", (seq_len,), store.vocab_size)
+    return TrainingData(loader, val, info, store.directory / "tokenizer")
+
+
+def store_key(cfg: RunConfig) -> str:
+    """A short hash of what determines a token store: the source, its split and the tokenizer."""
+    what = {"data": cfg.data.model_dump(mode="json"), "tokenizer": cfg.text.tokenizer.model_dump(mode="json")}
+    return hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def token_store(cfg: RunConfig, corpus: Any) -> Any:
+    """The run's token store: ``text.store`` or a cache keyed by :func:`store_key`, prepared once."""
+    from crossframe.text.store import TokenStore, prepare
+
+    directory = Path(cfg.text.store) if cfg.text.store else Path(cfg.output_dir) / ".tokens" / store_key(cfg)
+    if (directory / "meta.json").is_file():
+        return TokenStore.open(directory)
+    maker = component("tokenizer", cfg.text.tokenizer.name, "text.tokenizer.name")
+    tokenizer = maker.obj(validate_params(maker.schema, cfg.text.tokenizer.params, "text.tokenizer"))
+    if getattr(tokenizer, "trainable", False) and not tokenizer.trained:
+        tokenizer.train(corpus.split(cfg.data.val_fraction)[0])
+    return prepare(corpus, tokenizer, directory, val_fraction=cfg.data.val_fraction)
