@@ -62,6 +62,47 @@ def eval_command(run_dir: str, backend: str | None, overrides: tuple[str, ...], 
     click.echo(f"step {metrics['step']} on {metrics['backend']}: {scalars}")
 
 
+@click.command("generate")
+@click.argument("run_dir", type=click.Path())
+@click.option("--prompt", "-p", default="", help="Text to continue (default: start of a document).")
+@click.option("--max-tokens", "-n", default=200, show_default=True, type=int)
+@click.option("--temperature", "-t", default=0.8, show_default=True, type=float, help="0 means greedy.")
+@click.option("--top-k", type=int, default=None)
+@click.option("--top-p", type=float, default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--backend", "-b", help="Generate on this backend instead of the run's own.")
+def generate_command(run_dir: str, prompt: str, max_tokens: int, temperature: float, top_k: int | None,
+                     top_p: float | None, seed: int, backend: str | None) -> None:
+    """Sample text from a language-model run's latest checkpoint."""
+    from crossframe.train.generate import generate
+
+    click.echo(generate(run_dir, prompt, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        seed=seed, backend=backend))
+
+
+@click.group("data")
+def data_group() -> None:
+    """Prepare data."""
+
+
+@data_group.command("prepare")
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a value (repeatable).")
+def data_prepare(config: str | None, overrides: tuple[str, ...]) -> None:
+    """Tokenise CONFIG's text source once into its token store (runs reuse it)."""
+    from crossframe.config.loading import load_config
+    from crossframe.errors import ConfigError
+    from crossframe.text.corpus import TextCorpus
+    from crossframe.train.data import load_source, token_store
+
+    cfg = load_config(config, overrides)
+    corpus = load_source(cfg)
+    if not isinstance(corpus, TextCorpus):
+        raise ConfigError(f"data.name: '{cfg.data.name}' is not a text source; nothing to prepare")
+    store = token_store(cfg, corpus)
+    click.echo(f"token store: {store.directory}  ({store!r})")
+
+
 @click.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--traceback", "show_tb", is_flag=True, help="Show the traceback of failed plugins.")
@@ -157,4 +198,5 @@ def config_show(config: str | None, backend: str | None, overrides: tuple[str, .
 
 from crossframe.cli.new_plugin import new_plugin_command  # noqa: E402  (click only)
 
-COMMANDS = [run_command, eval_command, plugins_command, backends_command, config_group, new_plugin_command]
+COMMANDS = [run_command, eval_command, generate_command, data_group, plugins_command, backends_command, config_group,
+            new_plugin_command]

@@ -174,13 +174,16 @@ def _train(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quiet: 
     atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
     if data.tokenizer_dir is not None and not (run_dir / "tokenizer").exists():
         shutil.copytree(data.tokenizer_dir, run_dir / "tokenizer")  # generation needs it
-    loggers = _make_loggers(cfg, run_dir)
     run = Run(cfg, run_dir, backend, spec, total, device, step=start)
-    progress = Progress(total, start, f"{cfg.backend}:{cfg.model.name}", enabled=not quiet)
-    trainer = Trainer(run, state, loader, data.val, schedule, metric_fns, loggers, plugins.hook, progress, early)
-    plugins.hook.on_run_start(run=run)
-    try:
+    loggers: list[Any] = []
+    progress = Progress(total, start, f"{cfg.backend}:{cfg.model.name}", enabled=False)
+    try:  # on_run_end always comes before the loggers close, so they can record how the run ended
+        _make_loggers(cfg, run_dir, loggers)
+        progress = Progress(total, start, f"{cfg.backend}:{cfg.model.name}", enabled=not quiet)
+        trainer = Trainer(run, state, loader, data.val, schedule, metric_fns, loggers, plugins.hook, progress, early)
+        plugins.hook.on_run_start(run=run)
         status = trainer.fit()
+        plugins.hook.on_run_end(run=run, status=status, metrics=run.last_eval)
     except KeyboardInterrupt:
         plugins.hook.on_run_end(run=run, status="interrupted", metrics=run.last_eval)
         raise
@@ -192,7 +195,6 @@ def _train(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quiet: 
         progress.close()
         for logger in loggers:
             logger.close()
-    plugins.hook.on_run_end(run=run, status=status, metrics=run.last_eval)
     metrics = {k: v for k, v in run.last_eval.items() if k != "step"}
     return RunResult(run_dir, status, run.step, metrics, run.last_checkpoint)
 
@@ -209,16 +211,16 @@ def metric_functions(cfg: RunConfig, task: str) -> dict[str, Any]:
     return out
 
 
-def _make_loggers(cfg: RunConfig, run_dir: Path) -> list[Any]:
-    specs = [("jsonl", {})] if not any(lg.name == "jsonl" for lg in cfg.loggers) else []
-    specs += [(lg.name, lg.params) for lg in cfg.loggers]
-    loggers = []
-    for i, (name, params) in enumerate(specs):
-        comp = component("logger", name, f"loggers.{i}.name")
-        logger = comp.obj(validate_params(comp.schema, params, f"loggers.{i}"), run_dir)
+def _make_loggers(cfg: RunConfig, run_dir: Path, loggers: list[Any]) -> None:
+    """Create the loggers into ``loggers`` (so those made before a failure still get closed)."""
+    if not any(lg.name == "jsonl" for lg in cfg.loggers):
+        loggers.append(component("logger", "jsonl").obj(validate_params(
+            component("logger", "jsonl").schema, {}, "loggers"), run_dir))
+    for i, lg in enumerate(cfg.loggers):
+        comp = component("logger", lg.name, f"loggers.{i}.name")
+        loggers.append(comp.obj(validate_params(comp.schema, lg.params, f"loggers.{i}"), run_dir))
+    for logger in loggers:
         logger.log_config(cfg.model_dump(mode="json"))
-        loggers.append(logger)
-    return loggers
 
 
 __all__ = ["RunResult", "check_capabilities", "find_checkpoint", "make_backend", "run"]

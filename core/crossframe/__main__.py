@@ -1,0 +1,5 @@
+"""``python -m crossframe``: the command line."""
+
+from crossframe.cli.main import entry
+
+entry()
