@@ -130,6 +130,16 @@ class Backend(ABC):
         """A state for :meth:`predict` only (by default a training state with plain SGD)."""
         return self.create_state(TrainSetup(spec, weights, device=device, precision=precision))  # type: ignore[arg-type]
 
+    def measure_peak_flops(self, device: str, precision: str) -> float:
+        """The device's practical matmul peak in FLOP/s, measured by a short probe (for MFU).
+
+        The default times float32 matmuls in numpy, which is the CPU's peak; a backend running on
+        an accelerator overrides it with a probe in its own framework at ``precision``.
+        """
+        from crossframe.perf import numpy_matmul_peak
+
+        return numpy_matmul_peak()
+
     def resolve_device(self, requested: str) -> str:
         """``auto`` becomes the best device found; an explicit name is returned unchanged."""
         if requested != "auto":

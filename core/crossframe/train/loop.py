@@ -23,6 +23,7 @@ from crossframe.config.schema import RunConfig
 from crossframe.errors import RunError
 from crossframe.metrics import EvalTotals, loss
 from crossframe.models.spec import ModelSpec
+from crossframe.perf import peak_host_memory_mb
 from crossframe.train.early_stopping import EarlyStopping
 from crossframe.train.progress import Progress
 
@@ -54,6 +55,8 @@ class Run:
     status: str = "running"
     last_eval: dict[str, Any] = field(default_factory=dict)
     last_checkpoint: Path | None = None
+    flops_per_step: float | None = None  # model FLOPs of one optimizer step, when known
+    peak_flops: float | None = None  # the device's measured matmul peak
 
     @property
     def backend_name(self) -> str:
@@ -130,6 +133,8 @@ class Trainer:
             tokens = getattr(self.loader, "tokens_per_step", None)
             if tokens:
                 logs["train/tokens_per_sec"] = logs["train/steps_per_sec"] * tokens
+            if self.run.flops_per_step and self.run.peak_flops:
+                logs["train/mfu"] = self.run.flops_per_step * logs["train/steps_per_sec"] / self.run.peak_flops
         if not math.isfinite(logs["train/loss"]):
             raise RunError(f"train loss became {logs['train/loss']} by step {done}; "
                            "lower train.optimizer.lr or set train.clip_norm")
@@ -148,6 +153,7 @@ class Trainer:
         run = self.run
         metrics = evaluate_dataset(run.backend, self.state, self.val, run.config.train.eval_batch_size,
                                    self.metric_fns)
+        metrics["sys/peak_host_mb"] = peak_host_memory_mb()
         run.last_eval = {"step": run.step, **metrics}
         self._emit(run.step, metrics)
         scalars = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if np.ndim(v) == 0)

@@ -40,8 +40,12 @@ class Progress:
         info = None
         if logs:
             parts = [f"loss {logs['train/loss']:.4f}", f"lr {logs['train/lr']:.2e}"]
-            if "train/steps_per_sec" in logs:
+            if "train/tokens_per_sec" in logs:
+                parts.append(f"{logs['train/tokens_per_sec']:,.0f} tok/s")
+            elif "train/steps_per_sec" in logs:
                 parts.append(f"{logs['train/steps_per_sec']:.0f} it/s")
+            if "train/mfu" in logs:
+                parts.append(f"MFU {100 * logs['train/mfu']:.1f}%")
             info = "  ".join(parts)
         if info is None:
             self._bar.update(self._task, completed=step)

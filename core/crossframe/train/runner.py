@@ -18,6 +18,7 @@ from crossframe.config.validation import validate_params
 from crossframe.errors import CapabilityError, ConfigError, RunError, one_of
 from crossframe.metrics import DEFAULT_METRICS
 from crossframe.models import build_model
+from crossframe.perf import flops_per_step
 from crossframe.plugins import component, get_plugin_manager
 from crossframe.train.data import load_training_data
 from crossframe.train.early_stopping import EarlyStopping
@@ -175,6 +176,10 @@ def _train(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quiet: 
     if data.tokenizer_dir is not None and not (run_dir / "tokenizer").exists():
         shutil.copytree(data.tokenizer_dir, run_dir / "tokenizer")  # generation needs it
     run = Run(cfg, run_dir, backend, spec, total, device, step=start)
+    tokens_per_step = getattr(loader, "tokens_per_step", None)
+    if tokens_per_step:
+        run.flops_per_step = flops_per_step(spec, tokens_per_step)
+        run.peak_flops = backend.measure_peak_flops(device, cfg.precision) if run.flops_per_step else None
     loggers: list[Any] = []
     progress = Progress(total, start, f"{cfg.backend}:{cfg.model.name}", enabled=False)
     try:  # on_run_end always comes before the loggers close, so they can record how the run ended

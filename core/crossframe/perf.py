@@ -1,0 +1,44 @@
+"""Throughput figures: model FLOPs per step, the device's measured matmul peak, MFU, peak memory."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import numpy as np
+
+from crossframe.models.spec import ModelSpec
+
+
+def flops_per_step(spec: ModelSpec, tokens_per_step: int) -> float | None:
+    """Training FLOPs (forward + backward) of one optimizer step, for models where the estimate is
+    standard (``gpt``: 6N + 12 L T d per token); ``None`` otherwise."""
+    if spec.name != "gpt":
+        return None
+    from crossframe.models.gpt import GPTParams, flops_per_token
+
+    params = GPTParams.model_validate(spec.params)
+    return flops_per_token(params, spec.data_info.num_outputs, spec.data_info.input_shape[0]) * tokens_per_step
+
+
+def numpy_matmul_peak(size: int = 1024, seconds: float = 0.2) -> float:
+    """FLOP/s of repeated float32 ``size x size`` matmuls on the host (the CPU's practical peak)."""
+    rng = np.random.default_rng(0)
+    a = rng.random((size, size), dtype=np.float32)
+    b = rng.random((size, size), dtype=np.float32)
+    a @ b  # warm-up: thread pool, page faults
+    best, spent = 0.0, 0.0
+    while spent < seconds:
+        start = time.perf_counter()
+        a @ b
+        took = time.perf_counter() - start
+        spent += took
+        best = max(best, 2.0 * size**3 / took)
+    return best
+
+
+def peak_host_memory_mb() -> float:
+    """The process's peak resident memory so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024.0 if sys.platform != "darwin" else peak / 2**20
