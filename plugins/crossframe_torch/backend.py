@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,12 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from crossframe.backend import Backend, Capabilities, TrainSetup
+from crossframe.errors import CapabilityError
 from crossframe.models.spec import ModelSpec, Params
 from crossframe_torch import devices
-from crossframe_torch.models import build_module, export_canonical, load_canonical, native_parameters
+from crossframe_torch.models import GPT, build_module, export_canonical, load_canonical, native_parameters
 from crossframe_torch.optim import SUPPORTED, build_optimizer, export_optimizer_state, load_optimizer_state
 
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn", "gpt")
 
 
 @dataclass
@@ -73,7 +75,7 @@ class TorchBackend(Backend):
         """Build the module from canonical weights and its optimizer on the device."""
         torch.manual_seed(setup.seed)
         device = devices.torch_device(setup.device)
-        module = build_module(setup.spec)
+        module = build_module(setup.spec, activation_checkpointing=setup.activation_checkpointing)
         load_canonical(module, setup.spec, setup.weights)
         module.to(device)
         params = native_parameters(module, setup.spec)
@@ -113,11 +115,20 @@ class TorchBackend(Backend):
 
     # ------------------------------------------------------------------ steps
 
-    def _inputs(self, state: TorchState, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _inputs(self, state: TorchState, batch: dict[str, np.ndarray]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         non_blocking = state.device.type == "cuda"
-        x = torch.from_numpy(batch["x"]).to(state.device, non_blocking=non_blocking)
-        y = torch.from_numpy(batch["y"]).to(state.device, non_blocking=non_blocking)
-        return x, y
+
+        def put(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a)).to(state.device, non_blocking=non_blocking)
+
+        x, y = put(batch["x"]), put(batch["y"])
+        mask = None
+        if state.setup.loss == "token_cross_entropy":
+            y = y.long()
+            if batch.get("mask") is not None:
+                mask = put(np.asarray(batch["mask"], dtype=np.float32))
+        return x, y, mask
 
     def _loss(self, state: TorchState, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         if out.dtype != torch.float32:
@@ -127,29 +138,56 @@ class TorchBackend(Backend):
         per_example = F.mse_loss(out, y, reduction="none").mean(dim=1)
         return per_example.mean() if reduction == "mean" else per_example.sum()
 
+    @staticmethod
+    def _token_loss_sum(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``sum(ce * mask)`` over a ``[B, T, V]`` logits block (all tokens when there is no mask)."""
+        flat = logits.float().flatten(0, 1)
+        if mask is None:
+            return F.cross_entropy(flat, y.flatten(), reduction="sum")
+        return (F.cross_entropy(flat, y.flatten(), reduction="none") * mask.flatten()).sum()
+
+    @staticmethod
+    def _token_count(y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | int:
+        """Counted target tokens: ``mask.sum()`` on the device, or ``B * T`` without a mask."""
+        return y.numel() if mask is None else mask.sum()
+
     def train_step(self, state: TorchState, batch: dict[str, np.ndarray], lr: float
                    ) -> tuple[TorchState, dict[str, Any]]:
-        """Accumulate gradients over ``grad_accum`` micro-batches, clip, step; no host sync."""
+        """Accumulate gradients over ``grad_accum`` micro-batches, clip, step; no host sync.
+
+        Language models: each micro-batch adds ``sum(ce * mask) / total`` with ``total`` the counted
+        tokens of the *whole* batch, so accumulation is exact however the mask falls. (A batch whose
+        mask is all zeros gives loss 0 and zero gradients, not NaN.)
+        """
         opt, k = state.optimizer, state.setup.grad_accum
         assert opt is not None
         for group in opt.param_groups:
             group["lr"] = lr
         state.set_training(True)
-        x, y = self._inputs(state, batch)
+        x, y, mask = self._inputs(state, batch)
+        tokens = state.setup.loss == "token_cross_entropy"
+        if tokens:
+            count = self._token_count(y, mask)
+            total = count if isinstance(count, int) else torch.where(count > 0, count, torch.ones_like(count))
         xs, ys = (x, y) if k == 1 else (x.chunk(k), y.chunk(k))
-        total = None
+        ms = mask if (k == 1 or mask is None) else mask.chunk(k)
+        acc = None
         for i in range(k):
-            xi, yi = (xs, ys) if k == 1 else (xs[i], ys[i])
-            loss = self._loss(state, state.run_forward(xi), yi)
-            if k > 1:
-                loss = loss / k
+            xi, yi, mi = (xs, ys, ms) if k == 1 else (xs[i], ys[i], None if ms is None else ms[i])
+            out = state.run_forward(xi)
+            if tokens:
+                loss = self._token_loss_sum(out, yi, mi) / total
+            else:
+                loss = self._loss(state, out, yi)
+                if k > 1:
+                    loss = loss / k
             (state.scaler.scale(loss) if state.scaler else loss).backward()
-            total = loss.detach() if total is None else total + loss.detach()
-        out: dict[str, Any] = {"loss": total}
+            acc = loss.detach() if acc is None else acc + loss.detach()
+        out_values: dict[str, Any] = {"loss": acc}
         if state.setup.clip_norm is not None:
             if state.scaler:
                 state.scaler.unscale_(opt)
-            out["grad_norm"] = torch.nn.utils.clip_grad_norm_(
+            out_values["grad_norm"] = torch.nn.utils.clip_grad_norm_(
                 state.module.parameters(), state.setup.clip_norm, foreach=True)
         if state.scaler:
             state.scaler.step(opt)
@@ -158,14 +196,16 @@ class TorchBackend(Backend):
             opt.step()
         opt.zero_grad(set_to_none=True)
         state.step += 1
-        return state, out
+        return state, out_values
 
     @torch.no_grad()
     def eval_step(self, state: TorchState, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """Device sums for one batch: loss, count, and the confusion matrix or error sums."""
         state.set_training(False)
-        x, y = self._inputs(state, batch)
+        x, y, mask = self._inputs(state, batch)
         out = state.run_forward(x).float()
+        if state.setup.loss == "token_cross_entropy":
+            return {"loss_sum": self._token_loss_sum(out, y, mask), "count": self._token_count(y, mask)}
         sums: dict[str, Any] = {"loss_sum": self._loss(state, out, y, "sum"), "count": len(y)}
         if state.setup.loss == "cross_entropy":
             classes = out.shape[1]
@@ -180,10 +220,61 @@ class TorchBackend(Backend):
 
     @torch.no_grad()
     def predict(self, state: TorchState, x: np.ndarray) -> np.ndarray:
-        """Outputs as float32 numpy."""
+        """Outputs as float32 numpy (language models: logits ``[B, T, vocab]`` for int token ids)."""
         state.set_training(False)
-        inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(state.device)
+        dtype = np.int64 if state.setup.loss == "token_cross_entropy" else np.float32
+        inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=dtype)).to(state.device)
         return state.run_forward(inputs).float().cpu().numpy()
+
+    @torch.no_grad()
+    def generate(self, state: TorchState, prompt: np.ndarray, max_new_tokens: int,
+                 sample: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Extend ``prompt`` (int ids ``[B, T0]``) by ``max_new_tokens``, returning ``[B, T0 + n]``.
+
+        The prompt runs once, filling per-layer key/value caches; then each new token runs alone
+        against the cache. ``sample`` gets the last position's logits ``[B, vocab]`` as float32
+        numpy and returns the next ids ``[B]`` (one host sync per token, which sampling on the
+        host needs anyway). In eval mode (no dropout), under the state's precision.
+
+        Past ``max_seq_len``: once the sequence is longer than the model's context, each further
+        token is computed by a full forward without cache over the last ``max_seq_len`` tokens
+        (a sliding window, as nanoGPT's ``generate`` does; with learned positions the window's
+        positions restart at 0). A prompt longer than the context starts that way.
+        """
+        module = state.module
+        if not isinstance(module, GPT):
+            raise CapabilityError(f"generate: model '{state.setup.spec.name}' is not a language model")
+        prompt = np.asarray(prompt)
+        if prompt.ndim != 2 or prompt.shape[1] == 0:
+            raise ValueError(f"generate: prompt must be int ids [B, T0] with T0 >= 1, got shape {prompt.shape}")
+        state.set_training(False)
+        b, t0 = prompt.shape
+        window = module.max_seq_len
+        seq = torch.empty(b, t0 + max_new_tokens, dtype=torch.long, device=state.device)
+        seq[:, :t0] = torch.from_numpy(np.ascontiguousarray(prompt, dtype=np.int64)).to(state.device)
+        cache = module.new_cache()
+
+        def run(fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+            if state.autocast_dtype is None:
+                return fn()
+            with torch.autocast(state.device.type, dtype=state.autocast_dtype):
+                return fn()
+
+        cur = t0
+        for step in range(max_new_tokens):
+            if cur > window:  # sliding window: recompute the last max_seq_len tokens, no cache
+                ctx = seq[:, cur - window:cur]
+                logits = run(lambda ctx=ctx: module(ctx)[:, -1])
+            elif step == 0:  # prefill: the whole prompt once
+                ctx = seq[:, :cur]
+                logits = run(lambda ctx=ctx: module.forward_cached(ctx, cache, 0, last_only=True)[:, -1])
+            else:  # one token against the cache
+                ctx, start = seq[:, cur - 1:cur], cur - 1
+                logits = run(lambda ctx=ctx, start=start: module.forward_cached(ctx, cache, start)[:, -1])
+            ids = np.asarray(sample(logits.float().cpu().numpy()), dtype=np.int64).reshape(b)
+            seq[:, cur] = torch.from_numpy(ids).to(state.device)
+            cur += 1
+        return seq.cpu().numpy()
 
     def fetch(self, values: Any) -> Any:
         """Tensors to numpy, through lists, tuples and dicts.
