@@ -81,9 +81,16 @@ def test_data_prepare_then_runs_reuse_the_store(workdir: Path, capsys: pytest.Ca
     stores = list((workdir / "runs" / ".tokens").iterdir())
     assert len(stores) == 1
     before = (stores[0] / "train.bin").stat().st_mtime_ns
-    assert main(["run", "lm.json", "-q"]) == 0
+    assert main(["run", "lm.json", "-q", "--sample-tokens", "12"]) == 0
     assert (stores[0] / "train.bin").stat().st_mtime_ns == before
+    assert "\nsample:\ndef " in capsys.readouterr().out
     assert (workdir / "runs" / "lm" / "tokenizer").is_dir()
+
+
+def test_the_gpt_example_config_is_valid() -> None:
+    cfg = crossframe.load_config(Path(__file__).parents[1] / "examples" / "gpt-stdlib.yaml")
+    assert cfg.model.name == "gpt" and cfg.data.name == "python-stdlib"
+    assert cfg.model.params["max_seq_len"] >= cfg.text.seq_len
 
 
 def test_generate_and_prepare_refuse_the_wrong_kind_of_run(workdir: Path, tiny,

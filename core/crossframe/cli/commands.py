@@ -19,8 +19,10 @@ import click
 @click.option("--resume", type=click.Path(), metavar="RUN_DIR",
               help="Continue a run from its latest checkpoint (or a checkpoints/step_N directory).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--sample-tokens", default=200, show_default=True, type=int,
+              help="For language models: tokens to sample at the end (0: none).")
 def run_command(config: str | None, backend: str | None, overrides: tuple[str, ...], device: str | None,
-                precision: str | None, resume: str | None, quiet: bool) -> None:
+                precision: str | None, resume: str | None, quiet: bool, sample_tokens: int) -> None:
     """Train from CONFIG (YAML, TOML or JSON); with no CONFIG, the built-in quickstart."""
     from crossframe.train.runner import run
 
@@ -33,6 +35,10 @@ def run_command(config: str | None, backend: str | None, overrides: tuple[str, .
     scalars = {k: v for k, v in result.metrics.items() if not isinstance(v, (list, dict)) and _scalar(v)}
     summary = "  ".join(f"{k} {v:.4f}" for k, v in scalars.items())
     click.echo(f"{result.status} after {result.steps} steps: {summary}")
+    if sample_tokens > 0 and (result.run_dir / "tokenizer").is_dir():
+        from crossframe.train.generate import generate
+
+        click.echo("sample:\n" + generate(result.run_dir, "def ", sample_tokens, temperature=0.8, top_k=50))
     click.echo(f"run directory: {result.run_dir}")
 
 
