@@ -8,12 +8,16 @@ see :class:`Compiled`), with a fixed input signature (batch dimension ``None``) 
 rate passed as a float32 scalar tensor, so neither a new rate nor a smaller last eval batch
 retraces it. Gradient accumulation, clipping, mixed precision and the update all happen inside
 that one graph. ``train.compile`` maps to ``jit_compile=True`` (XLA).
+
+Language models (loss ``token_cross_entropy``) take int32 token ids ``x`` / ``y`` ``[B, T]`` and
+always a float32 ``mask`` ``[B, T]``: a batch without one gets a tensor of ones, made once per
+shape and kept on the state, so batches with and without masks run the same traced graph.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,7 +27,7 @@ from crossframe.errors import CapabilityError
 from crossframe.models.spec import ModelSpec, Params
 from crossframe_tensorflow import devices
 from crossframe_tensorflow.devices import tf
-from crossframe_tensorflow.models import MODELS, Model, build_model, export_canonical, load_canonical
+from crossframe_tensorflow.models import MODELS, RNG_ALG, Model, build_model, export_canonical, load_canonical
 from crossframe_tensorflow.optim import SUPPORTED, DynamicLossScale, Optimizer, build_optimizer
 
 CLIP_EPS = 1e-6  # clipping scale min(1, clip_norm / (norm + CLIP_EPS)), as crossframe.testing.reference
@@ -39,10 +43,17 @@ class TFState:
     loss_scale: DynamicLossScale | None
     device: str  # "/CPU:0", "/GPU:0", ...
     dtype: tf.DType  # what the forward pass computes in
-    train_fn: Compiled | None  # (x, y, lr) -> {"loss", ["grad_norm"]}; None for an inference state
-    eval_fn: Compiled  # (x, y) -> device sums
+    train_fn: Compiled | None  # (x, y, [mask,] lr) -> {"loss", ["grad_norm"]}; None for an inference state
+    eval_fn: Compiled  # (x, y, [mask]) -> device sums
     predict_fn: Compiled  # (x) -> float32 outputs
     label_dtype: tf.DType
+    input_dtype: tf.DType = tf.float32  # int32 token ids for language models
+    ones: dict[tuple[int, ...], tf.Tensor] = field(default_factory=dict)  # default masks, by shape
+
+    @property
+    def language_model(self) -> bool:
+        """Whether batches are token ids with a mask (loss ``token_cross_entropy``)."""
+        return self.setup.loss == "token_cross_entropy"
 
     @property
     def step(self) -> int:
@@ -81,7 +92,7 @@ class TensorFlowBackend(Backend):
         device = devices.tf_device(setup.device)
         dtype = devices.compute_dtype(setup.precision)
         with tf.device(device):
-            model = build_model(setup.spec, setup.weights)
+            model = build_model(setup.spec, setup.weights, setup.activation_checkpointing)
             optimizer = build_optimizer(setup, model.params)
             loss_scale = DynamicLossScale() if setup.precision == "fp16" else None
         state = self._state(setup, model, optimizer, loss_scale, device, dtype)
@@ -99,8 +110,10 @@ class TensorFlowBackend(Backend):
 
     def _state(self, setup: TrainSetup, model: Model, optimizer: Optimizer | None,
                loss_scale: DynamicLossScale | None, device: str, dtype: tf.DType) -> TFState:
-        label_dtype = tf.int64 if setup.loss == "cross_entropy" else tf.float32
-        state = TFState(setup, model, optimizer, loss_scale, device, dtype, None, None, None, label_dtype)  # type: ignore[arg-type]
+        label_dtype = {"cross_entropy": tf.int64, "token_cross_entropy": tf.int32}.get(setup.loss, tf.float32)
+        input_dtype = tf.int32 if setup.loss == "token_cross_entropy" else tf.float32
+        state = TFState(setup, model, optimizer, loss_scale, device, dtype, None, None, None,  # type: ignore[arg-type]
+                        label_dtype, input_dtype)
         state.eval_fn = _eval_function(state)
         state.predict_fn = _predict_function(state)
         return state
@@ -120,28 +133,41 @@ class TensorFlowBackend(Backend):
 
     # ------------------------------------------------------------------ steps
 
-    def _inputs(self, state: TFState, batch: dict[str, np.ndarray]) -> tuple[tf.Tensor, tf.Tensor]:
-        x = tf.convert_to_tensor(batch["x"], dtype=tf.float32)
-        y = tf.convert_to_tensor(batch["y"], dtype=state.label_dtype)
-        return x, y
+    def _inputs(self, state: TFState, batch: dict[str, np.ndarray]) -> tuple[tf.Tensor, ...]:
+        """``(x, y)``, or ``(x, y, mask)`` for a language model (ones when the batch has no mask)."""
+        if not state.language_model:
+            x = tf.convert_to_tensor(batch["x"], dtype=tf.float32)
+            y = tf.convert_to_tensor(batch["y"], dtype=state.label_dtype)
+            return x, y
+        x = tf.convert_to_tensor(np.asarray(batch["x"], dtype=np.int32))
+        y = tf.convert_to_tensor(np.asarray(batch["y"], dtype=np.int32))
+        mask = batch.get("mask")
+        if mask is not None:
+            return x, y, tf.convert_to_tensor(np.asarray(mask, dtype=np.float32))
+        shape = tuple(np.shape(batch["y"]))
+        ones = state.ones.get(shape)
+        if ones is None:
+            with tf.device(state.device):
+                ones = state.ones[shape] = tf.ones(shape, tf.float32)
+        return x, y, ones
 
     def train_step(self, state: TFState, batch: dict[str, np.ndarray], lr: float) -> tuple[TFState, dict[str, Any]]:
         """One call of the compiled step: accumulate, clip, update; no host sync."""
         if state.train_fn is None:
             raise CapabilityError("train_step: this state was built for inference only")
-        x, y = self._inputs(state, batch)
-        return state, state.train_fn(x, y, tf.constant(lr, tf.float32))
+        return state, state.train_fn(*self._inputs(state, batch), tf.constant(lr, tf.float32))
 
     def eval_step(self, state: TFState, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """Device sums for one batch: loss, count, and the confusion matrix or error sums."""
         sums = state.eval_fn(*self._inputs(state, batch))
-        if state.setup.loss != "cross_entropy":
+        if state.setup.loss == "mse":
             sums["outputs"] = state.setup.spec.data_info.num_outputs
         return sums
 
     def predict(self, state: TFState, x: np.ndarray) -> np.ndarray:
-        """Outputs as float32 numpy."""
-        out = state.predict_fn(tf.convert_to_tensor(np.asarray(x, dtype=np.float32)))
+        """Outputs as float32 numpy (logits ``[B, T, vocab]`` for a language model's int token ids)."""
+        dtype = np.int32 if state.language_model else np.float32
+        out = state.predict_fn(tf.convert_to_tensor(np.asarray(x, dtype=dtype)))
         return np.array(out.numpy(), dtype=np.float32, copy=True)
 
     def fetch(self, values: Any) -> Any:
@@ -158,16 +184,20 @@ class TensorFlowBackend(Backend):
 # ---------------------------------------------------------------------- the compiled functions
 
 
-def _specs(state: TFState) -> tuple[tf.TensorSpec, tf.TensorSpec]:
+def _specs(state: TFState) -> list[tf.TensorSpec]:
+    """Input signature of the train (without the rate) and eval functions: ``x, y`` or ``x, y, mask``."""
     info = state.setup.spec.data_info
-    x = tf.TensorSpec([None, *info.input_shape], tf.float32, name="x")
+    x = tf.TensorSpec([None, *info.input_shape], state.input_dtype, name="x")
+    if state.language_model:
+        return [x, tf.TensorSpec([None, *info.input_shape], tf.int32, name="y"),
+                tf.TensorSpec([None, *info.input_shape], tf.float32, name="mask")]
     y_shape = [None] if state.setup.loss == "cross_entropy" else [None, info.num_outputs]
-    return x, tf.TensorSpec(y_shape, state.label_dtype, name="y")
+    return [x, tf.TensorSpec(y_shape, state.label_dtype, name="y")]
 
 
 def _loss_fn(state: TFState) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    """Per-example losses in float32: softmax cross-entropy, or squared error averaged over outputs."""
-    if state.setup.loss == "cross_entropy":
+    """Per-example (per-token) losses in float32: softmax cross-entropy, or squared error averaged over outputs."""
+    if state.setup.loss in ("cross_entropy", "token_cross_entropy"):
         def per_example(out: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
             return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=out)
     else:
@@ -183,22 +213,36 @@ def _train_function(state: TFState) -> Compiled:
     names = [p.name for p in setup.spec.table]
     variables = model.ordered
     k, clip_norm = setup.grad_accum, setup.clip_norm
-    x_spec, y_spec = _specs(state)
+    lm = state.language_model
+    run_seed = int(setup.seed) % 2**63
 
-    def train(x: tf.Tensor, y: tf.Tensor, lr: tf.Tensor) -> dict[str, tf.Tensor]:
+    def step(x: tf.Tensor, y: tf.Tensor, mask: tf.Tensor | None, lr: tf.Tensor) -> dict[str, tf.Tensor]:
         with tf.device(state.device):
             # k contiguous micro-batches, in order (chunk i = rows i*b:(i+1)*b, as torch.chunk)
-            chunks = zip(tf.split(x, k), tf.split(y, k), strict=True) if k > 1 else [(x, y)]
+            inputs = [x, y] if mask is None else [x, y, mask]
+            chunks = list(zip(*(tf.split(t, k) for t in inputs), strict=True)) if k > 1 else [inputs]
+            # language models: the step's loss is sum(ce * mask) / sum(mask) over the whole batch, so
+            # the count is taken once and each micro-batch adds its masked sum over that count
+            total = tf.reduce_sum(mask) if lm else None
+            # dropout masks: a function of (run seed, step before this update, micro-batch)
+            seed = (tf.stack([tf.constant(run_seed, tf.int64), optimizer.step.read_value()])
+                    if model.uses_rng else None)
             loss: tf.Tensor | None = None
             grads: list[tf.Tensor] | None = None
-            for xi, yi in chunks:
+            for i, chunk in enumerate(chunks):
+                micro_seed = None if seed is None else tf.random.experimental.stateless_fold_in(seed, i, alg=RNG_ALG)
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(variables)
-                    part = tf.reduce_mean(per_example(model(xi, state.dtype), yi))
-                    if k > 1:
-                        part = part / k
+                    out = model(chunk[0], state.dtype, training=True, seed=micro_seed)
+                    if lm:
+                        part = tf.math.divide_no_nan(tf.reduce_sum(per_example(out, chunk[1]) * chunk[2]), total)
+                    else:
+                        part = tf.reduce_mean(per_example(out, chunk[1]))
+                        if k > 1:
+                            part = part / k
                     target = part * loss_scale.scale if loss_scale is not None else part
-                g = tape.gradient(target, variables)
+                # embedding lookups give IndexedSlices: densify, to sum, clip and update as the rest
+                g = [tf.convert_to_tensor(gi) for gi in tape.gradient(target, variables)]
                 grads = g if grads is None else [a + b for a, b in zip(grads, g, strict=True)]
                 loss = part if loss is None else loss + part
             assert grads is not None and loss is not None
@@ -225,7 +269,14 @@ def _train_function(state: TFState) -> Compiled:
                 loss_scale.update(finite)
             return out
 
-    signature = [x_spec, y_spec, tf.TensorSpec([], tf.float32, name="lr")]
+    if lm:
+        def train(x: tf.Tensor, y: tf.Tensor, mask: tf.Tensor, lr: tf.Tensor) -> dict[str, tf.Tensor]:
+            return step(x, y, mask, lr)
+    else:
+        def train(x: tf.Tensor, y: tf.Tensor, lr: tf.Tensor) -> dict[str, tf.Tensor]:  # type: ignore[misc]
+            return step(x, y, None, lr)
+
+    signature = [*_specs(state), tf.TensorSpec([], tf.float32, name="lr")]
     return Compiled(tf.function(train, input_signature=signature, jit_compile=setup.compile))
 
 
@@ -249,12 +300,20 @@ def _eval_function(state: TFState) -> Compiled:
                 sums["sq_err_sum"] = tf.reduce_sum(tf.square(err))
             return sums
 
-    return Compiled(tf.function(evaluate, input_signature=list(_specs(state)), jit_compile=state.setup.compile))
+    def evaluate_lm(x: tf.Tensor, y: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
+        with tf.device(state.device):
+            ce = per_example(model(x, state.dtype), y)
+            return {"loss_sum": tf.reduce_sum(ce * mask), "count": tf.reduce_sum(mask)}  # counted tokens
+
+    function = evaluate_lm if state.language_model else evaluate
+    return Compiled(tf.function(function, input_signature=_specs(state), jit_compile=state.setup.compile))
 
 
 def _predict_function(state: TFState) -> Compiled:
     model = state.model
-    x_spec, _ = _specs(state)
+    x_spec = _specs(state)[0]
+    if state.language_model:  # any prompt length up to max_seq_len
+        x_spec = tf.TensorSpec([None, None], tf.int32, name="x")
 
     def predict(x: tf.Tensor) -> tf.Tensor:
         with tf.device(state.device):
