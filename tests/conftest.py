@@ -35,6 +35,15 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory for plugin distributions (see ``tests/plugin_dists.py``), on sys.path for this test."""
+    root = tmp_path / "site"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    return root
+
+
 def tiny_config(**train: Any) -> dict[str, Any]:
     """A config that trains in well under a second: a small MLP on synthetic data."""
     cfg: dict[str, Any] = {

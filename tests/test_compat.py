@@ -15,14 +15,6 @@ from crossframe.plugins import configure
 from tests.plugin_dists import GOOD_DATASET, RENAMED_HOOK, make_distribution
 
 
-@pytest.fixture
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "site"
-    root.mkdir()
-    monkeypatch.syspath_prepend(str(root))
-    return root
-
-
 def test_plugin_outside_its_crossframe_range_is_skipped_with_one_line(site: Path, workdir: Path,
                                                                       capsys: pytest.CaptureFixture) -> None:
     make_distribution(site, "crossframe-future", "future", "future_plugin", "raise SystemExit('imported!')",

@@ -17,15 +17,6 @@ from crossframe.plugins import configure, get_plugin_manager
 from tests.plugin_dists import BROKEN, FAILS_TO_REGISTER, GOOD_DATASET, MISSPELT, make_distribution
 
 
-@pytest.fixture
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A directory of plugin distributions, on sys.path for this test."""
-    root = tmp_path / "site"
-    root.mkdir()
-    monkeypatch.syspath_prepend(str(root))
-    return root
-
-
 def run_cli(args: list[str], site: Path, **env: str) -> subprocess.CompletedProcess:
     """The real ``crossframe`` CLI in a subprocess with ``site`` on its path."""
     environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), **env}

@@ -17,22 +17,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from crossframe.config.schema import ComponentConfig
 from crossframe.config.validation import describe, validate_params
 from crossframe.errors import ConfigError
 from crossframe.text.corpus import TextCorpus
 from crossframe.text.store import TokenStore, prepare
 
 
-class _Component(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    name: str = Field(min_length=1)
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-class TextDataConfig(_Component):
+class TextDataConfig(ComponentConfig):
     """``data``: a text source and the fraction of documents held out for validation."""
 
     val_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="share of documents (by id hash) in 'val'")
@@ -43,7 +35,7 @@ class PrepareConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     data: TextDataConfig
-    tokenizer: _Component = Field(default_factory=lambda: _Component(name="bytes"))
+    tokenizer: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="bytes"))
     out_dir: Path
     dtype: Literal["auto", "uint16", "uint32"] = "auto"
 
@@ -62,9 +54,17 @@ def prepare_from_config(config: dict[str, Any] | PrepareConfig) -> TokenStore:
     if not isinstance(corpus, TextCorpus):
         raise ConfigError(f"data.name: '{config.data.name}' is not a text source (it gives "
                           f"{type(corpus).__name__}, not documents)")
-    maker = component("tokenizer", config.tokenizer.name, "tokenizer.name")
-    tokenizer = maker.obj(validate_params(maker.schema, config.tokenizer.params, "tokenizer"))
+    return build_store(corpus, config.tokenizer, config.out_dir, config.data.val_fraction, config.dtype)
+
+
+def build_store(corpus: TextCorpus, tokenizer_config: ComponentConfig, out_dir: str | Path, val_fraction: float,
+                dtype: str = "auto", where: str = "tokenizer") -> TokenStore:
+    """Make the configured tokenizer, train it on the training documents if it learns, and prepare
+    the store (the one path from a corpus to a token store)."""
+    from crossframe.plugins import component
+
+    maker = component("tokenizer", tokenizer_config.name, f"{where}.name")
+    tokenizer = maker.obj(validate_params(maker.schema, tokenizer_config.params, where))
     if getattr(tokenizer, "trainable", False) and not tokenizer.trained:
-        train_part = corpus.split(config.data.val_fraction)[0] if config.data.val_fraction > 0 else corpus
-        tokenizer.train(train_part)
-    return prepare(corpus, tokenizer, config.out_dir, val_fraction=config.data.val_fraction, dtype=config.dtype)
+        tokenizer.train(corpus.split(val_fraction)[0] if val_fraction > 0 else corpus)
+    return prepare(corpus, tokenizer, out_dir, val_fraction=val_fraction, dtype=dtype)

@@ -81,13 +81,10 @@ def store_key(cfg: RunConfig) -> str:
 
 def token_store(cfg: RunConfig, corpus: Any) -> Any:
     """The run's token store: ``text.store`` or a cache keyed by :func:`store_key`, prepared once."""
-    from crossframe.text.store import TokenStore, prepare
+    from crossframe.text.pipeline import build_store
+    from crossframe.text.store import TokenStore
 
     directory = Path(cfg.text.store) if cfg.text.store else Path(cfg.output_dir) / ".tokens" / store_key(cfg)
     if (directory / "meta.json").is_file():
         return TokenStore.open(directory)
-    maker = component("tokenizer", cfg.text.tokenizer.name, "text.tokenizer.name")
-    tokenizer = maker.obj(validate_params(maker.schema, cfg.text.tokenizer.params, "text.tokenizer"))
-    if getattr(tokenizer, "trainable", False) and not tokenizer.trained:
-        tokenizer.train(corpus.split(cfg.data.val_fraction)[0])
-    return prepare(corpus, tokenizer, directory, val_fraction=cfg.data.val_fraction)
+    return build_store(corpus, cfg.text.tokenizer, directory, cfg.data.val_fraction, where="text.tokenizer")
