@@ -1,11 +1,11 @@
 """The JAX backend: a parameter pytree, pure forward functions, optax, one jit-compiled step.
 
 The state is functional. ``train_step`` calls one ``jax.jit`` function
-``(params, opt_state, x, y, lr) -> (params, opt_state, out)`` whose parameter and optimizer
+``(params, opt_state, x, y, mask, lr) -> (params, opt_state, out)`` whose parameter and optimizer
 buffers are donated (updated in place on the device), and returns a new :class:`JaxState`; the
 state passed in must not be used again. Gradient accumulation (``lax.scan`` over contiguous
-micro-batches), global-norm clipping, mixed precision and the optimizer update all happen
-inside that one compiled function, so a step is one dispatch and never syncs with the host.
+micro-batches), global-norm clipping, mixed precision, dropout keys and the optimizer update all
+happen inside that one compiled function, so a step is one dispatch and never syncs with the host.
 """
 
 from __future__ import annotations
@@ -20,9 +20,19 @@ import numpy as np
 import optax
 
 from crossframe.backend import Backend, Capabilities, TrainSetup
+from crossframe.errors import CapabilityError
 from crossframe.models.spec import ModelSpec, Params
+from crossframe.sampling import generate_by_recompute
 from crossframe_jax import devices
-from crossframe_jax.models import Forward, export_canonical, load_canonical, make_forward
+from crossframe_jax.models import (
+    Forward,
+    GPTConfig,
+    export_canonical,
+    gpt_decode,
+    gpt_prefill,
+    load_canonical,
+    make_forward,
+)
 from crossframe_jax.optim import (
     SUPPORTED,
     OptState,
@@ -32,7 +42,7 @@ from crossframe_jax.optim import (
     load_optimizer_state,
 )
 
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn", "gpt")
 CLIP_EPS = 1e-6  # scale = min(1, clip_norm / (norm + CLIP_EPS)), as crossframe.testing.reference
 
 
@@ -44,10 +54,12 @@ class JaxProgram:
     device: Any
     forward: Forward
     tx: optax.GradientTransformation | None
-    train: Callable[..., Any] | None  # jit: (params, opt_state, x, y, lr) -> (params, opt_state, out)
-    evaluate: Callable[..., Any]  # jit: (params, x, y) -> device sums
+    train: Callable[..., Any] | None  # jit: (params, opt_state, x, y, mask, lr) -> (params, opt_state, out)
+    evaluate: Callable[..., Any]  # jit: (params, x, y, mask) -> device sums
     predict: Callable[..., Any]  # jit: (params, x) -> float32 outputs
     traces: dict[str, int] = field(default_factory=dict)  # how often each function was traced
+    prefill: Callable[..., Any] | None = None  # gpt, jit: (params, prompt) -> (logits [B, V], cache)
+    decode: Callable[..., Any] | None = None  # gpt, jit: (params, ids, pos, cache) -> (logits, cache)
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,18 @@ class JaxState:
 
 
 # --------------------------------------------------------------------------- pure functions
+
+
+def token_loss(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Per-token softmax cross-entropy ``[B, T]`` (float32) of logits ``[B, T, V]`` and int targets ``[B, T]``."""
+    logits = logits.astype(jnp.float32)
+    picked = jnp.take_along_axis(logits, y.astype(jnp.int32)[..., None], axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits, axis=-1) - picked
+
+
+def token_mask(y: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """The float32 weights of the targets: ``mask``, or ones (built in the graph) when there is none."""
+    return jnp.ones(y.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
 
 
 def per_example_loss(loss: str, out: jax.Array, y: jax.Array) -> jax.Array:
@@ -87,27 +111,65 @@ def _count_trace(traces: dict[str, int], name: str) -> None:
 
 def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransformation,
                   traces: dict[str, int]) -> Callable[..., Any]:
-    """The jit-compiled step, with params and optimizer state donated."""
+    """The jit-compiled step, with params and optimizer state donated.
+
+    ``train(params, opt, x, y, mask, lr)``: ``mask`` is None except for language models given
+    one (a None and an array each compile once: at most two variants per shape).
+    """
     k, loss_name, clip = setup.grad_accum, setup.loss, setup.clip_norm
+    lm = loss_name == "token_cross_entropy"
+    uses_rng = lm and float(setup.spec.params.get("dropout", 0.0)) > 0.0
+    seed = int(setup.seed)
 
     def mean_loss(params: Mapping[str, jax.Array], x: jax.Array, y: jax.Array) -> jax.Array:
-        return per_example_loss(loss_name, forward(params, x), y).mean()
+        return per_example_loss(loss_name, forward(params, x, train=True), y).mean()
 
     def scaled_loss(params: Mapping[str, jax.Array], x: jax.Array, y: jax.Array) -> jax.Array:
         return mean_loss(params, x, y) / k
 
-    def train(params: dict[str, jax.Array], opt: OptState, x: jax.Array, y: jax.Array, lr: jax.Array
-              ) -> tuple[dict[str, jax.Array], OptState, dict[str, jax.Array]]:
-        _count_trace(traces, "train")
+    def token_loss_part(params: Mapping[str, jax.Array], x: jax.Array, y: jax.Array, m: jax.Array,
+                        total: jax.Array, key: jax.Array | None) -> jax.Array:
+        """``sum(ce * mask) / total`` of one micro-batch, ``total`` the counted tokens of the whole batch."""
+        return jnp.sum(token_loss(forward(params, x, train=True, rng=key), y) * m) / total
+
+    def split(a: jax.Array) -> jax.Array:
+        # k contiguous chunks in order: the same split as torch.chunk
+        return a.reshape(k, a.shape[0] // k, *a.shape[1:])
+
+    def lm_grads(params: dict[str, jax.Array], x: jax.Array, y: jax.Array, mask: jax.Array | None,
+                 step: jax.Array) -> tuple[jax.Array, Any]:
+        x, y = x.astype(jnp.int32), y.astype(jnp.int32)
+        m = token_mask(y, mask)
+        count = jnp.sum(m)  # the whole batch's counted tokens, once, outside the scan
+        total = jnp.where(count > 0, count, 1.0)  # an all-zero mask: loss 0 and zero gradients, not NaN
+        # dropout keys: a pure function of (seed, step), so runs repeat exactly and resume exactly
+        key = jax.random.fold_in(jax.random.key(seed), step) if uses_rng else None
+        grad_fn = jax.value_and_grad(token_loss_part)
         if k == 1:
+            return grad_fn(params, x, y, m, total, key)
+
+        def micro(carry: Any, part: tuple[jax.Array, ...]) -> tuple[Any, None]:
+            grad_sum, loss_sum = carry
+            xi, yi, mi, i = part
+            key_i = None if key is None else jax.random.fold_in(key, i)
+            loss_i, grads_i = grad_fn(params, xi, yi, mi, total, key_i)
+            return (jax.tree.map(jnp.add, grad_sum, grads_i), loss_sum + loss_i), None
+
+        init = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32))
+        (grads, loss), _ = jax.lax.scan(micro, init, (split(x), split(y), split(m), jnp.arange(k)))
+        return loss, grads
+
+    def train(params: dict[str, jax.Array], opt: OptState, x: jax.Array, y: jax.Array, mask: jax.Array | None,
+              lr: jax.Array) -> tuple[dict[str, jax.Array], OptState, dict[str, jax.Array]]:
+        _count_trace(traces, "train")
+        if k > 1 and x.shape[0] % k:
+            raise ValueError(f"train batch of {x.shape[0]} examples does not split into grad_accum={k} "
+                             "equal micro-batches")
+        if lm:
+            loss, grads = lm_grads(params, x, y, mask, opt.step)
+        elif k == 1:
             loss, grads = jax.value_and_grad(mean_loss)(params, x, y)
         else:
-            if x.shape[0] % k:
-                raise ValueError(f"train batch of {x.shape[0]} examples does not split into grad_accum={k} "
-                                 "equal micro-batches")
-            # k contiguous chunks in order: the same split as torch.chunk
-            xs = x.reshape(k, x.shape[0] // k, *x.shape[1:])
-            ys = y.reshape(k, y.shape[0] // k, *y.shape[1:])
             grad_fn = jax.value_and_grad(scaled_loss)
 
             def micro(carry: Any, batch: tuple[jax.Array, jax.Array]) -> tuple[Any, None]:
@@ -116,7 +178,7 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
                 return (jax.tree.map(jnp.add, grad_sum, grads_i), loss_sum + loss_i), None
 
             init = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32))
-            (grads, loss), _ = jax.lax.scan(micro, init, (xs, ys))
+            (grads, loss), _ = jax.lax.scan(micro, init, (split(x), split(y)))
         out = {"loss": loss}
         if clip is not None:
             norm = global_norm(grads)
@@ -131,12 +193,19 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
 
 
 def make_eval_fn(setup: TrainSetup, forward: Forward, traces: dict[str, int]) -> Callable[..., Any]:
-    """The jit-compiled eval sums (one compile per distinct batch size)."""
+    """The jit-compiled eval sums (one compile per distinct batch size, and mask or none)."""
     loss_name, classes = setup.loss, setup.spec.data_info.num_outputs
 
-    def evaluate(params: Mapping[str, jax.Array], x: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
+    def evaluate(params: Mapping[str, jax.Array], x: jax.Array, y: jax.Array, mask: jax.Array | None
+                 ) -> dict[str, jax.Array]:
         _count_trace(traces, "eval")
         out = forward(params, x).astype(jnp.float32)
+        if loss_name == "token_cross_entropy":
+            m = token_mask(y, mask)
+            sums = {"loss_sum": jnp.sum(token_loss(out, y) * m)}
+            if mask is not None:
+                sums["count"] = jnp.sum(m)
+            return sums
         sums = {"loss_sum": per_example_loss(loss_name, out, y).sum()}
         if loss_name == "cross_entropy":
             pred = jnp.argmax(out, axis=1)
@@ -158,6 +227,28 @@ def make_predict_fn(forward: Forward, traces: dict[str, int]) -> Callable[..., A
         return forward(params, x).astype(jnp.float32)
 
     return jax.jit(predict)
+
+
+def make_generate_fns(config: GPTConfig, traces: dict[str, int]) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The jit-compiled prefill (one compile per prompt shape) and decode step (cache donated)."""
+
+    def prefill(params: Mapping[str, jax.Array], prompt: jax.Array) -> tuple[jax.Array, Any]:
+        _count_trace(traces, "prefill")
+        return gpt_prefill(params, prompt, config=config)
+
+    def decode(params: Mapping[str, jax.Array], ids: jax.Array, pos: jax.Array, cache: Any
+               ) -> tuple[jax.Array, Any]:
+        _count_trace(traces, "decode")
+        return gpt_decode(params, ids, pos, cache, config=config)
+
+    return jax.jit(prefill), jax.jit(decode, donate_argnums=(3,))
+
+
+def attention_implementation(device: Any, dtype: Any, head_dim: int) -> str | None:
+    """``"cudnn"`` (fused attention) on NVIDIA GPUs in bf16/fp16 for head sizes it takes; else XLA's (None)."""
+    fused = (device.platform.lower() in ("gpu", "cuda") and dtype in (jnp.bfloat16, jnp.float16)
+             and head_dim % 8 == 0 and head_dim <= 128)
+    return "cudnn" if fused else None
 
 
 # --------------------------------------------------------------------------- the backend
@@ -191,12 +282,21 @@ class JaxBackend(Backend):
 
     def _program(self, setup: TrainSetup, training: bool) -> JaxProgram:
         device = devices.jax_device(setup.device)
-        forward = make_forward(setup.spec, devices.compute_dtype(setup.precision, training=training))
+        dtype = devices.compute_dtype(setup.precision, training=training)
         traces: dict[str, int] = {}
+        prefill = decode = None
+        if setup.spec.name == "gpt":
+            p = setup.spec.params
+            attention = attention_implementation(device, dtype, p["d_model"] // p["n_head"])
+            forward = make_forward(setup.spec, dtype, remat=setup.activation_checkpointing and training,
+                                   attention=attention)
+            prefill, decode = make_generate_fns(GPTConfig.from_spec(setup.spec, dtype, attention=attention), traces)
+        else:
+            forward = make_forward(setup.spec, dtype)
         tx = build_transform(setup) if training else None
         train = make_train_fn(setup, forward, tx, traces) if tx is not None else None
         return JaxProgram(setup, device, forward, tx, train, make_eval_fn(setup, forward, traces),
-                          make_predict_fn(forward, traces), traces)
+                          make_predict_fn(forward, traces), traces, prefill, decode)
 
     def create_state(self, setup: TrainSetup) -> JaxState:
         """Place the canonical weights on the device and build the optimizer state; steps compile lazily."""
@@ -242,24 +342,72 @@ class JaxBackend(Backend):
         program = state.program
         if program.train is None:
             raise TypeError("train_step: this state was built by inference_state and cannot train")
-        params, opt, out = program.train(state.params, state.opt_state, batch["x"], batch["y"], np.float32(lr))
+        params, opt, out = program.train(state.params, state.opt_state, batch["x"], batch["y"], _mask(state, batch),
+                                         np.float32(lr))
         return JaxState(program, params, opt), out
 
     def eval_step(self, state: JaxState, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        """Device sums for one batch: loss, count, and the confusion matrix or error sums."""
+        """Device sums for one batch: loss, count, and the confusion matrix or error sums.
+
+        Language models: ``loss_sum`` over counted tokens and ``count``, ``sum(mask)`` on the
+        device or ``B * T`` (a Python int) without a mask.
+        """
         program = state.program
         y_host = batch["y"]
-        sums: dict[str, Any] = dict(program.evaluate(state.params, batch["x"], y_host))
+        sums: dict[str, Any] = dict(program.evaluate(state.params, batch["x"], y_host, _mask(state, batch)))
+        if state.setup.loss == "token_cross_entropy":
+            sums.setdefault("count", int(np.prod(np.shape(y_host))))
+            return sums
         sums["count"] = len(y_host)
-        if state.setup.loss != "cross_entropy":
+        if state.setup.loss == "mse":
             sums["outputs"] = int(y_host.shape[1])
         return sums
 
     def predict(self, state: JaxState, x: np.ndarray) -> np.ndarray:
-        """Outputs as float32 numpy."""
+        """Outputs as float32 numpy (logits ``[B, T, vocab]`` for language models, whose inputs are int ids)."""
         program = state.program
-        out = program.predict(state.params, np.ascontiguousarray(x, dtype=np.float32))
+        dtype = np.int32 if state.setup.loss == "token_cross_entropy" else np.float32
+        out = program.predict(state.params, np.ascontiguousarray(x, dtype=dtype))
         return np.array(jax.device_get(out), dtype=np.float32, copy=True)
+
+    def generate(self, state: JaxState, prompt: np.ndarray, max_new_tokens: int,
+                 sample: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Extend ``prompt`` (int ids ``[B, T0]``) by ``max_new_tokens``, returning ``[B, T0 + n]`` int64.
+
+        A jitted prefill runs the prompt once and fills fixed-size per-layer key/value caches
+        ``[B, max_seq_len, H, hd]``; then a jitted decode step (one compile for every position,
+        caches donated and written with ``lax.dynamic_update_slice``) runs each new token alone.
+        ``sample`` gets the last position's logits ``[B, vocab]`` as float32 numpy and returns the
+        next ids ``[B]`` (one host sync per token, which sampling on the host needs anyway). Eval
+        mode (no dropout), in the state's precision.
+
+        Past ``max_seq_len``, each further token is a full forward without cache over the last
+        ``max_seq_len`` tokens (the sliding window of ``crossframe.sampling.generate_by_recompute``
+        and of the torch backend); a prompt longer than the context starts that way.
+        """
+        program = state.program
+        if program.prefill is None or program.decode is None:
+            raise CapabilityError(f"generate: model '{state.setup.spec.name}' is not a language model")
+        prompt = np.asarray(prompt)
+        if prompt.ndim != 2 or prompt.shape[1] == 0:
+            raise ValueError(f"generate: prompt must be int ids [B, T0] with T0 >= 1, got shape {prompt.shape}")
+        b, t0 = prompt.shape
+        window = int(state.setup.spec.params["max_seq_len"])
+        tokens = np.ascontiguousarray(prompt, dtype=np.int64)
+        cached = min(max_new_tokens, max(0, window - t0 + 1))  # tokens whose context fits the cache
+        if cached > 0:
+            new = np.empty((b, cached), np.int64)
+            logits, cache = program.prefill(state.params, tokens.astype(np.int32))
+            for i in range(cached):
+                ids = np.asarray(sample(np.asarray(logits, dtype=np.float32)), dtype=np.int64).reshape(b)
+                new[:, i] = ids
+                if i + 1 < cached:
+                    logits, cache = program.decode(state.params, ids.astype(np.int32), np.int32(t0 + i), cache)
+            tokens = np.concatenate([tokens, new], axis=1)
+        if max_new_tokens > cached:
+            tokens = generate_by_recompute(lambda ctx: self.predict(state, ctx), tokens, max_new_tokens - cached,
+                                           sample, window)
+        return tokens
 
     def fetch(self, values: Any) -> Any:
         """Device arrays to numpy, through lists, tuples and dicts (other leaves unchanged).
@@ -277,3 +425,9 @@ class JaxBackend(Backend):
         if all(d.platform == "cpu" for d in first.devices()):
             return jax.tree.map(lambda v: np.array(v) if isinstance(v, jax.Array) else v, values)
         return jax.device_get(values)
+
+
+def _mask(state: JaxState, batch: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The batch's ``mask`` for language models (float32), else None."""
+    mask = batch.get("mask") if state.setup.loss == "token_cross_entropy" else None
+    return None if mask is None else np.asarray(mask, dtype=np.float32)
