@@ -3,9 +3,10 @@
 A benchmark is a module of this package with ``TITLE``, ``run(quick=..., log=...)`` returning a list
 of result dicts, and ``table(rows)`` returning Markdown; ``startup`` runs first, then the
 ``<framework>_step`` modules (``torch_step`` first). A ``<framework>_step`` whose framework is not
-installed is skipped and says so. When more than one benchmark runs, each runs in a fresh
-subprocess (``python -m benchmarks --only NAME``) so frameworks, their thread pools and their
-allocators never share a process; the parent merges their JSON.
+installed is skipped and says so (``gpt_step`` covers every backend and skips a missing one itself).
+When more than one benchmark runs, each runs in a fresh subprocess (``python -m benchmarks --only
+NAME``) so frameworks, their thread pools and their allocators never share a process; the parent
+merges their JSON.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from benchmarks.common import machine_info
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 NOT_BENCHMARKS = {"common"}
+#: ``*_step`` modules that cover several frameworks and skip a missing one themselves
+MULTI_FRAMEWORK = {"gpt_step"}
 
 
 def available() -> list[str]:
@@ -42,7 +45,7 @@ def available() -> list[str]:
 
 def missing_framework(name: str) -> str | None:
     """The framework a ``<framework>_step`` benchmark needs, if it is not installed."""
-    if not name.endswith("_step"):
+    if not name.endswith("_step") or name in MULTI_FRAMEWORK:
         return None
     framework = name[: -len("_step")]
     return None if importlib.util.find_spec(framework) is not None else framework
