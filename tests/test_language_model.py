@@ -56,6 +56,7 @@ def test_tiny_gpt_on_the_stdlib_beats_the_unigram_baseline(workdir: Path, backen
     assert result.metrics["val/loss"] < baseline - 0.2, (result.metrics, baseline)  # perplexity 18% lower
     records = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[-2]["train/tokens_per_sec"] > 0
+    assert 0 < records[-2]["train/mfu"] < 1, records[-2]  # against the framework's own matmul peak
     print(f"{backend}: val loss {result.metrics['val/loss']:.3f} nats/token, unigram baseline {baseline:.3f}")
 
 

@@ -133,8 +133,9 @@ class Backend(ABC):
     def measure_peak_flops(self, device: str, precision: str) -> float:
         """The device's practical matmul peak in FLOP/s, measured by a short probe (for MFU).
 
-        The default times float32 matmuls in numpy, which is the CPU's peak; a backend running on
-        an accelerator overrides it with a probe in its own framework at ``precision``.
+        The default times float32 matmuls in numpy; the first-party backends override it with a
+        probe in their own framework on ``device`` at ``precision`` (numpy's BLAS may use narrower
+        vector kernels than the framework does, and it cannot see an accelerator).
         """
         from crossframe.perf import numpy_matmul_peak
 

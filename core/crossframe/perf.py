@@ -5,6 +5,7 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -22,20 +23,25 @@ def flops_per_step(spec: ModelSpec, tokens_per_step: int) -> float | None:
     return flops_per_token(params, spec.data_info.num_outputs, spec.data_info.input_shape[0]) * tokens_per_step
 
 
-def numpy_matmul_peak(size: int = 1024, seconds: float = 0.2) -> float:
-    """FLOP/s of repeated float32 ``size x size`` matmuls on the host (the CPU's practical peak)."""
-    rng = np.random.default_rng(0)
-    a = rng.random((size, size), dtype=np.float32)
-    b = rng.random((size, size), dtype=np.float32)
-    a @ b  # warm-up: thread pool, page faults
+def probe_peak(matmul_once: Callable[[], object], size: int, seconds: float = 0.2) -> float:
+    """Best FLOP/s of ``matmul_once`` (one ``size x size`` matmul that returns when it is done)."""
+    matmul_once()  # warm-up: compilation, thread pools, page faults
     best, spent = 0.0, 0.0
     while spent < seconds:
         start = time.perf_counter()
-        a @ b
+        matmul_once()
         took = time.perf_counter() - start
         spent += took
         best = max(best, 2.0 * size**3 / took)
     return best
+
+
+def numpy_matmul_peak(size: int = 1024, seconds: float = 0.2) -> float:
+    """FLOP/s of repeated float32 ``size x size`` matmuls in numpy (a host-side fallback probe)."""
+    rng = np.random.default_rng(0)
+    a = rng.random((size, size), dtype=np.float32)
+    b = rng.random((size, size), dtype=np.float32)
+    return probe_peak(lambda: a @ b, size, seconds)
 
 
 def peak_host_memory_mb() -> float:

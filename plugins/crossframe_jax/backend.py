@@ -278,6 +278,17 @@ class JaxBackend(Backend):
                    "data_parallel": "coming with jax.sharding", "fully_sharded": "coming with jax.sharding"},
         )
 
+    def measure_peak_flops(self, device: str, precision: str) -> float:
+        """Matmul FLOP/s of XLA on ``device`` at ``precision`` (a short probe, for MFU)."""
+        from crossframe.perf import probe_peak
+
+        size = 1024 if device == "cpu" else 4096
+        dtype = {"fp32": jnp.float32, "bf16": jnp.bfloat16, "fp16": jnp.float16}[precision]
+        target = devices.jax_device(device)
+        a, b = (jax.device_put(jnp.ones((size, size), dtype) * (i + 1), target) for i in range(2))
+        matmul = jax.jit(jnp.dot)
+        return probe_peak(lambda: matmul(a, b).block_until_ready(), size)
+
     # ------------------------------------------------------------------ state
 
     def _program(self, setup: TrainSetup, training: bool) -> JaxProgram:

@@ -85,6 +85,18 @@ class TensorFlowBackend(Backend):
                    "fully_sharded": "not planned for TensorFlow"},
         )
 
+    def measure_peak_flops(self, device: str, precision: str) -> float:
+        """Matmul FLOP/s of TensorFlow on ``device`` at ``precision`` (a short probe, for MFU)."""
+        from crossframe.perf import probe_peak
+
+        size = 1024 if device == "cpu" else 4096
+        dtype = {"fp32": tf.float32, "bf16": tf.bfloat16, "fp16": tf.float16}[precision]
+        with tf.device(devices.tf_device(device)):
+            a, b = (tf.random.uniform((size, size), dtype=tf.float32, seed=i) for i in range(2))
+            a, b = tf.cast(a, dtype), tf.cast(b, dtype)
+            matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+            return probe_peak(lambda: matmul().numpy(), size)
+
     # ------------------------------------------------------------------ state
 
     def create_state(self, setup: TrainSetup) -> TFState:

@@ -69,6 +69,22 @@ class TorchBackend(Backend):
                    "data_parallel": "coming with torch DDP", "fully_sharded": "coming with torch FSDP"},
         )
 
+    def measure_peak_flops(self, device: str, precision: str) -> float:
+        """Matmul FLOP/s of torch on ``device`` at ``precision`` (a short probe, for MFU)."""
+        from crossframe.perf import probe_peak
+
+        dev = devices.torch_device(device)
+        size = 4096 if dev.type != "cpu" else 1024
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        a, b = (torch.rand(size, size, device=dev, dtype=dtype) for _ in range(2))
+
+        def once() -> None:
+            torch.mm(a, b)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+
+        return probe_peak(once, size)
+
     # ------------------------------------------------------------------ state
 
     def create_state(self, setup: TrainSetup) -> TorchState:

@@ -116,6 +116,7 @@ class BackendConformance:
         assert caps.models, "capabilities.models is empty"
         assert impl.framework_version(), "framework_version() is empty"
         assert impl.resolve_device("auto") in caps.devices
+        assert impl.measure_peak_flops("cpu", "fp32") > 1e6, "measure_peak_flops must return FLOP/s"
 
     def test_canonical_round_trip_is_exact(self, impl: Backend) -> None:
         """canonical -> native -> canonical returns the very same float32 values, for every model."""
