@@ -106,3 +106,18 @@ def test_generate_and_prepare_refuse_the_wrong_kind_of_run(workdir: Path, tiny,
         cfg = lm_config()
         cfg["model"]["max_seq_len"] = 16
         crossframe.run(cfg, quiet=True)
+
+
+def test_sliding_window_evaluation_scores_every_token_once(workdir: Path) -> None:
+    from crossframe.train.data import TokenEvalSet
+
+    tokens = np.arange(1000) % 251
+    packed = TokenEvalSet(tokens, 32, max_tokens=500)
+    windows = TokenEvalSet(tokens, 32, max_tokens=500, stride=8)
+    assert sum(b["mask"].sum() if "mask" in b else b["y"].size for b in packed.eval_batches(7)) <= 500
+    assert sum(b["mask"].sum() for b in windows.eval_batches(7)) == 500
+    result = crossframe.run(lm_config(steps=30, eval_batch_size=64) | {"text": lm_config()["text"] | {
+        "eval_stride": 16}}, quiet=True)
+    assert np.isfinite(result.metrics["val/loss"])
+    with pytest.raises(ConfigError, match=r"eval_stride \(64\) must not exceed seq_len \(32\)"):
+        crossframe.load_config(lm_config() | {"text": {"seq_len": 32, "eval_stride": 64}})

@@ -103,6 +103,15 @@ class TextConfig(Strict):
     seq_len: PositiveInt = Field(128, description="tokens per training sequence")
     store: str | None = Field(None, description="token store directory; default <output_dir>/.tokens/<hash>")
     max_eval_tokens: PositiveInt | None = Field(None, description="cap on validation tokens per evaluation")
+    eval_stride: PositiveInt | None = Field(
+        None, description="evaluate in sliding windows advancing this many tokens (<= seq_len); "
+                          "default: non-overlapping blocks")
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> TextConfig:
+        if self.eval_stride is not None and self.eval_stride > self.seq_len:
+            raise ValueError(f"eval_stride ({self.eval_stride}) must not exceed seq_len ({self.seq_len})")
+        return self
 
 
 class RunConfig(Strict):

@@ -26,14 +26,20 @@ class TokenEvalSet:
     tokens: np.ndarray
     seq_len: int
     max_tokens: int | None = None
+    stride: int | None = None
     task: str = "language_modeling"
 
     def eval_batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        """Packed blocks of the (capped) validation tokens, in order."""
+        """The (capped) validation tokens in order: packed blocks, or sliding windows with
+        ``stride`` where every token is scored once with at least ``seq_len - stride`` of context."""
         from crossframe.text.loader import eval_batches
+        from crossframe.text.sequences import sliding_windows
 
         data = self.tokens if self.max_tokens is None else self.tokens[: self.max_tokens + 1]
-        yield from eval_batches(data, self.seq_len, batch_size, dtype=np.int64)
+        if self.stride is None:
+            yield from eval_batches(data, self.seq_len, batch_size, dtype=np.int64)
+        else:
+            yield from sliding_windows(data, self.seq_len, self.stride, batch_size, dtype=np.int64)
 
 
 @dataclass
@@ -68,7 +74,7 @@ def load_training_data(cfg: RunConfig) -> TrainingData:
     store = token_store(cfg, source)
     seq_len = cfg.text.seq_len
     loader = LMBatchLoader(store["train"], seq_len, batch, cfg.seed, dtype=np.int64)
-    val = TokenEvalSet(np.asarray(store["val"].tokens), seq_len, cfg.text.max_eval_tokens)
+    val = TokenEvalSet(np.asarray(store["val"].tokens), seq_len, cfg.text.max_eval_tokens, cfg.text.eval_stride)
     info = DataInfo("language_modeling", (seq_len,), store.vocab_size)
     return TrainingData(loader, val, info, store.directory / "tokenizer")
 
