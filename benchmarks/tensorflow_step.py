@@ -49,8 +49,6 @@ Run alone with ``python -m benchmarks.tensorflow_step [--quick] [--out FILE.json
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import sys
@@ -64,7 +62,7 @@ from typing import Any
 import numpy as np
 
 import crossframe
-from benchmarks.common import machine_info, markdown_table, median, spread
+from benchmarks.common import markdown_table, median, spread
 
 TITLE = "Training step throughput: crossframe (tensorflow backend) vs native TensorFlow"
 
@@ -467,22 +465,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(headers, body)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.tensorflow_step [--quick] [--out FILE.json]``."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.tensorflow_step", description=TITLE)
-    parser.add_argument("--quick", action="store_true", help="few steps and rounds (a smoke test)")
-    parser.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="also write the rows as JSON")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    rows = run(quick=args.quick)
-    print(f"### {TITLE}\n\n{table(rows)}")
-    if args.out is not None:
-        result = {"title": TITLE, "quick": args.quick, "seconds": time.perf_counter() - started, "rows": rows,
-                  "machine": machine_info()}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from benchmarks.__main__ import main
+
+    sys.exit(main(["--only", "tensorflow_step", *sys.argv[1:]]))
