@@ -45,6 +45,40 @@ class Capabilities:
 
 
 @dataclass
+class DistillSetup:
+    """A teacher for :class:`TrainSetup`: its spec and canonical weights, and the loss mix.
+
+    The step's loss becomes ``(1 - alpha) * label_loss + alpha * T**2 * KL(softmax(t/T) || softmax(s/T))``
+    (mean over examples, or over counted tokens for language models), with teacher logits ``t``
+    computed in the same compiled step without gradients.
+    """
+
+    spec: ModelSpec
+    weights: Params
+    temperature: float = 2.0
+    alpha: float = 0.5
+
+
+@dataclass(frozen=True)
+class WorldInfo:
+    """Where this process sits in a multi-worker job (see :mod:`crossframe.distributed`)."""
+
+    strategy: Literal["single", "data_parallel", "fully_sharded"] = "single"
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    collective_timeout_s: float = 120.0
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0 (the one that logs, shows progress and writes files)."""
+        return self.rank == 0
+
+
+@dataclass
 class TrainSetup:
     """Everything a backend needs to build a trainable state."""
 
@@ -59,6 +93,13 @@ class TrainSetup:
     compile: bool = False
     seed: int = 0
     activation_checkpointing: bool = False
+    #: pruning masks by canonical name (1 keeps, 0 prunes; canonical layout). The backend applies
+    #: them inside the compiled step, after the update, so pruned weights stay exactly zero.
+    masks: dict[str, np.ndarray] | None = None
+    #: knowledge distillation: the teacher's model runs inside the student's step.
+    distill: DistillSetup | None = None
+    #: this process's place in a multi-worker job (``None``: a single process, one device).
+    world: WorldInfo | None = None
 
     @property
     def loss(self) -> str:

@@ -58,6 +58,18 @@ class RunError(CrossframeError):
     exit_code = 1
 
 
+class ExportError(CrossframeError):
+    """An export failed or its artefact did not match the native model (names backend, format, op)."""
+
+    exit_code = 1
+
+
+class DistributedError(CrossframeError):
+    """A multi-worker job could not start, or a worker died or timed out."""
+
+    exit_code = 1
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ``"; did you mean 'x'?"`` for the closest choice, or an empty string."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

@@ -62,6 +62,14 @@ class EarlyStoppingConfig(Strict):
     min_delta: NonNegativeFloat = 0.0
 
 
+class DistillConfig(Strict):
+    """``train.distill``: learn from a trained teacher run (on any backend) as well as the labels."""
+
+    teacher: str = Field(min_length=1, description="run directory (or checkpoint) of the teacher")
+    temperature: PositiveFloat = Field(2.0, description="softmax temperature for both teacher and student")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the distillation loss; 1-alpha for labels")
+
+
 class TrainConfig(Strict):
     """``train``: the loop's budget, batching, optimisation and intervals."""
 
@@ -81,6 +89,7 @@ class TrainConfig(Strict):
     metrics: list[str] | None = Field(None, description="eval metrics; default depends on the task")
     compile: bool = Field(False, description="compile the step (torch.compile, XLA, ...)")
     activation_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
+    distill: DistillConfig | None = Field(None, description="knowledge distillation from a teacher run")
 
     @model_validator(mode="before")
     @classmethod
@@ -114,6 +123,18 @@ class TextConfig(Strict):
         return self
 
 
+class LaunchConfig(Strict):
+    """``launch``: how many worker processes run the job, and where (``strategy`` says how they share it)."""
+
+    nproc_per_node: PositiveInt = Field(1, description="worker processes on this machine")
+    nnodes: PositiveInt = Field(1, description="machines taking part")
+    node_rank: NonNegativeInt = Field(0, description="this machine's index, 0..nnodes-1")
+    master_addr: str = Field("127.0.0.1", description="address of node 0")
+    master_port: int = Field(29500, ge=1, le=65535, description="port of node 0's rendezvous")
+    launcher: Literal["local", "ray"] = Field("local", description="start workers here, or on a Ray cluster")
+    collective_timeout_s: PositiveFloat = Field(120.0, description="a collective waiting longer ends the job")
+
+
 class RunConfig(Strict):
     """The whole run. Defaults make ``RunConfig()`` a valid (if small) job."""
 
@@ -130,5 +151,10 @@ class RunConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     text: TextConfig = Field(default_factory=TextConfig)
     loggers: list[ComponentConfig] = Field(default_factory=list)
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    compress: list[ComponentConfig] = Field(default_factory=list,
+                                            description="compressors applied in order after training")
+    export: list[ComponentConfig] = Field(default_factory=list,
+                                          description="exporters run after training and compression")
     requires: list[str] = Field(default_factory=list,
                                 description="plugin distributions this config needs, e.g. 'crossframe-mlflow>=0.1'")

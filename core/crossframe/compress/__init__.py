@@ -1,0 +1,1 @@
+"""Neutral compression: compressors act on canonical weights, so one implementation serves every backend."""

@@ -1,0 +1,1 @@
+"""Exporters: ONNX and native formats from any backend, each reloaded and verified."""
