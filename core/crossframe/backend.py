@@ -182,6 +182,12 @@ class Backend(ABC):
 
         return numpy_matmul_peak()
 
+    def peak_device_memory_mb(self, device: str) -> float | None:
+        """Peak memory allocated on ``device`` by this process so far, in MiB; ``None`` when the
+        framework cannot tell (the default, and on the host, where
+        :func:`crossframe.perf.peak_host_memory_mb` applies)."""
+        return None
+
     def resolve_device(self, requested: str) -> str:
         """``auto`` becomes the best device found; an explicit name is returned unchanged."""
         if requested != "auto":

@@ -289,6 +289,14 @@ class JaxBackend(Backend):
         matmul = jax.jit(jnp.dot)
         return probe_peak(lambda: matmul(a, b).block_until_ready(), size)
 
+    def peak_device_memory_mb(self, device: str) -> float | None:
+        """``peak_bytes_in_use`` from the device's ``memory_stats()``; None where XLA keeps none (CPU)."""
+        if device == "cpu":
+            return None
+        stats = devices.jax_device(device).memory_stats() or {}
+        peak = stats.get("peak_bytes_in_use")
+        return None if peak is None else peak / 2**20
+
     # ------------------------------------------------------------------ state
 
     def _program(self, setup: TrainSetup, training: bool) -> JaxProgram:

@@ -97,6 +97,13 @@ class TensorFlowBackend(Backend):
             matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
             return probe_peak(lambda: matmul().numpy(), size)
 
+    def peak_device_memory_mb(self, device: str) -> float | None:
+        """``peak`` of ``tf.config.experimental.get_memory_info``; None on the host."""
+        if device == "cpu":
+            return None
+        info = tf.config.experimental.get_memory_info(devices.tf_device(device).strip("/"))
+        return info["peak"] / 2**20
+
     # ------------------------------------------------------------------ state
 
     def create_state(self, setup: TrainSetup) -> TFState:

@@ -85,6 +85,13 @@ class TorchBackend(Backend):
 
         return probe_peak(once, size)
 
+    def peak_device_memory_mb(self, device: str) -> float | None:
+        """Peak CUDA memory allocated by this process (``torch.cuda.max_memory_allocated``); None off CUDA."""
+        dev = devices.torch_device(device)
+        if dev.type != "cuda":
+            return None
+        return torch.cuda.max_memory_allocated(dev) / 2**20
+
     # ------------------------------------------------------------------ state
 
     def create_state(self, setup: TrainSetup) -> TorchState:
