@@ -11,7 +11,7 @@ happen inside that one compiled function, so a step is one dispatch and never sy
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jax
@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from crossframe.backend import Backend, Capabilities, TrainSetup
-from crossframe.errors import CapabilityError
+from crossframe.errors import CapabilityError, ConfigError
 from crossframe.models.spec import ModelSpec, Params
 from crossframe.sampling import generate_by_recompute
 from crossframe_jax import devices
@@ -32,6 +32,7 @@ from crossframe_jax.models import (
     gpt_prefill,
     load_canonical,
     make_forward,
+    place,
 )
 from crossframe_jax.optim import (
     SUPPORTED,
@@ -60,6 +61,8 @@ class JaxProgram:
     traces: dict[str, int] = field(default_factory=dict)  # how often each function was traced
     prefill: Callable[..., Any] | None = None  # gpt, jit: (params, prompt) -> (logits [B, V], cache)
     decode: Callable[..., Any] | None = None  # gpt, jit: (params, ids, pos, cache) -> (logits, cache)
+    #: extra arguments of ``train`` after ``lr``: ``()``, or ``({"masks": ..., "teacher": ...},)`` on the device
+    extra: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -109,77 +112,106 @@ def _count_trace(traces: dict[str, int], name: str) -> None:
     traces[name] = traces.get(name, 0) + 1  # runs while tracing only, never per step
 
 
+def distill_term(student: jax.Array, teacher: jax.Array, temperature: float) -> jax.Array:
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))`` over the last axis (per example or token), float32."""
+    log_s = jax.nn.log_softmax(student.astype(jnp.float32) / temperature, axis=-1)
+    log_t = jax.nn.log_softmax(teacher.astype(jnp.float32) / temperature, axis=-1)
+    return jnp.sum(jnp.exp(log_t) * (log_t - log_s), axis=-1) * (temperature * temperature)
+
+
 def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransformation,
-                  traces: dict[str, int]) -> Callable[..., Any]:
+                  traces: dict[str, int], teacher_forward: Forward | None = None) -> Callable[..., Any]:
     """The jit-compiled step, with params and optimizer state donated.
 
-    ``train(params, opt, x, y, mask, lr)``: ``mask`` is None except for language models given
-    one (a None and an array each compile once: at most two variants per shape).
+    ``train(params, opt, x, y, mask, lr[, extra])``: ``mask`` is None except for language models
+    given one (a None and an array each compile once: at most two variants per shape). ``extra``
+    (not donated) holds ``masks`` (0/1 by name, multiplied into the parameters after the update)
+    and ``teacher`` (the teacher's parameters, for ``setup.distill``); without it the step is the
+    plain one, with no extra op.
     """
     k, loss_name, clip = setup.grad_accum, setup.loss, setup.clip_norm
     lm = loss_name == "token_cross_entropy"
     uses_rng = lm and float(setup.spec.params.get("dropout", 0.0)) > 0.0
     seed = int(setup.seed)
+    distill = setup.distill
 
-    def mean_loss(params: Mapping[str, jax.Array], x: jax.Array, y: jax.Array) -> jax.Array:
-        return per_example_loss(loss_name, forward(params, x, train=True), y).mean()
+    def mixed(label: jax.Array, out: jax.Array, x: jax.Array, teacher: Any, m: jax.Array | None = None,
+              total: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+        """``(loss, kd)``: the label loss alone, or ``(1 - alpha) * label + alpha * kd`` with the teacher."""
+        if distill is None or teacher_forward is None:
+            return label, None
+        t = jax.lax.stop_gradient(teacher_forward(teacher, x))
+        per = distill_term(out, t, distill.temperature)
+        kd = jnp.sum(per * m) / total if m is not None else per.mean() / k
+        return (1.0 - distill.alpha) * label + distill.alpha * kd, kd
 
-    def scaled_loss(params: Mapping[str, jax.Array], x: jax.Array, y: jax.Array) -> jax.Array:
-        return mean_loss(params, x, y) / k
+    def mean_loss(params: Mapping[str, jax.Array], x: jax.Array, y: jax.Array, teacher: Any = None
+                  ) -> tuple[jax.Array, jax.Array | None]:
+        out = forward(params, x, train=True)
+        return mixed(per_example_loss(loss_name, out, y).mean() / k, out, x, teacher)
 
     def token_loss_part(params: Mapping[str, jax.Array], x: jax.Array, y: jax.Array, m: jax.Array,
-                        total: jax.Array, key: jax.Array | None) -> jax.Array:
+                        total: jax.Array, key: jax.Array | None, teacher: Any = None
+                        ) -> tuple[jax.Array, jax.Array | None]:
         """``sum(ce * mask) / total`` of one micro-batch, ``total`` the counted tokens of the whole batch."""
-        return jnp.sum(token_loss(forward(params, x, train=True, rng=key), y) * m) / total
+        out = forward(params, x, train=True, rng=key)
+        return mixed(jnp.sum(token_loss(out, y) * m) / total, out, x, teacher, m, total)
 
     def split(a: jax.Array) -> jax.Array:
         # k contiguous chunks in order: the same split as torch.chunk
         return a.reshape(k, a.shape[0] // k, *a.shape[1:])
 
     def lm_grads(params: dict[str, jax.Array], x: jax.Array, y: jax.Array, mask: jax.Array | None,
-                 step: jax.Array) -> tuple[jax.Array, Any]:
+                 step: jax.Array, teacher: Any) -> tuple[tuple[jax.Array, Any], Any]:
         x, y = x.astype(jnp.int32), y.astype(jnp.int32)
         m = token_mask(y, mask)
         count = jnp.sum(m)  # the whole batch's counted tokens, once, outside the scan
         total = jnp.where(count > 0, count, 1.0)  # an all-zero mask: loss 0 and zero gradients, not NaN
         # dropout keys: a pure function of (seed, step), so runs repeat exactly and resume exactly
         key = jax.random.fold_in(jax.random.key(seed), step) if uses_rng else None
-        grad_fn = jax.value_and_grad(token_loss_part)
+        grad_fn = jax.value_and_grad(token_loss_part, has_aux=True)
         if k == 1:
-            return grad_fn(params, x, y, m, total, key)
+            return grad_fn(params, x, y, m, total, key, teacher)
 
         def micro(carry: Any, part: tuple[jax.Array, ...]) -> tuple[Any, None]:
             grad_sum, loss_sum = carry
             xi, yi, mi, i = part
             key_i = None if key is None else jax.random.fold_in(key, i)
-            loss_i, grads_i = grad_fn(params, xi, yi, mi, total, key_i)
-            return (jax.tree.map(jnp.add, grad_sum, grads_i), loss_sum + loss_i), None
+            loss_i, grads_i = grad_fn(params, xi, yi, mi, total, key_i, teacher)
+            return (jax.tree.map(jnp.add, grad_sum, grads_i), jax.tree.map(jnp.add, loss_sum, loss_i)), None
 
-        init = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32))
+        init = (jax.tree.map(jnp.zeros_like, params), zero_losses)
         (grads, loss), _ = jax.lax.scan(micro, init, (split(x), split(y), split(m), jnp.arange(k)))
         return loss, grads
 
+    zero_losses = (jnp.zeros((), jnp.float32), None if distill is None else jnp.zeros((), jnp.float32))
+
     def train(params: dict[str, jax.Array], opt: OptState, x: jax.Array, y: jax.Array, mask: jax.Array | None,
-              lr: jax.Array) -> tuple[dict[str, jax.Array], OptState, dict[str, jax.Array]]:
+              lr: jax.Array, extra: Mapping[str, Any] | None = None
+              ) -> tuple[dict[str, jax.Array], OptState, dict[str, jax.Array]]:
         _count_trace(traces, "train")
         if k > 1 and x.shape[0] % k:
             raise ValueError(f"train batch of {x.shape[0]} examples does not split into grad_accum={k} "
                              "equal micro-batches")
+        extra = extra or {}
+        teacher = extra.get("teacher")
         if lm:
-            loss, grads = lm_grads(params, x, y, mask, opt.step)
+            (loss, kd), grads = lm_grads(params, x, y, mask, opt.step, teacher)
         elif k == 1:
-            loss, grads = jax.value_and_grad(mean_loss)(params, x, y)
+            (loss, kd), grads = jax.value_and_grad(mean_loss, has_aux=True)(params, x, y, teacher)
         else:
-            grad_fn = jax.value_and_grad(scaled_loss)
+            grad_fn = jax.value_and_grad(mean_loss, has_aux=True)
 
             def micro(carry: Any, batch: tuple[jax.Array, jax.Array]) -> tuple[Any, None]:
                 grad_sum, loss_sum = carry
-                loss_i, grads_i = grad_fn(params, *batch)
-                return (jax.tree.map(jnp.add, grad_sum, grads_i), loss_sum + loss_i), None
+                loss_i, grads_i = grad_fn(params, *batch, teacher)
+                return (jax.tree.map(jnp.add, grad_sum, grads_i), jax.tree.map(jnp.add, loss_sum, loss_i)), None
 
-            init = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32))
-            (grads, loss), _ = jax.lax.scan(micro, init, (split(x), split(y)))
+            init = (jax.tree.map(jnp.zeros_like, params), zero_losses)
+            (grads, (loss, kd)), _ = jax.lax.scan(micro, init, (split(x), split(y)))
         out = {"loss": loss}
+        if kd is not None:
+            out["distill_loss"] = kd
         if clip is not None:
             norm = global_norm(grads)
             scale = jnp.minimum(1.0, clip / (norm + CLIP_EPS))
@@ -187,9 +219,16 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
             out["grad_norm"] = norm
         direction, inner = tx.update(grads, opt.inner, params)
         params = jax.tree.map(lambda p, d: p - lr * d, params, direction)
+        if extra.get("masks"):
+            params = apply_masks(params, extra["masks"])
         return params, OptState(inner, opt.step + 1), out
 
     return jax.jit(train, donate_argnums=(0, 1))
+
+
+def apply_masks(params: Mapping[str, jax.Array], masks: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """``param * mask`` for the masked parameters (pruned entries become exactly zero); the rest unchanged."""
+    return {name: p * masks[name] if name in masks else p for name, p in params.items()}
 
 
 def make_eval_fn(setup: TrainSetup, forward: Forward, traces: dict[str, int]) -> Callable[..., Any]:
@@ -313,15 +352,28 @@ class JaxBackend(Backend):
         else:
             forward = make_forward(setup.spec, dtype)
         tx = build_transform(setup) if training else None
-        train = make_train_fn(setup, forward, tx, traces) if tx is not None else None
+        teacher_forward = _teacher_forward(setup, device, dtype) if training and setup.distill is not None else None
+        train = make_train_fn(setup, forward, tx, traces, teacher_forward) if tx is not None else None
         return JaxProgram(setup, device, forward, tx, train, make_eval_fn(setup, forward, traces),
                           make_predict_fn(forward, traces), traces, prefill, decode)
 
     def create_state(self, setup: TrainSetup) -> JaxState:
-        """Place the canonical weights on the device and build the optimizer state; steps compile lazily."""
+        """Place the canonical weights on the device and build the optimizer state; steps compile lazily.
+
+        Pruning masks and the teacher's weights go to the device here, once, and ride along as the
+        step's undonated ``extra`` argument; the weights start pruned.
+        """
         program = self._program(setup, training=True)
         params = load_canonical(setup.spec, setup.weights, program.device)
         assert program.tx is not None
+        extra: dict[str, Any] = {}
+        if setup.masks:
+            extra["masks"] = _native_masks(setup, program.device)
+            params = apply_masks(params, extra["masks"])
+        if setup.distill is not None:
+            extra["teacher"] = load_canonical(setup.distill.spec, setup.distill.weights, program.device)
+        if extra:
+            program = replace(program, extra=(extra,))
         return JaxState(program, params, init_state(program.tx, params, program.device))
 
     def inference_state(self, spec: ModelSpec, weights: Params, device: str = "cpu",
@@ -342,6 +394,8 @@ class JaxBackend(Backend):
         """A new state holding canonical weights (and optimizer state, from any backend)."""
         program = state.program
         params = load_canonical(state.setup.spec, weights, program.device)
+        if program.extra and program.extra[0].get("masks"):
+            params = apply_masks(params, program.extra[0]["masks"])
         opt = state.opt_state
         if optimizer_state is not None and program.tx is not None:
             opt = load_optimizer_state(state.setup.optimizer, program.tx, params, state.setup.spec,
@@ -362,7 +416,7 @@ class JaxBackend(Backend):
         if program.train is None:
             raise TypeError("train_step: this state was built by inference_state and cannot train")
         params, opt, out = program.train(state.params, state.opt_state, batch["x"], batch["y"], _mask(state, batch),
-                                         np.float32(lr))
+                                         np.float32(lr), *program.extra)
         return JaxState(program, params, opt), out
 
     def eval_step(self, state: JaxState, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -444,6 +498,31 @@ class JaxBackend(Backend):
         if all(d.platform == "cpu" for d in first.devices()):
             return jax.tree.map(lambda v: np.array(v) if isinstance(v, jax.Array) else v, values)
         return jax.device_get(values)
+
+
+def _native_masks(setup: TrainSetup, device: Any) -> dict[str, jax.Array]:
+    """Canonical 0/1 pruning masks as float32 arrays on ``device`` (JAX's layouts are the canonical ones)."""
+    assert setup.masks is not None
+    shapes = {p.name: tuple(p.shape) for p in setup.spec.table}
+    for name, mask in setup.masks.items():
+        if name not in shapes:
+            raise ConfigError(f"masks: '{name}' is not a parameter of model '{setup.spec.name}'")
+        if tuple(np.shape(mask)) != shapes[name]:
+            raise ConfigError(f"masks: '{name}' has shape {tuple(np.shape(mask))}, the parameter has {shapes[name]}")
+    return place(setup.masks, device)
+
+
+def _teacher_forward(setup: TrainSetup, device: Any, dtype: Any) -> Forward:
+    """The teacher's forward in the student's compute dtype (eval mode: no dropout)."""
+    assert setup.distill is not None
+    if setup.loss == "mse":
+        raise CapabilityError("train.distill: distillation needs logits (classification or language modelling), "
+                              "not regression outputs")
+    spec = setup.distill.spec
+    if spec.name == "gpt":
+        p = spec.params
+        return make_forward(spec, dtype, attention=attention_implementation(device, dtype, p["d_model"] // p["n_head"]))
+    return make_forward(spec, dtype)
 
 
 def _mask(state: JaxState, batch: Mapping[str, np.ndarray]) -> np.ndarray | None:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from crossframe.backend import Backend, Capabilities, TrainSetup
-from crossframe.errors import CapabilityError
+from crossframe.errors import CapabilityError, ConfigError
 from crossframe.models.spec import ModelSpec, Params
 from crossframe_tensorflow import devices
 from crossframe_tensorflow.devices import tf
@@ -49,6 +49,15 @@ class TFState:
     label_dtype: tf.DType
     input_dtype: tf.DType = tf.float32  # int32 token ids for language models
     ones: dict[tuple[int, ...], tf.Tensor] = field(default_factory=dict)  # default masks, by shape
+    #: pruning: (variable, 0/1 mask on the device) pairs, multiplied in after each update
+    masked: list[tuple[tf.Variable, tf.Tensor]] | None = None
+    #: distillation: the teacher's model (its variables are never watched by the tape)
+    teacher: Model | None = None
+
+    def apply_masks(self) -> None:
+        """``variable *= mask`` for every masked variable (in a graph when called inside one)."""
+        for variable, mask in self.masked or ():
+            variable.assign(variable * mask)
 
     @property
     def language_model(self) -> bool:
@@ -114,7 +123,11 @@ class TensorFlowBackend(Backend):
             model = build_model(setup.spec, setup.weights, setup.activation_checkpointing)
             optimizer = build_optimizer(setup, model.params)
             loss_scale = DynamicLossScale() if setup.precision == "fp16" else None
+            masked = _native_masks(setup, model) if setup.masks else None
+            teacher = _teacher(setup) if setup.distill is not None else None
         state = self._state(setup, model, optimizer, loss_scale, device, dtype)
+        state.masked, state.teacher = masked, teacher
+        state.apply_masks()
         state.train_fn = _train_function(state)
         return state
 
@@ -146,6 +159,7 @@ class TensorFlowBackend(Backend):
     def load_state(self, state: TFState, weights: Params, optimizer_state: Params | None) -> TFState:
         """Assign canonical weights (and optimizer state) to the variables; the same state comes back."""
         load_canonical(state.model, weights)
+        state.apply_masks()
         if optimizer_state is not None and state.optimizer is not None:
             state.optimizer.load(optimizer_state)
         return state
@@ -234,6 +248,7 @@ def _train_function(state: TFState) -> Compiled:
     k, clip_norm = setup.grad_accum, setup.clip_norm
     lm = state.language_model
     run_seed = int(setup.seed) % 2**63
+    distill, teacher = setup.distill, state.teacher
 
     def step(x: tf.Tensor, y: tf.Tensor, mask: tf.Tensor | None, lr: tf.Tensor) -> dict[str, tf.Tensor]:
         with tf.device(state.device):
@@ -247,6 +262,7 @@ def _train_function(state: TFState) -> Compiled:
             seed = (tf.stack([tf.constant(run_seed, tf.int64), optimizer.step.read_value()])
                     if model.uses_rng else None)
             loss: tf.Tensor | None = None
+            kd_sum: tf.Tensor | None = None
             grads: list[tf.Tensor] | None = None
             for i, chunk in enumerate(chunks):
                 micro_seed = None if seed is None else tf.random.experimental.stateless_fold_in(seed, i, alg=RNG_ALG)
@@ -259,6 +275,12 @@ def _train_function(state: TFState) -> Compiled:
                         part = tf.reduce_mean(per_example(out, chunk[1]))
                         if k > 1:
                             part = part / k
+                    if distill is not None and teacher is not None:
+                        per = distill_term(out, tf.stop_gradient(teacher(chunk[0], state.dtype)), distill.temperature)
+                        kd = (tf.math.divide_no_nan(tf.reduce_sum(per * chunk[2]), total) if lm
+                              else tf.reduce_mean(per) / k)
+                        part = (1.0 - distill.alpha) * part + distill.alpha * kd
+                        kd_sum = kd if kd_sum is None else kd_sum + kd
                     target = part * loss_scale.scale if loss_scale is not None else part
                 # embedding lookups give IndexedSlices: densify, to sum, clip and update as the rest
                 g = [tf.convert_to_tensor(gi) for gi in tape.gradient(target, variables)]
@@ -266,6 +288,8 @@ def _train_function(state: TFState) -> Compiled:
                 loss = part if loss is None else loss + part
             assert grads is not None and loss is not None
             out = {"loss": loss}
+            if kd_sum is not None:
+                out["distill_loss"] = kd_sum
             finite = None
             if loss_scale is not None:
                 inv = 1.0 / loss_scale.scale
@@ -286,6 +310,8 @@ def _train_function(state: TFState) -> Compiled:
 
                 tf.cond(finite, apply, lambda: tf.constant(False))
                 loss_scale.update(finite)
+            if state.masked:
+                state.apply_masks()
             return out
 
     if lm:
@@ -297,6 +323,40 @@ def _train_function(state: TFState) -> Compiled:
 
     signature = [*_specs(state), tf.TensorSpec([], tf.float32, name="lr")]
     return Compiled(tf.function(train, input_signature=signature, jit_compile=setup.compile))
+
+
+def distill_term(student: tf.Tensor, teacher: tf.Tensor, temperature: float) -> tf.Tensor:
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))`` over the last axis (per example or token), float32."""
+    log_s = tf.nn.log_softmax(tf.cast(student, tf.float32) / temperature, axis=-1)
+    log_t = tf.nn.log_softmax(tf.cast(teacher, tf.float32) / temperature, axis=-1)
+    return tf.reduce_sum(tf.exp(log_t) * (log_t - log_s), axis=-1) * (temperature * temperature)
+
+
+def _native_masks(setup: TrainSetup, model: Model) -> list[tuple[tf.Variable, tf.Tensor]]:
+    """Canonical 0/1 masks as float32 tensors (TensorFlow's layouts are the canonical ones), with their variables.
+
+    Create under the state's ``tf.device``; the train function captures them (no per-step copy).
+    """
+    assert setup.masks is not None
+    shapes = {p.name: tuple(p.shape) for p in setup.spec.table}
+    pairs = []
+    for name, mask in setup.masks.items():
+        if name not in shapes:
+            raise ConfigError(f"masks: '{name}' is not a parameter of model '{setup.spec.name}'")
+        if tuple(np.shape(mask)) != shapes[name]:
+            raise ConfigError(f"masks: '{name}' has shape {tuple(np.shape(mask))}, the parameter has {shapes[name]}")
+        variable = model.params[name]
+        pairs.append((variable, tf.constant(np.asarray(mask, dtype=np.float32), dtype=variable.dtype)))
+    return pairs
+
+
+def _teacher(setup: TrainSetup) -> Model:
+    """The teacher's model from canonical weights (create under the state's ``tf.device``)."""
+    assert setup.distill is not None
+    if setup.loss == "mse":
+        raise CapabilityError("train.distill: distillation needs logits (classification or language modelling), "
+                              "not regression outputs")
+    return build_model(setup.distill.spec, setup.distill.weights)
 
 
 def _eval_function(state: TFState) -> Compiled:

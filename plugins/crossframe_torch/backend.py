@@ -11,10 +11,17 @@ import torch
 import torch.nn.functional as F
 
 from crossframe.backend import Backend, Capabilities, TrainSetup
-from crossframe.errors import CapabilityError
+from crossframe.errors import CapabilityError, ConfigError
 from crossframe.models.spec import ModelSpec, Params
 from crossframe_torch import devices
-from crossframe_torch.models import GPT, build_module, export_canonical, load_canonical, native_parameters
+from crossframe_torch.models import (
+    GPT,
+    build_module,
+    export_canonical,
+    load_canonical,
+    native_parameters,
+    to_native,
+)
 from crossframe_torch.optim import SUPPORTED, build_optimizer, export_optimizer_state, load_optimizer_state
 
 MODELS = ("mlp", "cnn", "gpt")
@@ -33,6 +40,10 @@ class TorchState:
     device: torch.device
     autocast_dtype: Any
     step: int = 0
+    #: pruning: (parameters, 0/1 masks in native layout on the device), multiplied in after each update
+    masked: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+    #: distillation: the teacher (eval mode, no gradients), or its torch.compile'd wrapper
+    teacher: Any = None
 
     def set_training(self, training: bool) -> None:
         """Switch train / eval mode only when it changes (``Module.train`` walks every submodule)."""
@@ -45,6 +56,20 @@ class TorchState:
             return self.forward(x)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype):
             return self.forward(x)
+
+    @torch.no_grad()
+    def run_teacher(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's float32 outputs under the same autocast, without gradients."""
+        if self.autocast_dtype is None:
+            return self.teacher(x).float()
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+            return self.teacher(x).float()
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """``param *= mask`` for every masked parameter (one fused foreach kernel; no host sync)."""
+        if self.masked is not None:
+            torch._foreach_mul_(*self.masked)
 
 
 class TorchBackend(Backend):
@@ -106,7 +131,13 @@ class TorchBackend(Backend):
         dtype = devices.autocast_dtype(setup.precision)
         scaler = torch.amp.GradScaler(device.type) if setup.precision == "fp16" else None
         forward = torch.compile(module) if setup.compile else module
-        return TorchState(setup, module, forward, params, optimizer, scaler, device, dtype)
+        state = TorchState(setup, module, forward, params, optimizer, scaler, device, dtype)
+        if setup.masks:
+            state.masked = _native_masks(setup, params, device)
+            state.apply_masks()
+        if setup.distill is not None:
+            state.teacher = _teacher(setup, device)
+        return state
 
     def inference_state(self, spec: ModelSpec, weights: Params, device: str = "cpu",
                         precision: str = "fp32") -> TorchState:
@@ -134,6 +165,7 @@ class TorchBackend(Backend):
             layouts = {p.name: p.layout for p in state.setup.spec.table}
             state.step = load_optimizer_state(state.optimizer, state.setup.optimizer, state.params, layouts,
                                               optimizer_state)
+        state.apply_masks()
         return state
 
     # ------------------------------------------------------------------ steps
@@ -194,7 +226,8 @@ class TorchBackend(Backend):
             total = count if isinstance(count, int) else torch.where(count > 0, count, torch.ones_like(count))
         xs, ys = (x, y) if k == 1 else (x.chunk(k), y.chunk(k))
         ms = mask if (k == 1 or mask is None) else mask.chunk(k)
-        acc = None
+        distill = state.setup.distill
+        acc = kd_acc = None
         for i in range(k):
             xi, yi, mi = (xs, ys, ms) if k == 1 else (xs[i], ys[i], None if ms is None else ms[i])
             out = state.run_forward(xi)
@@ -204,9 +237,16 @@ class TorchBackend(Backend):
                 loss = self._loss(state, out, yi)
                 if k > 1:
                     loss = loss / k
+            if distill is not None:
+                kd = _distill_term(out, state.run_teacher(xi), distill.temperature, mi)
+                kd = kd / total if tokens else (kd.mean() / k if k > 1 else kd.mean())
+                loss = (1.0 - distill.alpha) * loss + distill.alpha * kd
+                kd_acc = kd.detach() if kd_acc is None else kd_acc + kd.detach()
             (state.scaler.scale(loss) if state.scaler else loss).backward()
             acc = loss.detach() if acc is None else acc + loss.detach()
         out_values: dict[str, Any] = {"loss": acc}
+        if kd_acc is not None:
+            out_values["distill_loss"] = kd_acc
         if state.setup.clip_norm is not None:
             if state.scaler:
                 state.scaler.unscale_(opt)
@@ -217,6 +257,8 @@ class TorchBackend(Backend):
             state.scaler.update()
         else:
             opt.step()
+        if state.masked is not None:
+            state.apply_masks()
         opt.zero_grad(set_to_none=True)
         state.step += 1
         return state, out_values
@@ -318,3 +360,48 @@ class TorchBackend(Backend):
         if isinstance(values, (list, tuple)):
             return type(values)(self.fetch(v) for v in values)
         return values
+
+
+# ---------------------------------------------------------------------- pruning masks and distillation
+
+
+def _native_masks(setup: TrainSetup, params: dict[str, torch.nn.Parameter], device: torch.device
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Canonical 0/1 masks as native-layout tensors on the device, paired with their parameters."""
+    assert setup.masks is not None
+    layouts = {p.name: (p.layout, p.shape) for p in setup.spec.table}
+    targets, masks = [], []
+    for name, mask in setup.masks.items():
+        if name not in layouts:
+            raise ConfigError(f"masks: '{name}' is not a parameter of model '{setup.spec.name}'")
+        layout, shape = layouts[name]
+        if tuple(np.shape(mask)) != tuple(shape):
+            raise ConfigError(f"masks: '{name}' has shape {tuple(np.shape(mask))}, the parameter has {tuple(shape)}")
+        param = params[name]
+        native = to_native(layout, torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)))
+        targets.append(param)
+        masks.append(native.to(device=device, dtype=param.dtype).contiguous())
+    return targets, masks
+
+
+def _teacher(setup: TrainSetup, device: torch.device) -> Any:
+    """The teacher module from canonical weights, on ``device``, in eval mode, without gradients."""
+    assert setup.distill is not None
+    if setup.loss == "mse":
+        raise CapabilityError("train.distill: distillation needs logits (classification or language modelling), "
+                              "not regression outputs")
+    module = build_module(setup.distill.spec)
+    load_canonical(module, setup.distill.spec, setup.distill.weights)
+    module.to(device).eval().requires_grad_(False)
+    return torch.compile(module) if setup.compile else module
+
+
+def _distill_term(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
+                  mask: torch.Tensor | None) -> torch.Tensor:
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))`` per example ``[B]``, or summed over counted tokens."""
+    log_s = F.log_softmax(student.float() / temperature, dim=-1)
+    log_t = F.log_softmax(teacher / temperature, dim=-1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(dim=-1) * (temperature * temperature)
+    if kl.ndim == 1:
+        return kl
+    return kl.sum() if mask is None else (kl * mask).sum()
