@@ -92,7 +92,7 @@ def register_loggers(register: Any) -> None:
 @hookimpl
 def register_commands(cli: Any) -> None:
     """Add ``run``, ``plugins`` and ``config``."""
-    from crossframe.cli import commands
+    from crossframe.cli import commands, compress
 
-    for command in commands.COMMANDS:
+    for command in [*commands.COMMANDS, *compress.COMMANDS]:
         cli.add_command(command)
