@@ -313,7 +313,7 @@ def test_grad_accumulation_equals_one_big_batch(workdir: Path, tiny, optimizer) 
 
 
 def test_quickstart_digits_reaches_95_percent(workdir: Path) -> None:
-    result = crossframe.run(None, ["train.steps=300"], backend="jax", quiet=True)
+    result = crossframe.run("digits-mlp", ["train.steps=300"], backend="jax", quiet=True)
     assert result.status == "completed"
     assert result.metrics["val/accuracy"] >= 0.95
 

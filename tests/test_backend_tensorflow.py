@@ -240,7 +240,7 @@ def test_grad_accumulation_equals_one_big_batch(workdir: Path, tiny, optimizer) 
 
 
 def test_digits_mlp_reaches_95_percent(workdir: Path) -> None:
-    result = crossframe.run(None, ["train.steps=300"], backend="tensorflow", quiet=True)
+    result = crossframe.run("digits-mlp", ["train.steps=300"], backend="tensorflow", quiet=True)
     assert result.metrics["val/accuracy"] >= 0.95
     assert load_checkpoint(result.run_dir).state["backend"] == "tensorflow"
 
@@ -294,7 +294,7 @@ def test_keras_backend_setting_does_not_touch_the_tensorflow_backend(workdir: Pa
     """``KERAS_BACKEND=jax`` puts Keras on JAX in that process (importing tensorflow imports Keras
     whatever we do), yet the run trains on TensorFlow: the same weights as a run without it."""
     env = {**os.environ, "KERAS_BACKEND": "jax"}
-    args = ["run", "--backend", "tensorflow", "--set", "train.steps=20", "--set", "name=keras-jax", "-q"]
+    args = ["run", "digits-mlp", "--backend", "tensorflow", "--set", "train.steps=20", "--set", "name=keras-jax", "-q"]
     proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env, cwd=workdir,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -303,7 +303,7 @@ def test_keras_backend_setting_does_not_touch_the_tensorflow_backend(workdir: Pa
     subprocess_run = workdir / "runs" / "keras-jax"
     assert load_checkpoint(subprocess_run).state["backend"] == "tensorflow"
 
-    here = crossframe.run(None, ["train.steps=20", "name=here"], backend="tensorflow", quiet=True)
+    here = crossframe.run("digits-mlp", ["train.steps=20", "name=here"], backend="tensorflow", quiet=True)
     a, b = weights_of(subprocess_run), weights_of(here.run_dir)
     for name in a:
         np.testing.assert_allclose(a[name], b[name], atol=1e-6, rtol=0)

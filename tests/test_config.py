@@ -91,14 +91,14 @@ def test_overrides_parse_values_as_yaml_and_reach_lists() -> None:
 
 
 def test_backend_flag_and_resolution_fill_component_defaults() -> None:
-    cfg = load_config(None, ["model={name: cnn}"], backend="torch")
+    cfg = load_config("digits-mlp", ["model={name: cnn}"], backend="torch")
     assert cfg.model.params == {"channels": [16, 32], "kernel_size": 3, "hidden": 64, "activation": "relu"}
     assert cfg.train.schedule.params["warmup_steps"] == 30
     assert cfg.train.optimizer.params["betas"] == (0.9, 0.999)
 
 
 def test_config_show_prints_the_resolved_config(capsys: pytest.CaptureFixture) -> None:
-    assert main(["config", "show", "--set", "train.steps=42"]) == 0
+    assert main(["config", "show", "digits-mlp", "--set", "train.steps=42"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["train"]["steps"] == 42
     assert shown["train"]["grad_accum"] == 1  # a default, filled in
@@ -116,6 +116,17 @@ def test_resolved_config_round_trips(workdir: Path, capsys: pytest.CaptureFixtur
 def test_examples_quickstart_is_the_builtin_default() -> None:
     example = Path(__file__).parents[1] / "examples" / "quickstart.yaml"
     assert load_config(example) == load_config(None)
+
+
+def test_presets_are_named_in_place_of_a_file(workdir: Path) -> None:
+    example = Path(__file__).parents[1] / "examples" / "digits-mlp.yaml"
+    assert load_config("digits-mlp") == load_config(example)
+    assert load_config("digits-mlp").model.name == "mlp" and load_config("quickstart") == load_config(None)
+    with pytest.raises(UsageError, match=r"config file 'digit-mlp' not found \(built-in presets: .*did you mean"):
+        load_config("digit-mlp")
+    (workdir / "digits-mlp").write_text("seed: 5\n")  # a file of that name wins, whatever its suffix
+    with pytest.raises(UsageError, match="unknown format"):
+        load_config("digits-mlp")
 
 
 @pytest.mark.parametrize(("override", "expected"), [

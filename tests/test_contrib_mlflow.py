@@ -142,7 +142,8 @@ def test_plugin_installs_into_a_fresh_venv_and_records_a_run(venv: FreshVenv, tm
     assert rows["torch"]["status"] == "loaded", rows["torch"]
 
     start = time.perf_counter()
-    trained = sh([venv.crossframe, "run", "--quiet", "--set", "train.steps=30", "--set", "train.log_every=10",
+    trained = sh([venv.crossframe, "run", "digits-mlp", "--quiet", "--set", "train.steps=30",
+                  "--set", "train.log_every=10",
                   "--set", "loggers=[{name: mlflow}]"], "crossframe run with the mlflow logger",
                  cwd=tmp_path, timeout=300)
     venv.timings["crossframe run"] = round(time.perf_counter() - start, 1)

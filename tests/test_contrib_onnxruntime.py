@@ -117,18 +117,18 @@ def test_plugin_is_listed_from_its_distribution(venv: Path, tmp_path: Path) -> N
 
 
 def test_mlp_eval_on_onnxruntime_matches_torch(venv: Path, tmp_path: Path) -> None:
-    _ok(_crossframe(venv, tmp_path, "run", "--quiet", "--set", f"train.steps={STEPS}"))
-    _assert_same_eval(venv, tmp_path, "runs/quickstart")
+    _ok(_crossframe(venv, tmp_path, "run", "digits-mlp", "--quiet", "--set", f"train.steps={STEPS}"))
+    _assert_same_eval(venv, tmp_path, "runs/digits-mlp")
 
 
 def test_cnn_eval_on_onnxruntime_matches_torch(venv: Path, tmp_path: Path) -> None:
-    _ok(_crossframe(venv, tmp_path, "run", "--quiet", "--set", f"train.steps={STEPS}", "--set", CNN,
+    _ok(_crossframe(venv, tmp_path, "run", "digits-mlp", "--quiet", "--set", f"train.steps={STEPS}", "--set", CNN,
                     "--set", "name=digits-cnn"))
     _assert_same_eval(venv, tmp_path, "runs/digits-cnn")
 
 
 def test_training_on_onnxruntime_is_refused_in_one_line(venv: Path, tmp_path: Path) -> None:
-    result = _crossframe(venv, tmp_path, "run", "--backend", "onnxruntime", "--set", "train.steps=1")
+    result = _crossframe(venv, tmp_path, "run", "digits-mlp", "--backend", "onnxruntime", "--set", "train.steps=1")
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     assert len(lines) == 1 and "cannot train" in lines[0], result.stderr

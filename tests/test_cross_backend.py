@@ -33,7 +33,7 @@ def losses(run_dir: Path) -> dict[int, float]:
 def test_digits_mlp_loss_curves_agree_across_backends(workdir: Path) -> None:
     curves = {}
     for backend in BACKENDS:
-        result = crossframe.run(None, ["train.steps=50", "train.log_every=1", "train.eval_every=0",
+        result = crossframe.run("digits-mlp", ["train.steps=50", "train.log_every=1", "train.eval_every=0",
                                        "train.checkpoint_every=0", f"name=parity-{backend}"],
                                 backend=backend, quiet=True)
         curves[backend] = losses(result.run_dir)

@@ -88,10 +88,29 @@ def test_data_prepare_then_runs_reuse_the_store(workdir: Path, capsys: pytest.Ca
     assert (workdir / "runs" / "lm" / "tokenizer").is_dir()
 
 
-def test_the_gpt_example_config_is_valid() -> None:
-    cfg = crossframe.load_config(Path(__file__).parents[1] / "examples" / "gpt-stdlib.yaml")
-    assert cfg.model.name == "gpt" and cfg.data.name == "python-stdlib"
+def test_the_quickstart_is_the_stdlib_gpt() -> None:
+    cfg = crossframe.load_config(None)
+    assert cfg.model.name == "gpt" and cfg.data.name == "python-stdlib" and cfg.name == "quickstart"
     assert cfg.model.params["max_seq_len"] >= cfg.text.seq_len
+    assert cfg == crossframe.load_config(Path(__file__).parents[1] / "examples" / "quickstart.yaml")
+
+
+#: a quarter of the quickstart's budget: if the quickstart's model, data and optimizer beat the baseline
+#: by this margin at step 150, they do within the full budget (its full-budget figures are in docs/)
+QUICKSTART_STEPS = 150
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_quickstart_beats_the_unigram_baseline(workdir: Path, backend: str) -> None:
+    overrides = [f"train.steps={QUICKSTART_STEPS}", "train.eval_every=0", "device=cpu"]
+    result = crossframe.run(None, overrides, backend=backend, quiet=True)
+    cfg = crossframe.load_config(None)
+    assert result.steps == QUICKSTART_STEPS and result.run_dir.name == "quickstart"
+    store = TokenStore.open(next((workdir / "runs" / ".tokens").iterdir()))
+    baseline = unigram_cross_entropy(store, cfg.text.max_eval_tokens)
+    print(f"quickstart on {backend} at step {QUICKSTART_STEPS}: val loss {result.metrics['val/loss']:.3f} "
+          f"nats/token, unigram baseline {baseline:.3f}")
+    assert result.metrics["val/loss"] < baseline - 0.5, (result.metrics, baseline)
 
 
 def test_generate_and_prepare_refuse_the_wrong_kind_of_run(workdir: Path, tiny,

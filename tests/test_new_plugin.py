@@ -364,7 +364,7 @@ def test_installed_plugin_passes_its_own_tests(installed: Installed, kind: str) 
 @POSIX
 def test_a_run_uses_the_installed_dataset(installed: Installed) -> None:
     name = NAMES["dataset"]
-    done = installed.crossframe("run", "-q", "--set", f"data.name={name}", "--set", "name=ds",
+    done = installed.crossframe("run", "digits-mlp", "-q", "--set", f"data.name={name}", "--set", "name=ds",
                                 "--set", "model.hidden=[32]", "--set", "train.steps=60",
                                 "--set", "train.eval_every=0", "--set", "train.checkpoint_every=0")
     assert "completed after 60 steps" in done.stdout, done.stdout
@@ -374,7 +374,8 @@ def test_a_run_uses_the_installed_dataset(installed: Installed) -> None:
 @POSIX
 def test_a_run_uses_the_installed_logger(installed: Installed) -> None:
     name = NAMES["logger"]
-    installed.crossframe("run", "-q", "--set", f"loggers=[{{name: {name}, only: [train/]}}]", "--set", "name=lg",
+    installed.crossframe("run", "digits-mlp", "-q", "--set", f"loggers=[{{name: {name}, only: [train/]}}]",
+                         "--set", "name=lg",
                          "--set", "train.steps=20", "--set", "train.log_every=10", "--set", "train.eval_every=0",
                          "--set", "train.checkpoint_every=0")
     lines = (installed.work / "runs/lg/metrics.tsv").read_text().splitlines()
@@ -388,7 +389,8 @@ def test_a_run_uses_the_installed_logger(installed: Installed) -> None:
 @POSIX
 def test_a_run_trains_on_the_installed_backend_and_torch_continues_it(installed: Installed) -> None:
     name = NAMES["backend"]
-    done = installed.crossframe("run", "-q", "--backend", name, "--set", "name=np", "--set", "train.steps=100",
+    done = installed.crossframe("run", "digits-mlp", "-q", "--backend", name, "--set", "name=np",
+                                "--set", "train.steps=100",
                                 "--set", "train.checkpoint_every=50", "--set", "train.eval_every=50")
     assert "completed after 100 steps" in done.stdout, done.stdout
     accuracy = float(done.stdout.split("val/accuracy ")[1].split()[0])

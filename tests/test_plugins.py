@@ -36,7 +36,7 @@ def test_broken_plugin_is_listed_as_failed_and_the_rest_works(site: Path) -> Non
     assert rows["torch"]["status"] == "loaded"
     assert "plugin 'broken' failed" in listing.stderr
 
-    trained = run_cli(["run", "--quiet", "--set", "train.steps=10", "--set", "train.eval_every=0"], site)
+    trained = run_cli(["run", "digits-mlp", "--quiet", "--set", "train.steps=10", "--set", "train.eval_every=0"], site)
     assert trained.returncode == 0, trained.stderr
     assert "run directory:" in trained.stdout
 

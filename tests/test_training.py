@@ -38,11 +38,11 @@ class StopAt:
 
 
 @pytest.mark.slow
-def test_quickstart_reaches_95_percent_on_digits(workdir: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["run", "--quiet"]) == 0
+def test_digits_mlp_preset_reaches_95_percent(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", "digits-mlp", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "run directory: runs/quickstart" in out
-    run_dir = workdir / "runs" / "quickstart"
+    assert "run directory: runs/digits-mlp" in out
+    run_dir = workdir / "runs" / "digits-mlp"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     final = [r for r in records if "val/accuracy" in r][-1]
     assert final["step"] == 600

@@ -106,7 +106,7 @@ def test_params_defaults_and_unknown_keys(plugins: Any, crossframe_cli: Any, wor
     assert params.log_artifacts is True and params.tags == {}
     assert plugins.get("logger", "mlflow").schema is MlflowParams
 
-    result = crossframe_cli("run", "--quiet", "--set", "loggers=[{name: mlflow, experimnt: demo}]")
+    result = crossframe_cli("run", "digits-mlp", "--quiet", "--set", "loggers=[{name: mlflow, experimnt: demo}]")
     assert result.exit_code == 2, result.stderr
     assert "loggers.0.experimnt" in result.stderr and "experiment" in result.stderr
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from crossframe.config.schema import ComponentConfig, RunConfig
 from crossframe.config.validation import describe, validate_params
-from crossframe.errors import ConfigError, UsageError
+from crossframe.errors import ConfigError, UsageError, did_you_mean
 
 DEFAULT_CONFIG = "quickstart.yaml"
 
@@ -25,11 +25,29 @@ def default_config_text() -> str:
     return resources.files("crossframe.presets").joinpath(DEFAULT_CONFIG).read_text()
 
 
+def preset_names() -> list[str]:
+    """Names of the built-in presets (``quickstart``, ``digits-mlp``, ...), usable in place of a config file."""
+    return sorted(entry.name[: -len(".yaml")] for entry in resources.files("crossframe.presets").iterdir()
+                  if entry.name.endswith(".yaml"))
+
+
+def _preset(source: str | os.PathLike) -> str | None:
+    """The preset's text when ``source`` is a bare preset name and no such file exists."""
+    text = os.fspath(source)
+    if Path(text).exists() or os.sep in text or "/" in text or text not in preset_names():
+        return None
+    return resources.files("crossframe.presets").joinpath(f"{text}.yaml").read_text()
+
+
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Parse a YAML, TOML or JSON file into a dict; errors name the file."""
+    """Parse a YAML, TOML or JSON file (or name a built-in preset) into a dict; errors name the file."""
+    preset = _preset(path)
+    if preset is not None:
+        return yaml.safe_load(preset) or {}
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"config file '{path}' not found")
+        hint = did_you_mean(path.name, preset_names()) if not path.suffix else ""
+        raise UsageError(f"config file '{path}' not found (built-in presets: {', '.join(preset_names())}){hint}")
     text = path.read_text()
     suffix = path.suffix.lower()
     try:
