@@ -17,6 +17,7 @@ hookimpl = pluggy.HookimplMarker("crossframe")
 
 _LAZY = {
     "run": ("crossframe.train.runner", "run"),
+    "compare": ("crossframe.compare.api", "compare"),
     "evaluate": ("crossframe.train.evaluate", "evaluate"),
     "load_config": ("crossframe.config.loading", "load_config"),
     "RunConfig": ("crossframe.config.schema", "RunConfig"),
@@ -33,6 +34,7 @@ __all__ = ["__version__", "hookimpl", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
     from crossframe.backend import Backend, Capabilities
+    from crossframe.compare.api import compare
     from crossframe.config.loading import load_config
     from crossframe.config.schema import RunConfig
     from crossframe.data.dataset import Dataset

@@ -21,17 +21,32 @@ import click
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--sample-tokens", default=200, show_default=True, type=int,
               help="For language models: tokens to sample at the end (0: none).")
+@click.option("--strategy", type=click.Choice(["single", "data_parallel", "fully_sharded"]),
+              help="Shortcut for --set strategy=... (how workers share the model).")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), help="Worker processes on this machine.")
+@click.option("--nnodes", type=click.IntRange(min=1), help="Machines taking part.")
+@click.option("--node-rank", type=click.IntRange(min=0), help="This machine's index, 0..nnodes-1.")
+@click.option("--master-addr", help="Address of node 0.")
+@click.option("--master-port", type=click.IntRange(1, 65535), help="Rendezvous port on node 0.")
+@click.option("--launcher", type=click.Choice(["local", "ray"]), help="Start workers here, or on a Ray cluster.")
 def run_command(config: str | None, backend: str | None, overrides: tuple[str, ...], device: str | None,
-                precision: str | None, resume: str | None, quiet: bool, sample_tokens: int) -> None:
-    """Train from CONFIG (YAML, TOML or JSON); with no CONFIG, the built-in quickstart."""
+                precision: str | None, resume: str | None, quiet: bool, sample_tokens: int, **launch: Any) -> None:
+    """Train from CONFIG (YAML, TOML or JSON); with no CONFIG, the built-in quickstart.
+
+    With --nproc-per-node N (or --nnodes M) this command launches N workers and watches them.
+    """
+    from crossframe.distributed.world import is_worker
     from crossframe.train.runner import run
 
     extra = [f"device={device}"] * bool(device) + [f"precision={precision}"] * bool(precision)
+    extra += [f"{k if k == 'strategy' else 'launch.' + k}={v}" for k, v in launch.items() if v is not None]
     try:
         result = run(config, [*overrides, *extra], backend=backend, resume=resume, quiet=quiet)
     except KeyboardInterrupt:
         click.echo("interrupted: a checkpoint was written; continue with --resume RUN_DIR", err=True)
         raise
+    if is_worker():
+        return  # the launcher reports the job
     scalars = {k: v for k, v in result.metrics.items() if not isinstance(v, (list, dict)) and _scalar(v)}
     summary = "  ".join(f"{k} {v:.4f}" for k, v in scalars.items())
     click.echo(f"{result.status} after {result.steps} steps: {summary}")
@@ -202,7 +217,8 @@ def config_show(config: str | None, backend: str | None, overrides: tuple[str, .
         sys.stdout.write(dump_yaml(resolved))
 
 
+from crossframe.cli.compare import bench_command, compare_command  # noqa: E402  (click only)
 from crossframe.cli.new_plugin import new_plugin_command  # noqa: E402  (click only)
 
 COMMANDS = [run_command, eval_command, generate_command, data_group, plugins_command, backends_command, config_group,
-            new_plugin_command]
+            new_plugin_command, compare_command, bench_command]

@@ -1,0 +1,59 @@
+"""``crossframe compare CONFIG --backends torch,jax,tensorflow`` and ``crossframe bench``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command("compare")
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--backends", "-b", default="torch,jax,tensorflow", show_default=True,
+              help="Comma-separated backends; each runs in its own process.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value for every backend (repeatable).")
+@click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
+              help="Output directory (default: the config's output_dir); the report goes to DIR/compare/.")
+@click.option("--steps", type=int, help="Shortcut for --set train.steps=N.")
+@click.option("--quiet", "-q", is_flag=True, help="No live progress.")
+@click.option("--json", "as_json", is_flag=True, help="Print results.json instead of the table.")
+def compare_command(config: str | None, backends: str, overrides: tuple[str, ...], out: str | None,
+                    steps: int | None, quiet: bool, as_json: bool) -> None:
+    """Train CONFIG on each backend from the same initial weights and batches; compare numerics, speed,
+    memory, accuracy and exports. Writes report.md, report.html, results.json and plots."""
+    import json
+
+    from crossframe.compare.api import compare
+    from crossframe.errors import UsageError
+
+    if config is not None and not Path(config).is_file():
+        raise UsageError(f"CONFIG: '{config}' is not a file")
+    results = compare(config, backends, overrides, out=out, steps=steps, progress=not quiet)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        from crossframe.compare.report import print_table
+
+        print_table(results)
+    base = Path(out) if out is not None else Path(results["config"].get("output_dir", "runs"))
+    click.echo(f"report: {base / 'compare' / 'report.md'}  (also report.html, results.json)", err=as_json)
+    failed = [r for r in results["results"] if r["status"] != "ok"]
+    if failed and len(failed) == len(results["results"]):
+        raise click.exceptions.Exit(1)
+
+
+@click.command("bench", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_command(args: tuple[str, ...]) -> None:
+    """Run the repository's benchmarks (python -m benchmarks ARGS) from a crossframe checkout."""
+    if not (Path.cwd() / "benchmarks" / "__main__.py").is_file():
+        click.echo("crossframe bench: no benchmarks/ here; run it from a crossframe source checkout "
+                   "(benchmarks are a repository tool, not part of the package)", err=True)
+        raise click.exceptions.Exit(2)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path.cwd()), env.get("PYTHONPATH", "")) if p)
+    raise click.exceptions.Exit(subprocess.call([sys.executable, "-m", "benchmarks", *args], env=env))
