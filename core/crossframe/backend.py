@@ -21,11 +21,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from crossframe.models.spec import ModelSpec, Params
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from crossframe.export.base import ExportArtifact, ExportRequest
 
 DEVICE_PREFERENCE = ("gpu", "tpu", "cpu")
 
@@ -187,6 +192,49 @@ class Backend(ABC):
         framework cannot tell (the default, and on the host, where
         :func:`crossframe.perf.peak_host_memory_mb` applies)."""
         return None
+
+    def init_distributed(self, world: WorldInfo, device: str) -> None:
+        """Join the multi-worker job ``world`` describes; called once per process before
+        :meth:`create_state` when ``world.world_size > 1`` or ``world.strategy != "single"``.
+
+        A backend connects its framework's own collectives here (torch ``init_process_group``,
+        ``jax.distributed.initialize``, tf ``TF_CONFIG``) with a timeout of
+        ``world.collective_timeout_s``. The default handles one process only.
+        """
+        if world.world_size != 1:
+            from crossframe.errors import CapabilityError
+
+            raise CapabilityError(f"launch: backend '{self.name}' cannot run {world.world_size} worker "
+                                  "processes; use nproc_per_node=1 and nnodes=1")
+
+    def local_replicas(self, world: WorldInfo, device: str) -> int:
+        """How many data-parallel replicas this process drives (each takes ``train.batch_size``
+        rows of every micro-batch); the default is one."""
+        return 1
+
+    def shutdown_distributed(self) -> None:
+        """Leave the multi-worker job (destroy process groups and the like); the default does nothing."""
+        return None
+
+    def export_formats(self) -> tuple[str, ...]:
+        """Formats :meth:`export` writes (``onnx`` and the native ones, the default native first); none by default."""
+        return ()
+
+    def export(self, request: ExportRequest, format: str, options: dict[str, Any]) -> ExportArtifact:
+        """Write ``request``'s model in ``format`` under ``request.out_dir`` (see :mod:`crossframe.export`).
+
+        ``options`` are the exporter's validated params (``opset`` for ONNX). Dynamic batch (and
+        sequence) axes are exported; a converter failure raises one-line ExportError naming the op.
+        """
+        from crossframe.errors import CapabilityError
+
+        raise CapabilityError(f"export: backend '{self.name}' cannot export '{format}'")
+
+    def load_export(self, artifact: ExportArtifact) -> Callable[[np.ndarray], np.ndarray]:
+        """A function running a native-format artefact this backend wrote: numpy batch in, float32 out."""
+        from crossframe.errors import CapabilityError
+
+        raise CapabilityError(f"export: backend '{self.name}' cannot load '{artifact.format}' artefacts")
 
     def resolve_device(self, requested: str) -> str:
         """``auto`` becomes the best device found; an explicit name is returned unchanged."""

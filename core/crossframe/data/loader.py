@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from crossframe.data.dataset import Dataset
+from crossframe.distributed.sharding import shard_rows
 from crossframe.errors import ConfigError
 
 Batch = dict[str, np.ndarray]
@@ -19,9 +20,15 @@ class BatchLoader:
     ``s % steps_per_epoch``-th slice of epoch ``s // steps_per_epoch``. The last partial slice
     of an epoch is dropped so every step has the same shape (compiled steps never retrace).
     A resumed run therefore sees exactly the batches it would have seen.
+
+    Sharding: ``batch_size`` is the *global* step batch; with ``world_size > 1`` process ``rank``
+    gets its part of each of the ``micro_batches`` micro-batches of the sorted global batch (see
+    :mod:`crossframe.distributed.sharding`), so W processes together train on exactly the rows one
+    process would.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int) -> None:
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, *, rank: int = 0, world_size: int = 1,
+                 micro_batches: int = 1) -> None:
         if batch_size > len(dataset):
             raise ConfigError(
                 f"train.batch_size: {batch_size} (times train.grad_accum) exceeds the "
@@ -30,6 +37,8 @@ class BatchLoader:
         self.batch_size = batch_size
         self.seed = seed
         self.steps_per_epoch = len(dataset) // batch_size
+        self.rank, self.world_size = rank, world_size
+        self._rows = shard_rows(batch_size, micro_batches, rank, world_size) if world_size > 1 else None
         self._epoch = -1
         self._order = np.empty(0, dtype=np.int64)
 
@@ -51,8 +60,10 @@ class BatchLoader:
         return self.order(epoch)[start:start + self.batch_size]
 
     def batch(self, step: int) -> Batch:
-        """The batch consumed at 0-based ``step``: ``{"x": ..., "y": ...}``."""
+        """This process's batch at 0-based ``step``: ``{"x": ..., "y": ...}``."""
         idx = np.sort(self.indices(step))  # sorted gather is cache-friendly; order within a batch is irrelevant
+        if self._rows is not None:
+            idx = idx[self._rows]
         return {"x": self.dataset.x[idx], "y": self.dataset.y[idx]}
 
     def iterate(self, start: int, stop: int) -> Iterator[tuple[int, Batch]]:

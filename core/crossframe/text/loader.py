@@ -11,8 +11,9 @@ changes which). The batch of a step is a pure function of (seed, epoch, step): a
 another backend, sees exactly the same batches.
 
 Sharding. ``batch_size`` is the *global* batch. With ``world_size`` ranks, rank ``r`` takes the
-``r``-th of ``world_size`` equal contiguous parts of the step's global batch (so ``batch_size``
-must divide by ``world_size``). The permutation holds each block once, so at every step the
+``r``-th of ``world_size`` equal contiguous parts of each of the ``micro_batches`` micro-batches of
+the step's sorted global batch (see :mod:`crossframe.distributed.sharding`; ``batch_size`` must
+divide by ``micro_batches * world_size``). The permutation holds each block once, so at every step the
 ranks' blocks are disjoint and together are exactly the global batch: no overlap, no gap, and W
 ranks train on the same blocks as one process with the same ``batch_size``.
 """
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from crossframe.distributed.sharding import shard_rows
 from crossframe.errors import ConfigError
 from crossframe.text.sequences import Batch, gather_blocks, packed_block_count
 from crossframe.text.store import TokenSplit
@@ -32,7 +34,7 @@ class LMBatchLoader:
     """Training batches ``{"x": [B, T], "y": [B, T]}`` of packed blocks, reshuffled every epoch."""
 
     def __init__(self, tokens: TokenSplit | np.ndarray, seq_len: int, batch_size: int, seed: int, *,
-                 rank: int = 0, world_size: int = 1, dtype: type = np.int32) -> None:
+                 rank: int = 0, world_size: int = 1, micro_batches: int = 1, dtype: type = np.int32) -> None:
         self.tokens = tokens.tokens if isinstance(tokens, TokenSplit) else tokens
         if world_size < 1 or not 0 <= rank < world_size:
             raise ConfigError(f"rank: must be in 0..{world_size - 1} for world_size {world_size} (got {rank})")
@@ -46,6 +48,7 @@ class LMBatchLoader:
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.rank, self.world_size, self.dtype = rank, world_size, dtype
         self.local_batch_size = batch_size // world_size
+        self._rows = shard_rows(batch_size, micro_batches, rank, world_size)
         self.steps_per_epoch = self.n_blocks // batch_size
         self._epoch = -1
         self._order = np.empty(0, dtype=np.int64)
@@ -75,16 +78,15 @@ class LMBatchLoader:
         return self.order(epoch)[start:start + self.batch_size]
 
     def indices(self, step: int) -> np.ndarray:
-        """Block indices of this rank's part of the batch at ``step``."""
-        lo = self.rank * self.local_batch_size
-        return self.global_indices(step)[lo:lo + self.local_batch_size]
+        """Block indices of this rank's part of the batch at ``step`` (ascending)."""
+        return np.sort(self.global_indices(step))[self._rows]
 
     def batch(self, step: int) -> Batch:
         """This rank's batch at 0-based ``step``: ``{"x": [B/W, T], "y": [B/W, T]}``.
 
         Rows come in block order (a sorted read of the memmap; row order does not change a loss).
         """
-        return gather_blocks(self.tokens, np.sort(self.indices(step)), self.seq_len, self.dtype)
+        return gather_blocks(self.tokens, self.indices(step), self.seq_len, self.dtype)
 
     def iterate(self, start: int, stop: int) -> Iterator[tuple[int, Batch]]:
         """``(step, batch)`` for 0-based steps ``start <= step < stop``."""

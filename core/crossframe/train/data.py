@@ -58,13 +58,19 @@ def load_source(cfg: RunConfig) -> Any:
     return data_comp.obj(validate_params(data_comp.schema, cfg.data.params, "data"))
 
 
-def load_training_data(cfg: RunConfig) -> TrainingData:
-    """Split the source and build the training order (``batch_size * grad_accum`` per step)."""
+def load_training_data(cfg: RunConfig, world: Any = None, local_replicas: int = 1) -> TrainingData:
+    """Split the source and build the training order.
+
+    A step's global batch is ``batch_size * grad_accum * local_replicas * world.world_size`` rows;
+    the loader yields this process's part of it (see :mod:`crossframe.distributed.sharding`).
+    """
     source = load_source(cfg)
-    batch = cfg.train.batch_size * cfg.train.grad_accum
+    rank, world_size = (world.rank, world.world_size) if world is not None else (0, 1)
+    batch = cfg.train.batch_size * cfg.train.grad_accum * local_replicas * world_size
+    shard = {"rank": rank, "world_size": world_size, "micro_batches": cfg.train.grad_accum}
     if isinstance(source, Dataset):
         train, val = source.split(cfg.data.val_fraction, cfg.seed)
-        return TrainingData(BatchLoader(train, batch, cfg.seed), val, train.info)
+        return TrainingData(BatchLoader(train, batch, cfg.seed, **shard), val, train.info)
     from crossframe.text.corpus import TextCorpus
     from crossframe.text.loader import LMBatchLoader
 
@@ -73,7 +79,7 @@ def load_training_data(cfg: RunConfig) -> TrainingData:
                           "neither a Dataset nor a text corpus")
     store = token_store(cfg, source)
     seq_len = cfg.text.seq_len
-    loader = LMBatchLoader(store["train"], seq_len, batch, cfg.seed, dtype=np.int64)
+    loader = LMBatchLoader(store["train"], seq_len, batch, cfg.seed, dtype=np.int64, **shard)
     val = TokenEvalSet(np.asarray(store["val"].tokens), seq_len, cfg.text.max_eval_tokens, cfg.text.eval_stride)
     info = DataInfo("language_modeling", (seq_len,), store.vocab_size)
     return TrainingData(loader, val, info, store.directory / "tokenizer")

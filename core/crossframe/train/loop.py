@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from crossframe import __version__
-from crossframe.backend import Backend
+from crossframe.backend import Backend, WorldInfo
 from crossframe.checkpoint import save_checkpoint
 from crossframe.config.schema import RunConfig
 from crossframe.errors import RunError
@@ -57,6 +57,12 @@ class Run:
     last_checkpoint: Path | None = None
     flops_per_step: float | None = None  # model FLOPs of one optimizer step, when known
     peak_flops: float | None = None  # the device's measured matmul peak
+    world: WorldInfo | None = None  # this process's place in a multi-worker job (None: one process)
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the run's files (rank 0, or the only process)."""
+        return self.world is None or self.world.is_main
 
     @property
     def backend_name(self) -> str:
@@ -166,10 +172,13 @@ class Trainer:
             run.should_stop = True
         return metrics
 
-    def save(self) -> Path:
-        """Write a checkpoint of the current step and tell the hooks."""
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current step and tell the hooks (rank 0 only; every rank
+        takes part in gathering the weights)."""
         run = self.run
         weights, opt_state = run.backend.export_state(self.state)
+        if not run.is_main:
+            return None
         scalars = {k: v for k, v in run.last_eval.items() if np.ndim(v) == 0}
         state = {
             "crossframe_version": __version__,

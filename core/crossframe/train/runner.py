@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crossframe.backend import Backend, Capabilities, TrainSetup
+from crossframe.backend import Backend, Capabilities, TrainSetup, WorldInfo
 from crossframe.checkpoint import Checkpoint, find_checkpoint, load_checkpoint
 from crossframe.config.loading import atomic_write_text, dump_yaml, load_config
 from crossframe.config.schema import RunConfig
@@ -120,10 +120,23 @@ def run(
                 raise ConfigError(f"--resume: '{run_dir}' has no {CONFIG_FILE}; pass the config file too")
             config = saved
     cfg = load_config(config, overrides, backend=backend)
+    from crossframe.distributed.world import RUN_DIR_ENV, is_worker, record_failure
+
+    worker = is_worker()
     if checkpoint is None and run_dir is None:
-        run_dir = _unique_dir(Path(cfg.output_dir) / _run_name(cfg))
+        chosen = os.environ.get(RUN_DIR_ENV) if worker else None  # the launcher picked it for all ranks
+        run_dir = Path(chosen) if chosen else _unique_dir(Path(cfg.output_dir) / _run_name(cfg))
     assert run_dir is not None
-    return _train(cfg, run_dir, checkpoint, quiet)
+    if not worker and (cfg.launch.nproc_per_node > 1 or cfg.launch.nnodes > 1):
+        from crossframe.distributed.launch import launch
+
+        return launch(cfg, run_dir, checkpoint, quiet)
+    try:
+        return _train(cfg, run_dir, checkpoint, quiet)
+    except BaseException as exc:
+        if worker:
+            record_failure(exc)  # the launcher names this rank and this line
+        raise
 
 
 def prepare_backend(cfg: RunConfig, training: bool = True) -> tuple[Backend, str]:
@@ -138,9 +151,29 @@ def prepare_backend(cfg: RunConfig, training: bool = True) -> tuple[Backend, str
 
 
 def _train(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quiet: bool) -> RunResult:
-    plugins = get_plugin_manager()
+    from crossframe.distributed.world import fault_injector, world_from_env
+
     backend, device = prepare_backend(cfg)
-    data = load_training_data(cfg)
+    world = world_from_env(cfg)
+    if world.world_size == 1 and cfg.strategy == "single":
+        return _train_in(cfg, run_dir, checkpoint, quiet, backend, device, None)
+    backend.init_distributed(world, device)
+    injector = fault_injector(world)
+    try:
+        return _train_in(cfg, run_dir, checkpoint, quiet, backend, device, world)
+    finally:
+        if injector is not None:
+            get_plugin_manager().unregister(injector)
+        backend.shutdown_distributed()
+
+
+def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quiet: bool, backend: Backend,
+              device: str, world: WorldInfo | None) -> RunResult:
+    """Train in this process (one of ``world``'s workers when given; only rank 0 writes files)."""
+    plugins = get_plugin_manager()
+    main = world is None or world.is_main
+    replicas = backend.local_replicas(world, device) if world is not None else 1
+    data = load_training_data(cfg, world, replicas)
     spec = build_model(cfg.model.name, cfg.model.params, data.info)
     metric_fns = metric_functions(cfg, data.info.task)
     loader = data.loader
@@ -157,7 +190,7 @@ def _train(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quiet: 
     state = backend.create_state(TrainSetup(
         spec, weights, cfg.train.optimizer.name, opt_params, device, cfg.precision,
         cfg.train.grad_accum, cfg.train.clip_norm, cfg.train.compile, cfg.seed,
-        cfg.train.activation_checkpointing))
+        cfg.train.activation_checkpointing, world=world))
     early = EarlyStopping.from_config(cfg.train.early_stopping) if cfg.train.early_stopping else None
     start = 0
     if checkpoint is not None:
@@ -171,20 +204,24 @@ def _train(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quiet: 
             raise ConfigError(f"--resume: the checkpoint is at step {start}, the budget {budget} is {total}; "
                               f"raise train.steps to train further")
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
-    if data.tokenizer_dir is not None and not (run_dir / "tokenizer").exists():
-        shutil.copytree(data.tokenizer_dir, run_dir / "tokenizer")  # generation needs it
-    run = Run(cfg, run_dir, backend, spec, total, device, step=start)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
+        if data.tokenizer_dir is not None and not (run_dir / "tokenizer").exists():
+            shutil.copytree(data.tokenizer_dir, run_dir / "tokenizer")  # generation needs it
+    run = Run(cfg, run_dir, backend, spec, total, device, step=start, world=world)
     tokens_per_step = getattr(loader, "tokens_per_step", None)
     if tokens_per_step:
         run.flops_per_step = flops_per_step(spec, tokens_per_step)
         run.peak_flops = backend.measure_peak_flops(device, cfg.precision) if run.flops_per_step else None
+        if run.peak_flops and world is not None:
+            run.peak_flops *= world.world_size * replicas  # every replica's device works on the global step
     loggers: list[Any] = []
     progress = Progress(total, start, f"{cfg.backend}:{cfg.model.name}", enabled=False)
     try:  # on_run_end always comes before the loggers close, so they can record how the run ended
-        _make_loggers(cfg, run_dir, loggers)
-        progress = Progress(total, start, f"{cfg.backend}:{cfg.model.name}", enabled=not quiet)
+        if main:
+            _make_loggers(cfg, run_dir, loggers)
+        progress = Progress(total, start, f"{cfg.backend}:{cfg.model.name}", enabled=main and not quiet)
         trainer = Trainer(run, state, loader, data.val, schedule, metric_fns, loggers, plugins.hook, progress, early)
         plugins.hook.on_run_start(run=run)
         status = trainer.fit()
@@ -201,6 +238,11 @@ def _train(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quiet: 
         for logger in loggers:
             logger.close()
     metrics = {k: v for k, v in run.last_eval.items() if k != "step"}
+    run_world = getattr(run, "world", None)
+    if (cfg.compress or cfg.export) and (run_world is None or run_world.is_main):
+        from crossframe.compress.pipeline import after_training  # compress, export, report.md/json
+
+        after_training(cfg, run_dir, quiet)
     return RunResult(run_dir, status, run.step, metrics, run.last_checkpoint)
 
 

@@ -1,0 +1,264 @@
+"""``crossframe run`` as a launcher: start the workers of a multi-process job and watch them.
+
+When ``launch.nproc_per_node > 1`` or ``launch.nnodes > 1``, the process the user started does not
+train; it starts ``nproc_per_node`` workers on this machine, each running ``python -m crossframe
+run`` on the resolved config with ``CROSSFRAME_WORKER=1`` (so it trains instead of launching):
+
+- torch backend: torch's elastic launcher (the machinery behind ``torchrun``) with a static
+  rendezvous at ``master_addr:master_port``; workers read torchrun's ``RANK``/``WORLD_SIZE``/...
+- other backends: worker subprocesses started here with the ``CROSSFRAME_*`` variables; the
+  framework's own initialisation (``jax.distributed``, ``TF_CONFIG``) connects them.
+- ``launch.launcher: ray``: the same workers placed on a Ray cluster (:mod:`crossframe.distributed.ray`).
+
+Watchdog: when a worker exits non-zero, the others are terminated (SIGTERM, then SIGKILL after
+:data:`GRACE_S`) and the launcher raises one :class:`DistributedError` naming the rank and its last
+error line. Rank 0 writes the run directory; the launcher only reads its final checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crossframe.config.loading import dump_yaml
+from crossframe.distributed.world import ERROR_DIR_ENV, RUN_DIR_ENV, WORKER_ENV, free_port
+from crossframe.errors import ConfigError, DistributedError
+
+#: seconds a worker gets between SIGTERM and SIGKILL once another worker has failed
+GRACE_S = 5.0
+POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every worker of one job runs, and where the launcher finds their errors."""
+
+    args: list[str]  # the worker's command line after the interpreter (``-m crossframe run ...``)
+    env: dict[str, str]  # variables common to every worker
+    error_dir: Path
+    nproc: int
+    nnodes: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+    timeout_s: float
+
+    @property
+    def world_size(self) -> int:
+        """Worker processes in the whole job."""
+        return self.nproc * self.nnodes
+
+    def rank_env(self, local_rank: int) -> dict[str, str]:
+        """The ``CROSSFRAME_*`` variables of local worker ``local_rank`` on this node."""
+        return {"CROSSFRAME_RANK": str(self.node_rank * self.nproc + local_rank),
+                "CROSSFRAME_WORLD_SIZE": str(self.world_size),
+                "CROSSFRAME_LOCAL_RANK": str(local_rank), "CROSSFRAME_LOCAL_WORLD_SIZE": str(self.nproc),
+                "CROSSFRAME_MASTER_ADDR": self.master_addr, "CROSSFRAME_MASTER_PORT": str(self.master_port)}
+
+
+def check_launch(cfg: Any) -> None:
+    """Fail in one line before starting anything when the launch settings cannot work."""
+    launch = cfg.launch
+    if cfg.strategy == "single":
+        raise ConfigError(f"strategy: 'single' runs one process, but launch asks for "
+                          f"{launch.nproc_per_node * launch.nnodes}; use --strategy data_parallel or fully_sharded")
+    if launch.node_rank >= launch.nnodes:
+        raise ConfigError(f"launch.node_rank: {launch.node_rank} must be in 0..{launch.nnodes - 1} "
+                          f"for nnodes {launch.nnodes}")
+
+
+def prepare_job(cfg: Any, run_dir: Path, checkpoint: Any, quiet: bool, workdir: Path) -> Job:
+    """Write the resolved config for the workers and describe the job."""
+    launch = cfg.launch
+    config_file = workdir / "config.yaml"
+    config_file.write_text(dump_yaml(cfg), encoding="utf-8")
+    error_dir = workdir / "errors"
+    error_dir.mkdir()
+    args = ["-m", "crossframe", "run", str(config_file), "--sample-tokens", "0"]
+    if checkpoint is not None:
+        args += ["--resume", str(checkpoint.path)]
+    if quiet:
+        args.append("--quiet")
+    port = launch.master_port
+    if launch.nnodes == 1 and "master_port" not in launch.model_fields_set:
+        port = free_port()  # one machine and no port asked for: never collide with another job
+    env = {WORKER_ENV: "1", RUN_DIR_ENV: str(run_dir), ERROR_DIR_ENV: str(error_dir)}
+    return Job(args, env, error_dir, launch.nproc_per_node, launch.nnodes, launch.node_rank,
+               launch.master_addr, port, float(launch.collective_timeout_s))
+
+
+def _prepare_data(cfg: Any) -> None:
+    """Tokenise a text source once here, so the workers do not race to build the token store."""
+    from crossframe.text.corpus import TextCorpus
+    from crossframe.train.data import load_source, token_store
+
+    source = load_source(cfg)
+    if isinstance(source, TextCorpus):
+        token_store(cfg, source)
+
+
+def launch(cfg: Any, run_dir: Path, checkpoint: Any, quiet: bool) -> Any:
+    """Run the job ``cfg.launch`` describes and return rank 0's :class:`~crossframe.train.runner.RunResult`."""
+    from crossframe.train.runner import prepare_backend
+
+    check_launch(cfg)
+    prepare_backend(cfg)  # the backend must support the strategy: fail here, not in every worker
+    _prepare_data(cfg)
+    with tempfile.TemporaryDirectory(prefix="crossframe-launch-") as tmp:
+        job = prepare_job(cfg, run_dir, checkpoint, quiet, Path(tmp))
+        if cfg.launch.launcher == "ray":
+            from crossframe.distributed.ray import run_on_ray
+
+            run_on_ray(job)
+        elif cfg.backend == "torch":
+            run_torch_elastic(job)
+        else:
+            run_local(job)
+    return finished_result(run_dir, cfg.launch.node_rank == 0)
+
+
+def finished_result(run_dir: Path, main_node: bool) -> Any:
+    """The result rank 0 left: status, step and last evaluation from the run's latest checkpoint."""
+    from crossframe.checkpoint import load_checkpoint
+    from crossframe.train.runner import RunResult
+
+    if not main_node:
+        return RunResult(run_dir, "completed", 0)
+    ckpt = load_checkpoint(run_dir)
+    metrics = {k: v for k, v in (ckpt.state.get("last_eval") or {}).items() if k != "step"}
+    return RunResult(run_dir, ckpt.state.get("status", "completed"), ckpt.step, metrics, ckpt.path)
+
+
+def first_failure(job: Job, failures: Mapping[int, tuple[int | None, float]]) -> int:
+    """The rank that failed first among ``{rank: (exitcode, when seen)}``.
+
+    A rank that raised left an error file whose time tells when; one that died without a word is
+    placed at the time it was seen. Ranks that exited with an error code come before ranks the
+    launcher killed (negative codes), since those only followed.
+    """
+    def when(rank: int) -> tuple[bool, float, int]:
+        code, seen = failures[rank]
+        err = job.error_dir / f"rank_{rank}.err"
+        at = err.stat().st_mtime if err.is_file() else seen
+        return (code is None or code < 0, at, rank)
+
+    return min(failures, key=when)
+
+
+def failure_line(job: Job, rank: int, exitcode: int | None) -> str:
+    """One line naming the failed rank, how it ended and its last error line."""
+    how = (f"was killed by signal {-exitcode}" if exitcode is not None and exitcode < 0
+           else f"exited with code {exitcode}")
+    err = job.error_dir / f"rank_{rank}.err"
+    last = err.read_text(encoding="utf-8").strip() if err.is_file() else ""
+    detail = last or "no error message (crashed, killed or out of memory?); see its output above"
+    return f"worker rank {rank} of {job.world_size} {how}: {detail}; the job was stopped"
+
+
+# ---------------------------------------------------------------------------------------- local workers
+
+def run_local(job: Job) -> None:
+    """Start this node's workers as subprocesses and watch them until all end or one fails."""
+    procs: dict[int, subprocess.Popen] = {}
+    try:
+        for local in range(job.nproc):
+            env = {**os.environ, **job.env, **job.rank_env(local)}
+            procs[job.node_rank * job.nproc + local] = subprocess.Popen([sys.executable, *job.args], env=env)
+        watch(procs, job)
+    finally:
+        stop_all(procs.values())
+
+
+def watch(procs: Mapping[int, subprocess.Popen], job: Job) -> None:
+    """Poll workers; on the first non-zero exit stop the rest and raise :class:`DistributedError`."""
+    running = dict(procs)
+    while running:
+        for rank, proc in list(running.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del running[rank]
+            if code != 0:
+                now = time.time()
+                failed = {r: (p.poll(), now) for r, p in procs.items() if p.poll() not in (None, 0)}
+                stop_all(running.values())
+                first = first_failure(job, failed)
+                raise DistributedError(failure_line(job, first, failed[first][0]))
+        time.sleep(POLL_S)
+
+
+def stop_all(procs: Any, grace_s: float = GRACE_S) -> None:
+    """SIGTERM every running process, then SIGKILL those still alive after ``grace_s``."""
+    alive = [p for p in procs if p.poll() is None]
+    for proc in alive:
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in alive:
+        try:
+            proc.wait(max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ---------------------------------------------------------------------------------------- torch elastic
+
+@contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    """Set variables for the duration (torch's agent hands its environment to the workers)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def run_torch_elastic(job: Job) -> None:
+    """Run the workers under torch's elastic launcher (what ``torchrun`` runs) with a static rendezvous.
+
+    Equivalent to ``torchrun --nproc-per-node N --nnodes M --node-rank K --master-addr A
+    --master-port P -m crossframe run CONFIG`` with ``CROSSFRAME_WORKER=1``; no restarts, and a
+    failed worker stops the others within the agent's shutdown timeout.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=job.nnodes, max_nodes=job.nnodes, nproc_per_node=job.nproc,
+        run_id=f"crossframe-{job.master_port}", rdzv_backend="static",
+        rdzv_endpoint=f"{job.master_addr}:{job.master_port}",
+        rdzv_configs={"rank": job.node_rank, "timeout": int(max(job.timeout_s, 30))},
+        max_restarts=0, monitor_interval=POLL_S, start_method="spawn", shutdown_timeout=int(GRACE_S))
+    quiet_loggers = [logging.getLogger(n) for n in ("torch.distributed.elastic", "torch.distributed.launcher")]
+    levels = [lg.level for lg in quiet_loggers]
+    for lg in quiet_loggers:
+        lg.setLevel(logging.CRITICAL)  # the one-line error below replaces the agent's failure report
+    try:
+        with _environ(job.env):
+            elastic_launch(config, sys.executable)(*job.args)
+    except ChildFailedError as exc:
+        failed = {r: (f.exitcode, float(f.timestamp)) for r, f in exc.failures.items()}
+        rank = first_failure(job, failed)
+        raise DistributedError(failure_line(job, rank, failed[rank][0])) from None
+    except Exception as exc:  # rendezvous failures and the like
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise DistributedError(f"launch: torch's elastic launcher failed at {job.master_addr}:{job.master_port}: "
+                               f"{line}") from None
+    finally:
+        for lg, level in zip(quiet_loggers, levels, strict=True):
+            lg.setLevel(level)

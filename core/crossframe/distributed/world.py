@@ -1,0 +1,144 @@
+"""Where this process sits in a multi-worker job, read from the environment the launcher sets.
+
+The launcher (:mod:`crossframe.distributed.launch`, torch's elastic launcher, or Ray) gives each
+worker ``CROSSFRAME_RANK``, ``CROSSFRAME_WORLD_SIZE``, ``CROSSFRAME_LOCAL_RANK``,
+``CROSSFRAME_LOCAL_WORLD_SIZE``, ``CROSSFRAME_MASTER_ADDR`` and ``CROSSFRAME_MASTER_PORT``; torchrun's
+``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` are read
+when those are absent. With none set, the process is a world of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from crossframe import hookimpl
+from crossframe.backend import WorldInfo
+from crossframe.errors import DistributedError
+
+#: set (to "1") in every worker a launcher starts, so ``crossframe run`` trains instead of launching again
+WORKER_ENV = "CROSSFRAME_WORKER"
+#: the run directory the launcher chose (all ranks agree on it; only rank 0 writes there)
+RUN_DIR_ENV = "CROSSFRAME_RUN_DIR"
+#: a directory where a failing worker leaves ``rank_<r>.err`` holding its one-line error
+ERROR_DIR_ENV = "CROSSFRAME_ERROR_DIR"
+#: test-only fault injection: ``RANK:STEP`` makes that rank ``os._exit(3)`` after finishing that step
+FAULT_ENV = "CROSSFRAME_FAULT_EXIT"
+
+_FIELDS = (  # WorldInfo field, our variable, torchrun's variable
+    ("rank", "CROSSFRAME_RANK", "RANK"),
+    ("world_size", "CROSSFRAME_WORLD_SIZE", "WORLD_SIZE"),
+    ("local_rank", "CROSSFRAME_LOCAL_RANK", "LOCAL_RANK"),
+    ("local_world_size", "CROSSFRAME_LOCAL_WORLD_SIZE", "LOCAL_WORLD_SIZE"),
+    ("master_addr", "CROSSFRAME_MASTER_ADDR", "MASTER_ADDR"),
+    ("master_port", "CROSSFRAME_MASTER_PORT", "MASTER_PORT"),
+)
+
+
+def world_from_env(cfg: Any, environ: Mapping[str, str] | None = None) -> WorldInfo:
+    """This process's :class:`WorldInfo` for run config ``cfg`` (its ``strategy`` and ``launch``).
+
+    Raises :class:`DistributedError` naming the variable when a value is malformed or out of range.
+    """
+    env = os.environ if environ is None else environ
+    launch = cfg.launch
+    values: dict[str, Any] = {"rank": 0, "world_size": 1, "local_rank": 0, "local_world_size": 1,
+                              "master_addr": launch.master_addr, "master_port": launch.master_port}
+    for name, ours, torchrun in _FIELDS:
+        var = ours if env.get(ours, "") != "" else torchrun if env.get(torchrun, "") != "" else None
+        if var is None:
+            continue
+        raw = env[var]
+        if name == "master_addr":
+            values[name] = raw
+            continue
+        try:
+            values[name] = int(raw)
+        except ValueError:
+            raise DistributedError(f"{var}: '{raw}' is not an integer") from None
+    world, rank = values["world_size"], values["rank"]
+    if world < 1 or not 0 <= rank < world:
+        raise DistributedError(f"CROSSFRAME_RANK: {rank} is outside 0..{world - 1} for a world of {world}")
+    if not 0 <= values["local_rank"] < max(values["local_world_size"], 1):
+        raise DistributedError(f"CROSSFRAME_LOCAL_RANK: {values['local_rank']} is outside "
+                               f"0..{values['local_world_size'] - 1}")
+    if not 1 <= values["master_port"] <= 65535:
+        raise DistributedError(f"CROSSFRAME_MASTER_PORT: {values['master_port']} is not a port (1..65535)")
+    if world > 1 and cfg.strategy == "single":
+        raise DistributedError(f"strategy: 'single' cannot run {world} workers; "
+                               "use --strategy data_parallel or fully_sharded")
+    return WorldInfo(strategy=cfg.strategy, collective_timeout_s=float(launch.collective_timeout_s), **values)
+
+
+def is_worker(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process was started by a crossframe launcher (so it must not launch again)."""
+    env = os.environ if environ is None else environ
+    return env.get(WORKER_ENV, "") not in ("", "0") or "TORCHELASTIC_RUN_ID" in env  # or started by torchrun
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (the OS picks it by binding to port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def record_failure(exc: BaseException, rank: int | None = None) -> None:
+    """Leave this worker's one-line error where the launcher looks (``$CROSSFRAME_ERROR_DIR``)."""
+    directory = os.environ.get(ERROR_DIR_ENV)
+    if not directory:
+        return
+    if rank is None:
+        rank = int(os.environ.get("CROSSFRAME_RANK") or os.environ.get("RANK") or 0)
+    line = (str(exc).strip().splitlines() or [""])[-1] or type(exc).__name__
+    with contextlib.suppress(OSError):  # reporting must never hide the error itself
+        (Path(directory) / f"rank_{rank}.err").write_text(f"{type(exc).__name__}: {line}\n", encoding="utf-8")
+
+
+def fault_step(world: WorldInfo, environ: Mapping[str, str] | None = None) -> int | None:
+    """The step after which this rank must die (test-only ``CROSSFRAME_FAULT_EXIT=RANK:STEP``), or None."""
+    env = os.environ if environ is None else environ
+    spec = env.get(FAULT_ENV, "")
+    if not spec:
+        return None
+    try:
+        rank, step = (int(v) for v in spec.split(":"))
+    except ValueError:
+        raise DistributedError(f"{FAULT_ENV}: '{spec}' is not RANK:STEP") from None
+    return step if rank == world.rank else None
+
+
+class _FaultExit:
+    """Test-only: ends this worker abruptly (``os._exit(3)``, no cleanup) after a given step."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    @hookimpl
+    def on_step_end(self, run: Any, step: int, batch: Any, logs: Any) -> None:
+        """Die right after step ``self.step``, as a crashed or killed worker would."""
+        if step == self.step:
+            import sys
+
+            sys.stderr.write(f"crossframe: fault injection ({FAULT_ENV}) ends this worker after step {step}\n")
+            sys.stderr.flush()
+            os._exit(3)
+
+
+def fault_injector(world: WorldInfo) -> str | None:
+    """Register the ``CROSSFRAME_FAULT_EXIT`` hook for this rank; returns its plugin name (or None).
+
+    Used by the tests of worker failure; never set it in real runs.
+    """
+    step = fault_step(world)
+    if step is None:
+        return None
+    from crossframe.plugins import get_plugin_manager
+
+    name = "crossframe-fault-injection"
+    get_plugin_manager().register(_FaultExit(step), name)
+    return name
