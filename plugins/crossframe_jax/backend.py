@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from crossframe.backend import Backend, Capabilities, TrainSetup
+from crossframe.backend import Backend, Capabilities, TrainSetup, WorldInfo
 from crossframe.errors import CapabilityError, ConfigError
 from crossframe.models.spec import ModelSpec, Params
 from crossframe.sampling import generate_by_recompute
-from crossframe_jax import devices
+from crossframe_jax import devices, distributed
 from crossframe_jax.models import (
     Forward,
     GPTConfig,
@@ -120,8 +120,11 @@ def distill_term(student: jax.Array, teacher: jax.Array, temperature: float) -> 
 
 
 def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransformation,
-                  traces: dict[str, int], teacher_forward: Forward | None = None) -> Callable[..., Any]:
+                  traces: dict[str, int], teacher_forward: Forward | None = None,
+                  presplit: bool = False) -> Callable[..., Any]:
     """The jit-compiled step, with params and optimizer state donated.
+
+    ``presplit``: batches arrive as ``[grad_accum, rows, ...]`` (sharded runs, see ``distributed.py``).
 
     ``train(params, opt, x, y, mask, lr[, extra])``: ``mask`` is None except for language models
     given one (a None and an array each compile once: at most two variants per shape). ``extra``
@@ -159,7 +162,7 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
 
     def split(a: jax.Array) -> jax.Array:
         # k contiguous chunks in order: the same split as torch.chunk
-        return a.reshape(k, a.shape[0] // k, *a.shape[1:])
+        return a if presplit else a.reshape(k, a.shape[0] // k, *a.shape[1:])
 
     def lm_grads(params: dict[str, jax.Array], x: jax.Array, y: jax.Array, mask: jax.Array | None,
                  step: jax.Array, teacher: Any) -> tuple[tuple[jax.Array, Any], Any]:
@@ -190,7 +193,7 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
               lr: jax.Array, extra: Mapping[str, Any] | None = None
               ) -> tuple[dict[str, jax.Array], OptState, dict[str, jax.Array]]:
         _count_trace(traces, "train")
-        if k > 1 and x.shape[0] % k:
+        if k > 1 and not presplit and x.shape[0] % k:
             raise ValueError(f"train batch of {x.shape[0]} examples does not split into grad_accum={k} "
                              "equal micro-batches")
         extra = extra or {}
@@ -307,14 +310,13 @@ class JaxBackend(Backend):
         return Capabilities(
             devices=devices.available_devices(),
             precisions=devices.TRAIN_PRECISIONS,
-            strategies=("single",),
+            strategies=("single", *distributed.STRATEGIES),
             models=MODELS,
             optimizers=SUPPORTED,
             compile=True,
             notes={"tpu": "install jax[tpu] on a TPU host", "gpu": "install jax[cuda12] on a machine with a CUDA GPU",
                    "fp16": "no loss scaling in the jax backend yet; use bf16",
-                   "compile": "steps are always jax.jit-compiled; train.compile is accepted and ignored",
-                   "data_parallel": "coming with jax.sharding", "fully_sharded": "coming with jax.sharding"},
+                   "compile": "steps are always jax.jit-compiled; train.compile is accepted and ignored"},
         )
 
     def measure_peak_flops(self, device: str, precision: str) -> float:
@@ -327,6 +329,18 @@ class JaxBackend(Backend):
         a, b = (jax.device_put(jnp.ones((size, size), dtype) * (i + 1), target) for i in range(2))
         matmul = jax.jit(jnp.dot)
         return probe_peak(lambda: matmul(a, b).block_until_ready(), size)
+
+    def init_distributed(self, world: WorldInfo, device: str) -> None:
+        """``jax.distributed.initialize`` with gloo CPU collectives (see :mod:`crossframe_jax.distributed`)."""
+        distributed.init_distributed(world, device)
+
+    def local_replicas(self, world: WorldInfo, device: str) -> int:
+        """This process's devices of kind ``device`` in the mesh (1 for ``single``)."""
+        return distributed.local_replicas(world, device)
+
+    def shutdown_distributed(self) -> None:
+        """``jax.distributed.shutdown`` when this process joined a job."""
+        distributed.shutdown_distributed()
 
     def peak_device_memory_mb(self, device: str) -> float | None:
         """``peak_bytes_in_use`` from the device's ``memory_stats()``; None where XLA keeps none (CPU)."""
@@ -363,6 +377,8 @@ class JaxBackend(Backend):
         Pruning masks and the teacher's weights go to the device here, once, and ride along as the
         step's undonated ``extra`` argument; the weights start pruned.
         """
+        if setup.world is not None and setup.world.strategy != "single":
+            return distributed.create_state(self, setup)  # on a device mesh
         program = self._program(setup, training=True)
         params = load_canonical(setup.spec, setup.weights, program.device)
         assert program.tx is not None
@@ -385,6 +401,8 @@ class JaxBackend(Backend):
 
     def export_state(self, state: JaxState) -> tuple[Params, Params]:
         """Canonical weights and optimizer state (exact float32 host copies)."""
+        if distributed.is_sharded(state):
+            state = distributed.gathered(state)  # full arrays on every process (a collective)
         weights = export_canonical(state.params, state.setup.spec)
         if state.opt_state is None:
             return weights, {}
@@ -392,6 +410,8 @@ class JaxBackend(Backend):
 
     def load_state(self, state: JaxState, weights: Params, optimizer_state: Params | None) -> JaxState:
         """A new state holding canonical weights (and optimizer state, from any backend)."""
+        if distributed.is_sharded(state):
+            return distributed.load_state(state, weights, optimizer_state)
         program = state.program
         params = load_canonical(state.setup.spec, weights, program.device)
         if program.extra and program.extra[0].get("masks"):
@@ -481,6 +501,24 @@ class JaxBackend(Backend):
             tokens = generate_by_recompute(lambda ctx: self.predict(state, ctx), tokens, max_new_tokens - cached,
                                            sample, window)
         return tokens
+
+    def export_formats(self) -> tuple[str, ...]:
+        """ONNX and the native formats (see :mod:`crossframe_jax.export`)."""
+        from crossframe_jax.export import FORMATS
+
+        return FORMATS
+
+    def export(self, request: Any, format: str, options: dict[str, Any]) -> Any:
+        """Write the request's model in ``format`` (see :mod:`crossframe_jax.export`)."""
+        from crossframe_jax import export
+
+        return export.export(request, format, options)
+
+    def load_export(self, artifact: Any) -> Callable[[np.ndarray], np.ndarray]:
+        """Run a native-format artefact this backend wrote."""
+        from crossframe_jax import export
+
+        return export.load(artifact)
 
     def fetch(self, values: Any) -> Any:
         """Device arrays to numpy, through lists, tuples and dicts (other leaves unchanged).
