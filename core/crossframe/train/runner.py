@@ -21,6 +21,7 @@ from crossframe.models import build_model
 from crossframe.perf import flops_per_step
 from crossframe.plugins import component, get_plugin_manager
 from crossframe.train.data import load_training_data
+from crossframe.train.distill import load_teacher
 from crossframe.train.early_stopping import EarlyStopping
 from crossframe.train.loop import Run, Trainer
 from crossframe.train.progress import Progress
@@ -187,10 +188,11 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
                                  float(opt_params["lr"]), total)
 
     weights = spec.init(cfg.seed)
+    distill = load_teacher(cfg, data.info) if cfg.train.distill is not None else None
     state = backend.create_state(TrainSetup(
         spec, weights, cfg.train.optimizer.name, opt_params, device, cfg.precision,
         cfg.train.grad_accum, cfg.train.clip_norm, cfg.train.compile, cfg.seed,
-        cfg.train.activation_checkpointing, world=world))
+        cfg.train.activation_checkpointing, masks=None, distill=distill, world=world))
     early = EarlyStopping.from_config(cfg.train.early_stopping) if cfg.train.early_stopping else None
     start = 0
     if checkpoint is not None:
