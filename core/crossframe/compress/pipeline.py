@@ -380,9 +380,8 @@ class Pipeline:
             max_abs, max_rel = max(max_abs, a), max(max_rel, r)
         verify = {"max_abs_diff": max_abs, "max_rel_diff": max_rel, "examples": sum(len(b["x"]) for b in batches),
                   "tolerance": tolerance, "against": f"{self.cfg.backend} fp32"}
-        for key in ("max_abs_diff", "max_rel_diff", "atol", "rtol", "passed"):
-            if key in info:
-                verify[f"exporter_{key}"] = info[key]
+        if isinstance(info.get("verify"), dict):  # the exporter's own check (other batch shapes)
+            verify["exporter"] = info["verify"]
         if tolerance is not None:
             verify["passed"] = bool(max_rel <= tolerance)
             if not verify["passed"]:
@@ -399,7 +398,8 @@ class Pipeline:
             "nonzero_params": nonzero_params(stage.weights), "metric": metric, "metric_before": before,
             "metric_after": after, "metrics_before": stage.metrics, "metrics_after": metrics_after,
             "params": step.params, "source": str(stage.path) if stage.path else None, "verify": verify,
-            "extra": {**extra, **{k: v for k, v in info.items() if k not in verify}},
+            "extra": {**{k: v for k, v in extra.items() if k != "verify"},
+                      **{k: v for k, v in info.items() if k not in ("verify", "path", "size_bytes", "format")}},
             "latency": self._latency(predict, stage) if fmt == "onnx" and self.options.latency else None,
             "seconds": time.perf_counter() - started,
         }

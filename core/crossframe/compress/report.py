@@ -119,6 +119,8 @@ class Report:
 
     def print_table(self, steps: list[dict[str, Any]] | None = None, title: str = "crossframe report") -> None:
         """Print the steps as a rich table on stdout."""
+        import sys
+
         from rich.console import Console
         from rich.table import Table
 
@@ -127,7 +129,7 @@ class Report:
             table.add_column(column, overflow="fold")
         for row in self.rows(steps):
             table.add_row(*row)
-        Console().print(table)
+        Console(width=None if sys.stdout.isatty() else 240).print(table)
 
 
 COLUMNS = ("step", "kind", "backend", "format", "size", "sparsity", "params", "metric before", "metric after",
