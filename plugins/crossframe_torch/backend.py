@@ -10,10 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from crossframe.backend import Backend, Capabilities, TrainSetup
+from crossframe.backend import Backend, Capabilities, TrainSetup, WorldInfo
 from crossframe.errors import CapabilityError, ConfigError
 from crossframe.models.spec import ModelSpec, Params
-from crossframe_torch import devices
+from crossframe_torch import devices, distributed
 from crossframe_torch.models import (
     GPT,
     build_module,
@@ -86,13 +86,20 @@ class TorchBackend(Backend):
         return Capabilities(
             devices=devices.available_devices(),
             precisions=("fp32", "bf16", "fp16"),
-            strategies=("single",),
+            strategies=distributed.STRATEGIES,
             models=MODELS,
             optimizers=SUPPORTED,
             compile=True,
-            notes={"tpu": "install torch_xla", "gpu": "no CUDA or MPS device visible to torch",
-                   "data_parallel": "coming with torch DDP", "fully_sharded": "coming with torch FSDP"},
+            notes={"tpu": "install torch_xla", "gpu": "no CUDA or MPS device visible to torch"},
         )
+
+    def init_distributed(self, world: WorldInfo, device: str) -> None:
+        """Join the process group: gloo on CPU, nccl on CUDA, timeout ``world.collective_timeout_s``."""
+        distributed.init(world, device)
+
+    def shutdown_distributed(self) -> None:
+        """Destroy the process group."""
+        distributed.shutdown()
 
     def measure_peak_flops(self, device: str, precision: str) -> float:
         """Matmul FLOP/s of torch on ``device`` at ``precision`` (a short probe, for MFU)."""
@@ -126,11 +133,14 @@ class TorchBackend(Backend):
         module = build_module(setup.spec, activation_checkpointing=setup.activation_checkpointing)
         load_canonical(module, setup.spec, setup.weights)
         module.to(device)
+        distributed.check_setup(setup)
+        module = distributed.shard_module(module, setup, device)  # FSDP for fully_sharded
         params = native_parameters(module, setup.spec)
         optimizer = build_optimizer(setup, params, device)
         dtype = devices.autocast_dtype(setup.precision)
         scaler = torch.amp.GradScaler(device.type) if setup.precision == "fp16" else None
-        forward = torch.compile(module) if setup.compile else module
+        wrapped = distributed.data_parallel(module, setup, device)  # DDP for data_parallel
+        forward = torch.compile(wrapped) if setup.compile else wrapped
         state = TorchState(setup, module, forward, params, optimizer, scaler, device, dtype)
         if setup.masks:
             state.masked = _native_masks(setup, params, device)
@@ -152,6 +162,8 @@ class TorchBackend(Backend):
 
     def export_state(self, state: TorchState) -> tuple[Params, Params]:
         """Canonical weights and optimizer state."""
+        if distributed.sharded(state.setup):
+            return distributed.export_sharded(state)
         weights = export_canonical(state.module, state.setup.spec)
         layouts = {p.name: p.layout for p in state.setup.spec.table}
         assert state.optimizer is not None
@@ -160,6 +172,8 @@ class TorchBackend(Backend):
 
     def load_state(self, state: TorchState, weights: Params, optimizer_state: Params | None) -> TorchState:
         """Install canonical weights (and optimizer state)."""
+        if distributed.sharded(state.setup):
+            return distributed.load_sharded(state, weights, optimizer_state)
         load_canonical(state.module, state.setup.spec, weights)
         if optimizer_state is not None and state.optimizer is not None:
             layouts = {p.name: p.layout for p in state.setup.spec.table}
@@ -223,6 +237,8 @@ class TorchBackend(Backend):
         tokens = state.setup.loss == "token_cross_entropy"
         if tokens:
             count = self._token_count(y, mask)
+            if mask is not None and distributed.active(state.setup):
+                count = distributed.mean_over_ranks(count)  # DDP averages: divide by global tokens / W
             total = count if isinstance(count, int) else torch.where(count > 0, count, torch.ones_like(count))
         xs, ys = (x, y) if k == 1 else (x.chunk(k), y.chunk(k))
         ms = mask if (k == 1 or mask is None) else mask.chunk(k)
@@ -261,6 +277,8 @@ class TorchBackend(Backend):
             state.apply_masks()
         opt.zero_grad(set_to_none=True)
         state.step += 1
+        if distributed.active(state.setup):
+            out_values = distributed.plain_outputs({**out_values, "loss": distributed.mean_over_ranks(acc)})
         return state, out_values
 
     @torch.no_grad()
