@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from crossframe.backend import Backend, Capabilities, TrainSetup
+from crossframe.backend import Backend, Capabilities, TrainSetup, WorldInfo
 from crossframe.errors import CapabilityError, ConfigError
 from crossframe.models.spec import ModelSpec, Params
-from crossframe_tensorflow import devices
+from crossframe_tensorflow import devices, distributed
 from crossframe_tensorflow.devices import tf
 from crossframe_tensorflow.models import MODELS, RNG_ALG, Model, build_model, export_canonical, load_canonical
 from crossframe_tensorflow.optim import SUPPORTED, DynamicLossScale, Optimizer, build_optimizer
@@ -53,6 +53,8 @@ class TFState:
     masked: list[tuple[tf.Variable, tf.Tensor]] | None = None
     #: distillation: the teacher's model (its variables are never watched by the tape)
     teacher: Model | None = None
+    #: data parallel: the tf.distribute replicas the step runs on (one device without a strategy)
+    replicas: distributed.Replicas = field(default_factory=distributed.Replicas)
 
     def apply_masks(self) -> None:
         """``variable *= mask`` for every masked variable (in a graph when called inside one)."""
@@ -74,6 +76,7 @@ class TensorFlowBackend(Backend):
     """crossframe on TensorFlow (without Keras)."""
 
     name = "tensorflow"
+    _replicas: distributed.Replicas | None = None  # set by init_distributed
 
     def framework_version(self) -> str:
         """tensorflow's version."""
@@ -82,16 +85,15 @@ class TensorFlowBackend(Backend):
     def capabilities(self) -> Capabilities:
         """CPU always; GPU and TPU when TensorFlow finds one."""
         return Capabilities(
-            devices=devices.available_devices(),
+            devices=distributed.available_devices(),  # without starting the runtime
             precisions=("fp32", "bf16", "fp16"),
-            strategies=("single",),
+            strategies=("single", "data_parallel"),
             models=MODELS,
             optimizers=SUPPORTED,
             compile=True,
             notes={"gpu": "no GPU visible to TensorFlow: tensorflow-cpu, or no CUDA device",
                    "tpu": "no TPU visible to TensorFlow: needs a TPU VM and a TPU build of TensorFlow",
-                   "data_parallel": "coming with tf.distribute.MirroredStrategy",
-                   "fully_sharded": "not planned for TensorFlow"},
+                   "fully_sharded": "tf.distribute mirrors variables, it does not shard them; use data_parallel"},
         )
 
     def measure_peak_flops(self, device: str, precision: str) -> float:
@@ -113,19 +115,36 @@ class TensorFlowBackend(Backend):
         info = tf.config.experimental.get_memory_info(devices.tf_device(device).strip("/"))
         return info["peak"] / 2**20
 
+    # ------------------------------------------------------------------ data parallel (see .distributed)
+
+    def init_distributed(self, world: WorldInfo, device: str) -> None:
+        """MirroredStrategy in one process, MultiWorkerMirroredStrategy (TF_CONFIG written) across processes."""
+        self._replicas = distributed.init_distributed(world, device)
+
+    def local_replicas(self, world: WorldInfo, device: str) -> int:
+        """The strategy's replicas in this process: GPUs, or ``CROSSFRAME_TF_CPU_DEVICES`` logical CPUs."""
+        return distributed.local_replicas(world, device)
+
+    def shutdown_distributed(self) -> None:
+        """Drop the strategy and ``TF_CONFIG``."""
+        self._replicas = None
+        distributed.shutdown_distributed()
+
     # ------------------------------------------------------------------ state
 
     def create_state(self, setup: TrainSetup) -> TFState:
         """Variables from canonical weights, optimizer slots and the compiled steps, on the device."""
         device = devices.tf_device(setup.device)
         dtype = devices.compute_dtype(setup.precision)
-        with tf.device(device):
+        replicas = distributed.replicas_for(self, setup)  # data parallel: mirrored variables
+        with replicas.scope(device):
             model = build_model(setup.spec, setup.weights, setup.activation_checkpointing)
             optimizer = build_optimizer(setup, model.params)
             loss_scale = DynamicLossScale() if setup.precision == "fp16" else None
             masked = _native_masks(setup, model) if setup.masks else None
             teacher = _teacher(setup) if setup.distill is not None else None
-        state = self._state(setup, model, optimizer, loss_scale, device, dtype)
+        state = self._state(setup, model, optimizer, loss_scale, replicas.placement(device), dtype)
+        state.replicas = replicas
         state.masked, state.teacher = masked, teacher
         state.apply_masks()
         state.train_fn = _train_function(state)
@@ -203,6 +222,24 @@ class TensorFlowBackend(Backend):
         out = state.predict_fn(tf.convert_to_tensor(np.asarray(x, dtype=dtype)))
         return np.array(out.numpy(), dtype=np.float32, copy=True)
 
+    def export_formats(self) -> tuple[str, ...]:
+        """ONNX and the native formats (see :mod:`crossframe_tensorflow.export`)."""
+        from crossframe_tensorflow.export import FORMATS
+
+        return FORMATS
+
+    def export(self, request: Any, format: str, options: dict[str, Any]) -> Any:
+        """Write the request's model in ``format`` (see :mod:`crossframe_tensorflow.export`)."""
+        from crossframe_tensorflow import export
+
+        return export.export(request, format, options)
+
+    def load_export(self, artifact: Any) -> Callable[[np.ndarray], np.ndarray]:
+        """Run a native-format artefact this backend wrote."""
+        from crossframe_tensorflow import export
+
+        return export.load(artifact)
+
     def fetch(self, values: Any) -> Any:
         """Tensors (and variables) to numpy, through lists, tuples and dicts."""
         if isinstance(values, (tf.Tensor, tf.Variable)):
@@ -249,6 +286,7 @@ def _train_function(state: TFState) -> Compiled:
     lm = state.language_model
     run_seed = int(setup.seed) % 2**63
     distill, teacher = setup.distill, state.teacher
+    replicas = state.replicas
 
     def step(x: tf.Tensor, y: tf.Tensor, mask: tf.Tensor | None, lr: tf.Tensor) -> dict[str, tf.Tensor]:
         with tf.device(state.device):
@@ -257,9 +295,9 @@ def _train_function(state: TFState) -> Compiled:
             chunks = list(zip(*(tf.split(t, k) for t in inputs), strict=True)) if k > 1 else [inputs]
             # language models: the step's loss is sum(ce * mask) / sum(mask) over the whole batch, so
             # the count is taken once and each micro-batch adds its masked sum over that count
-            total = tf.reduce_sum(mask) if lm else None
+            total = replicas.all_sum(tf.reduce_sum(mask)) if lm else None  # counted tokens of the global batch
             # dropout masks: a function of (run seed, step before this update, micro-batch)
-            seed = (tf.stack([tf.constant(run_seed, tf.int64), optimizer.step.read_value()])
+            seed = (replicas.replica_seed(tf.stack([tf.constant(run_seed, tf.int64), optimizer.step.read_value()]))
                     if model.uses_rng else None)
             loss: tf.Tensor | None = None
             kd_sum: tf.Tensor | None = None
@@ -273,12 +311,12 @@ def _train_function(state: TFState) -> Compiled:
                         part = tf.math.divide_no_nan(tf.reduce_sum(per_example(out, chunk[1]) * chunk[2]), total)
                     else:
                         part = tf.reduce_mean(per_example(out, chunk[1]))
-                        if k > 1:
-                            part = part / k
+                        if k * replicas.count > 1:  # a replica's share of the global batch's mean
+                            part = part / (k * replicas.count)
                     if distill is not None and teacher is not None:
                         per = distill_term(out, tf.stop_gradient(teacher(chunk[0], state.dtype)), distill.temperature)
                         kd = (tf.math.divide_no_nan(tf.reduce_sum(per * chunk[2]), total) if lm
-                              else tf.reduce_mean(per) / k)
+                              else tf.reduce_mean(per) / (k * replicas.count))
                         part = (1.0 - distill.alpha) * part + distill.alpha * kd
                         kd_sum = kd if kd_sum is None else kd_sum + kd
                     target = part * loss_scale.scale if loss_scale is not None else part
@@ -287,6 +325,7 @@ def _train_function(state: TFState) -> Compiled:
                 grads = g if grads is None else [a + b for a, b in zip(grads, g, strict=True)]
                 loss = part if loss is None else loss + part
             assert grads is not None and loss is not None
+            loss, grads, kd_sum = replicas.all_sum((loss, grads, kd_sum))  # the strategy's all-reduce
             out = {"loss": loss}
             if kd_sum is not None:
                 out["distill_loss"] = kd_sum
@@ -300,18 +339,22 @@ def _train_function(state: TFState) -> Compiled:
                 scale = tf.minimum(1.0, clip_norm / (norm + CLIP_EPS))
                 grads = [g * scale for g in grads]
                 out["grad_norm"] = norm
-            by_name = dict(zip(names, grads, strict=True))
-            if loss_scale is None:
-                optimizer.apply(by_name, lr)
-            else:
-                def apply() -> tf.Tensor:
-                    optimizer.apply(by_name, lr)
-                    return tf.constant(True)
 
-                tf.cond(finite, apply, lambda: tf.constant(False))
-                loss_scale.update(finite)
-            if state.masked:
-                state.apply_masks()
+            def update(by_name: dict[str, tf.Tensor], lr: tf.Tensor, finite: tf.Tensor | None) -> None:
+                if loss_scale is None:
+                    optimizer.apply(by_name, lr)
+                else:
+                    def apply() -> tf.Tensor:
+                        optimizer.apply(by_name, lr)
+                        return tf.constant(True)
+
+                    tf.cond(finite, apply, lambda: tf.constant(False))
+                    loss_scale.update(finite)
+                if state.masked:
+                    state.apply_masks()
+
+            # data parallel: on every replica's copy of the variables (strategy.extended.update)
+            replicas.update(update, dict(zip(names, grads, strict=True)), lr, finite)
             return out
 
     if lm:
@@ -321,6 +364,8 @@ def _train_function(state: TFState) -> Compiled:
         def train(x: tf.Tensor, y: tf.Tensor, lr: tf.Tensor) -> dict[str, tf.Tensor]:  # type: ignore[misc]
             return step(x, y, None, lr)
 
+    if replicas.strategy is not None:  # strategy.run(step) per replica inside one tf.function
+        return replicas.compile(step, k, lm)  # type: ignore[return-value]
     signature = [*_specs(state), tf.TensorSpec([], tf.float32, name="lr")]
     return Compiled(tf.function(train, input_signature=signature, jit_compile=setup.compile))
 
