@@ -119,7 +119,7 @@ def launch(cfg: Any, run_dir: Path, checkpoint: Any, quiet: bool) -> Any:
         if cfg.launch.launcher == "ray":
             from crossframe.distributed.ray import run_on_ray
 
-            run_on_ray(job)
+            run_on_ray(job, gpus_per_worker=1.0 if cfg.device == "gpu" else 0.0)
         elif cfg.backend == "torch":
             run_torch_elastic(job)
         else:
