@@ -3,7 +3,9 @@
 The native parameters are a plain pytree: a dict from canonical name to ``jax.Array``. The
 canonical layouts are JAX's own (dense ``[in, out]`` for ``x @ W``; conv kernels HWIO on NHWC
 data through ``lax.conv_general_dilated``; embeddings ``[vocab, d]``), so conversion is the
-identity; only placement on the device and exact float32 host copies happen here.
+identity; only placement on the device and exact float32 host copies happen here. A factorised
+(``low_rank``) dense layer has ``<prefix>.weight_u`` ``[in, r]`` and ``<prefix>.weight_v``
+``[r, out]`` instead of ``<prefix>.weight`` and runs as two matmuls.
 
 Every forward is ``fn(params, x, *, train=False, rng=None)``; only ``gpt`` uses ``train`` and
 ``rng`` (dropout). ``gpt`` also has a cached path for generation: :func:`gpt_prefill` and
@@ -45,6 +47,14 @@ def _precision(dtype: Any) -> Any:
 def dense(x: jax.Array, w: jax.Array, b: jax.Array, precision: Any) -> jax.Array:
     """``x @ w + b`` with canonical ``[in, out]`` weights."""
     return jnp.matmul(x, w, precision=precision) + b
+
+
+def dense_layer(params: Mapping[str, jax.Array], prefix: str, x: jax.Array, precision: Any) -> jax.Array:
+    """Dense layer ``prefix`` on ``x``: ``x @ W + b``, or ``(x @ U) @ V + b`` when it is factorised."""
+    if f"{prefix}.weight" in params:
+        return dense(x, params[f"{prefix}.weight"], params[f"{prefix}.bias"], precision)
+    h = jnp.matmul(x, params[f"{prefix}.weight_u"], precision=precision)
+    return dense(h, params[f"{prefix}.weight_v"], params[f"{prefix}.bias"], precision)
 
 
 def conv2d_same(x: jax.Array, w: jax.Array, b: jax.Array, precision: Any) -> jax.Array:
@@ -89,7 +99,7 @@ def make_forward(spec: ModelSpec, dtype: Any = None, *, remat: bool = False,
             params, h = _cast(params, x, dtype)
             h = h.reshape(h.shape[0], -1)
             for i in range(n_layers):
-                h = dense(h, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"], precision)
+                h = dense_layer(params, f"layers.{i}", h, precision)
                 if i < n_layers - 1:
                     h = act(h)
             return h
@@ -106,8 +116,8 @@ def make_forward(spec: ModelSpec, dtype: Any = None, *, remat: bool = False,
                 h = conv2d_same(h, params[f"conv.{i}.weight"], params[f"conv.{i}.bias"], precision)
                 h = max_pool2(act(h))
             h = h.reshape(h.shape[0], -1)  # NHWC flatten order, as the canonical dense layer expects
-            h = act(dense(h, params["fc.0.weight"], params["fc.0.bias"], precision))
-            return dense(h, params["fc.1.weight"], params["fc.1.bias"], precision)
+            h = act(dense_layer(params, "fc.0", h, precision))
+            return dense_layer(params, "fc.1", h, precision)
 
         return cnn
     raise CapabilityError(f"model.name: backend 'jax' has no native '{spec.name}'")
@@ -232,6 +242,13 @@ def _mm(x: jax.Array, w: jax.Array, b: jax.Array | None, cfg: GPTConfig) -> jax.
     return y if b is None else y + b
 
 
+def _linear(lp: Mapping[str, jax.Array], name: str, x: jax.Array, cfg: GPTConfig) -> jax.Array:
+    """Block linear ``name`` (``attn.qkv``, ...): ``x @ W + b``, or ``(x @ U) @ V + b`` when factorised."""
+    if f"{name}.weight" in lp:
+        return _mm(x, lp[f"{name}.weight"], lp[f"{name}.bias"], cfg)
+    return _mm(_mm(x, lp[f"{name}.weight_u"], None, cfg), lp[f"{name}.weight_v"], lp[f"{name}.bias"], cfg)
+
+
 def _attend(q: jax.Array, k: jax.Array, v: jax.Array, cfg: GPTConfig, mask: jax.Array | None = None
             ) -> jax.Array:
     """``jax.nn.dot_product_attention`` on ``[B, T, H, hd]``: causal without ``mask``, else masked."""
@@ -257,7 +274,7 @@ def _qkv(lp: Mapping[str, jax.Array], h: jax.Array, cos: jax.Array | None, sin: 
     """Queries, keys and values ``[B, T, H, hd]`` of ``ln_1(h)``, rotated when ``cos``/``sin`` are given."""
     b, t, _ = h.shape
     a = layer_norm(h, lp["ln_1.weight"], lp["ln_1.bias"])
-    qkv = _mm(a, lp["attn.qkv.weight"], lp["attn.qkv.bias"], cfg)
+    qkv = _linear(lp, "attn.qkv", a, cfg)
     q, k, v = (part.reshape(b, t, cfg.n_head, cfg.head_dim) for part in jnp.split(qkv, 3, axis=-1))
     if cos is not None and sin is not None:
         q, k = rotary(q, cos, sin), rotary(k, cos, sin)
@@ -268,13 +285,13 @@ def _finish_block(lp: Mapping[str, jax.Array], h: jax.Array, att: jax.Array, cfg
                   key: jax.Array | None) -> jax.Array:
     """``h + drop(proj(att))``, then ``h + drop(mlp(ln_2(h)))``; the residual stream stays float32."""
     b, t = att.shape[:2]
-    out = _mm(att.reshape(b, t, cfg.d_model), lp["attn.proj.weight"], lp["attn.proj.bias"], cfg)
+    out = _linear(lp, "attn.proj", att.reshape(b, t, cfg.d_model), cfg)
     if key is not None:
         out = dropout(out, cfg.dropout, jax.random.fold_in(key, 0))
     h = h + out.astype(jnp.float32)
     m = layer_norm(h, lp["ln_2.weight"], lp["ln_2.bias"])
-    m = jax.nn.gelu(_mm(m, lp["mlp.fc.weight"], lp["mlp.fc.bias"], cfg), approximate=True)
-    m = _mm(m, lp["mlp.proj.weight"], lp["mlp.proj.bias"], cfg)
+    m = jax.nn.gelu(_linear(lp, "mlp.fc", m, cfg), approximate=True)
+    m = _linear(lp, "mlp.proj", m, cfg)
     if key is not None:
         m = dropout(m, cfg.dropout, jax.random.fold_in(key, 1))
     return h + m.astype(jnp.float32)
@@ -287,13 +304,10 @@ def _block(lp: Mapping[str, jax.Array], h: jax.Array, cos: jax.Array | None, sin
     return _finish_block(lp, h, _attend(q, k, v, cfg), cfg, key)
 
 
-BLOCK_KEYS = ("ln_1.weight", "ln_1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
-              "attn.proj.bias", "ln_2.weight", "ln_2.bias", "mlp.fc.weight", "mlp.fc.bias",
-              "mlp.proj.weight", "mlp.proj.bias")
-
-
 def _layer(params: Mapping[str, jax.Array], i: int) -> dict[str, jax.Array]:
-    return {k: params[f"h.{i}.{k}"] for k in BLOCK_KEYS}
+    """Block ``i``'s parameters keyed within the block (``ln_1.weight``, ``attn.qkv.weight`` or its factors, ...)."""
+    prefix = f"h.{i}."
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
 
 
 def _embed(params: Mapping[str, jax.Array], tokens: jax.Array, start: Any, cfg: GPTConfig) -> jax.Array:

@@ -3,7 +3,9 @@
 Variables carry the canonical names, and TensorFlow's own layouts *are* the canonical ones
 (dense ``[in, out]`` for ``x @ W``; conv kernels HWIO on NHWC data; embeddings ``[vocab, dim]``
 for ``tf.gather``), so conversion is the identity: weights go in with ``assign`` and come out as
-float32 numpy copies, bit for bit. The forward passes are plain tf ops; no Keras.
+float32 numpy copies, bit for bit. The forward passes are plain tf ops; no Keras. A factorised
+(``low_rank``) dense layer holds ``<prefix>.weight_u`` ``[in, r]`` and ``<prefix>.weight_v``
+``[r, out]`` and runs as two matmuls.
 """
 
 from __future__ import annotations
@@ -35,16 +37,23 @@ def _dense(h: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     return tf.nn.bias_add(tf.matmul(h, w), b)
 
 
+def _linear(w: Mapping[str, tf.Tensor], prefix: str, h: tf.Tensor) -> tf.Tensor:
+    """Dense layer ``prefix``: ``h @ W + b``, or ``(h @ U) @ V + b`` when it is factorised."""
+    if f"{prefix}.weight" in w:
+        return _dense(h, w[f"{prefix}.weight"], w[f"{prefix}.bias"])
+    return _dense(tf.matmul(h, w[f"{prefix}.weight_u"]), w[f"{prefix}.weight_v"], w[f"{prefix}.bias"])
+
+
 def mlp_forward(spec: ModelSpec) -> Forward:
     """``mlp``: flatten, then dense layers with the activation between them."""
     flat = math.prod(spec.data_info.input_shape)
-    n_layers = sum(1 for p in spec.table if p.layout == "dense")
+    n_layers = len(spec.params["hidden"]) + 1
     act = ACTIVATIONS[spec.params["activation"]]
 
     def forward(w: Mapping[str, tf.Tensor], x: tf.Tensor) -> tf.Tensor:
         h = tf.reshape(x, [-1, flat])
         for i in range(n_layers):
-            h = _dense(h, w[f"layers.{i}.weight"], w[f"layers.{i}.bias"])
+            h = _linear(w, f"layers.{i}", h)
             if i < n_layers - 1:
                 h = act(h)
         return h
@@ -54,7 +63,7 @@ def mlp_forward(spec: ModelSpec) -> Forward:
 
 def cnn_forward(spec: ModelSpec) -> Forward:
     """``cnn``: conv (SAME, stride 1) + activation + 2x2 max-pool blocks on NHWC, then two dense layers."""
-    flat = next(p.shape[0] for p in spec.table if p.name == "fc.0.weight")
+    flat = spec.dense_dims("fc.0")[0]
     n_conv = len(spec.params["channels"])
     act = ACTIVATIONS[spec.params["activation"]]
 
@@ -65,8 +74,8 @@ def cnn_forward(spec: ModelSpec) -> Forward:
                                w[f"conv.{i}.bias"])
             h = tf.nn.max_pool2d(act(h), ksize=2, strides=2, padding="VALID")
         h = tf.reshape(h, [-1, flat])  # NHWC flatten order, as the canonical dense weights expect
-        h = act(_dense(h, w["fc.0.weight"], w["fc.0.bias"]))
-        return _dense(h, w["fc.1.weight"], w["fc.1.bias"])
+        h = act(_linear(w, "fc.0", h))
+        return _linear(w, "fc.1", h)
 
     return forward
 
@@ -208,7 +217,11 @@ class GPT(Model):
         p = f"h.{i}"
 
         def dense(x: tf.Tensor, name: str) -> tf.Tensor:
-            return _dense(x, self.weight(f"{p}.{name}.weight", dtype), self.weight(f"{p}.{name}.bias", dtype))
+            bias = self.weight(f"{p}.{name}.bias", dtype)
+            if f"{p}.{name}.weight" in self.params:
+                return _dense(x, self.weight(f"{p}.{name}.weight", dtype), bias)
+            x = tf.matmul(x, self.weight(f"{p}.{name}.weight_u", dtype))  # low rank: (x @ U) @ V + b
+            return _dense(x, self.weight(f"{p}.{name}.weight_v", dtype), bias)
 
         qkv = dense(self._layer_norm(h, f"{p}.ln_1"), "attn.qkv")
         a = dense(self._attention(qkv, b, t), "attn.proj")

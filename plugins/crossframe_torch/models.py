@@ -1,7 +1,9 @@
 """Native ``nn.Module`` s for the core's architectures and exact native <-> canonical conversion.
 
 Native parameter names equal the canonical ones; only layouts differ (torch keeps dense weights
-as ``[out, in]`` and conv kernels as OIHW on NCHW data; embeddings and norms are unchanged).
+as ``[out, in]`` and conv kernels as OIHW on NCHW data; embeddings and norms are unchanged). A
+factorised (``low_rank``) layer is a :class:`LowRankLinear` whose ``weight_u`` ``[r, in]`` and
+``weight_v`` ``[out, r]`` are the canonical factors in torch's dense layout.
 """
 
 from __future__ import annotations
@@ -27,12 +29,38 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+class LowRankLinear(nn.Module):
+    """A dense layer factorised as ``x @ U @ V + b``: two matmuls through rank ``r``.
+
+    Parameters ``weight_u`` ``[r, in]`` and ``weight_v`` ``[out, r]`` (torch's ``[out, in]``
+    convention for each factor) and ``bias`` ``[out]``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
+        super().__init__()
+        self.weight_u = nn.Parameter(torch.empty(rank, in_features))
+        self.weight_v = nn.Parameter(torch.empty(out_features, rank))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x @ U) @ V + b``."""
+        return F.linear(F.linear(x, self.weight_u), self.weight_v, self.bias)
+
+
+def linear(in_features: int, out_features: int, rank: int | None = None, bias: bool = True) -> nn.Module:
+    """``nn.Linear``, or a :class:`LowRankLinear` of ``rank``."""
+    if rank is None:
+        return nn.Linear(in_features, out_features, bias=bias)
+    return LowRankLinear(in_features, out_features, rank, bias=bias)
+
+
 class MLP(nn.Module):
     """``mlp``: flatten, then dense layers with an activation between them."""
 
-    def __init__(self, widths: list[int], activation: str) -> None:
+    def __init__(self, widths: list[int], activation: str, ranks: list[int | None] | None = None) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        ranks = ranks or [None] * (len(widths) - 1)
+        self.layers = nn.ModuleList(linear(a, b, r) for a, b, r in zip(widths[:-1], widths[1:], ranks, strict=True))
         self.act = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,12 +78,13 @@ class CNN(nn.Module):
     """``cnn``: conv + activation + 2x2 max-pool blocks on NHWC input, then two dense layers."""
 
     def __init__(self, in_channels: int, channels: list[int], kernel_size: int, flat: int,
-                 hidden: int, outputs: int, activation: str) -> None:
+                 hidden: int, outputs: int, activation: str, low_rank: dict[str, int] | None = None) -> None:
         super().__init__()
         sizes = [in_channels, *channels]
+        rank = (low_rank or {}).get
         self.conv = nn.ModuleList(nn.Conv2d(a, b, kernel_size, padding=kernel_size // 2)
                                   for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-        self.fc = nn.ModuleList([nn.Linear(flat, hidden), nn.Linear(hidden, outputs)])
+        self.fc = nn.ModuleList([linear(flat, hidden, rank("fc.0")), linear(hidden, outputs, rank("fc.1"))])
         self.act = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,10 +137,11 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention through fused ``scaled_dot_product_attention``."""
 
-    def __init__(self, d: int, n_head: int, dropout: float) -> None:
+    def __init__(self, d: int, n_head: int, dropout: float, qkv_rank: int | None = None,
+                 proj_rank: int | None = None) -> None:
         super().__init__()
-        self.qkv = nn.Linear(d, 3 * d)
-        self.proj = nn.Linear(d, d)
+        self.qkv = linear(d, 3 * d, qkv_rank)
+        self.proj = linear(d, d, proj_rank)
         self.n_head, self.dropout = n_head, dropout
         self.resid_drop = nn.Dropout(dropout)
 
@@ -141,10 +171,11 @@ class CausalSelfAttention(nn.Module):
 class FeedForward(nn.Module):
     """The block's MLP: dense, GELU (tanh approximation), dense, dropout."""
 
-    def __init__(self, d: int, ff: int, dropout: float) -> None:
+    def __init__(self, d: int, ff: int, dropout: float, fc_rank: int | None = None,
+                 proj_rank: int | None = None) -> None:
         super().__init__()
-        self.fc = nn.Linear(d, ff)
-        self.proj = nn.Linear(ff, d)
+        self.fc = linear(d, ff, fc_rank)
+        self.proj = linear(ff, d, proj_rank)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,18 +186,25 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     """A pre-LayerNorm transformer block: ``h + attn(ln_1(h))``, then ``h + mlp(ln_2(h))``."""
 
-    def __init__(self, d: int, n_head: int, ff: int, dropout: float) -> None:
+    def __init__(self, d: int, n_head: int, ff: int, dropout: float, ranks: dict[str, int] | None = None) -> None:
         super().__init__()
+        rank = (ranks or {}).get  # by linear within the block: attn.qkv, attn.proj, mlp.fc, mlp.proj
         self.ln_1 = nn.LayerNorm(d, eps=LN_EPS)
-        self.attn = CausalSelfAttention(d, n_head, dropout)
+        self.attn = CausalSelfAttention(d, n_head, dropout, rank("attn.qkv"), rank("attn.proj"))
         self.ln_2 = nn.LayerNorm(d, eps=LN_EPS)
-        self.mlp = FeedForward(d, ff, dropout)
+        self.mlp = FeedForward(d, ff, dropout, rank("mlp.fc"), rank("mlp.proj"))
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 cache: KVCache | None = None, layer: int = 0, start: int = 0) -> torch.Tensor:
         """The block on ``x`` ``[B, t, d]``."""
         x = x + self.attn(self.ln_1(x), rope, cache, layer, start)
         return x + self.mlp(self.ln_2(x))
+
+
+def _block_ranks(low_rank: dict[str, int], layer: int) -> dict[str, int]:
+    """The ranks of block ``layer``'s factorised linears, keyed within the block (``attn.qkv``, ...)."""
+    prefix = f"h.{layer}."
+    return {k[len(prefix):]: r for k, r in low_rank.items() if k.startswith(prefix)}
 
 
 class GPT(nn.Module):
@@ -183,15 +221,17 @@ class GPT(nn.Module):
 
     def __init__(self, vocab: int, n_layer: int, n_head: int, d_model: int, d_ff: int | None,
                  max_seq_len: int, dropout: float = 0.0, tied_embeddings: bool = True, rope: bool = False,
-                 rope_base: float = 10000.0, activation_checkpointing: bool = False) -> None:
+                 rope_base: float = 10000.0, activation_checkpointing: bool = False,
+                 low_rank: dict[str, int] | None = None) -> None:
         super().__init__()
         d, ff = d_model, d_ff or 4 * d_model
+        low_rank = low_rank or {}
         self.max_seq_len = max_seq_len
         self.activation_checkpointing = activation_checkpointing
         self.wte = nn.Parameter(torch.empty(vocab, d))
         self.wpe = None if rope else nn.Parameter(torch.empty(max_seq_len, d))
         self.drop = nn.Dropout(dropout)
-        self.h = nn.ModuleList(Block(d, n_head, ff, dropout) for _ in range(n_layer))
+        self.h = nn.ModuleList(Block(d, n_head, ff, dropout, _block_ranks(low_rank, i)) for i in range(n_layer))
         self.ln_f = nn.LayerNorm(d, eps=LN_EPS)
         self.lm_head = None if tied_embeddings else nn.Linear(d, vocab, bias=False)
         if rope:
@@ -245,17 +285,18 @@ class GPT(nn.Module):
 
 def build_module(spec: ModelSpec, activation_checkpointing: bool = False) -> nn.Module:
     """The native module for ``spec`` (weights still to be loaded with :func:`load_canonical`)."""
-    info, p = spec.data_info, spec.params
+    info, p, low_rank = spec.data_info, spec.params, spec.low_rank
     if spec.name == "mlp":
-        return MLP([math.prod(info.input_shape), *p["hidden"], info.num_outputs], p["activation"])
+        ranks = [low_rank.get(f"layers.{i}") for i in range(len(p["hidden"]) + 1)]
+        return MLP([math.prod(info.input_shape), *p["hidden"], info.num_outputs], p["activation"], ranks)
     if spec.name == "cnn":
-        flat = next(t.shape[0] for t in spec.table if t.name == "fc.0.weight")
+        flat = spec.dense_dims("fc.0")[0]
         return CNN(info.input_shape[-1], p["channels"], p["kernel_size"], flat, p["hidden"],
-                   info.num_outputs, p["activation"])
+                   info.num_outputs, p["activation"], low_rank)
     if spec.name == "gpt":
         return GPT(info.num_outputs, p["n_layer"], p["n_head"], p["d_model"], p.get("d_ff"), p["max_seq_len"],
                    p.get("dropout", 0.0), p.get("tied_embeddings", True), p.get("rope", False),
-                   p.get("rope_base", 10000.0), activation_checkpointing)
+                   p.get("rope_base", 10000.0), activation_checkpointing, low_rank)
     raise CapabilityError(f"model.name: backend 'torch' has no native '{spec.name}'")
 
 

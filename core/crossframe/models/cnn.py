@@ -7,16 +7,27 @@ from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import ConfigDict, Field, PositiveInt, field_validator
 
 from crossframe.data.dataset import DataInfo
 from crossframe.errors import ConfigError
 from crossframe.models import reference as ref
 from crossframe.models.mlp import dense_layer
-from crossframe.models.spec import ModelSpec, ParamSpec
+from crossframe.models.spec import (
+    LowRank,
+    LowRankParams,
+    ModelSpec,
+    ParamSpec,
+    check_low_rank,
+    check_low_rank_layers,
+    dense_apply,
+)
+
+#: the dense layers ``low_rank`` can factorise
+FC_LAYERS = ["fc.0", "fc.1"]
 
 
-class CNNParams(BaseModel):
+class CNNParams(LowRankParams):
     """Params of ``model: {name: cnn}``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -24,6 +35,12 @@ class CNNParams(BaseModel):
     kernel_size: PositiveInt = 3
     hidden: PositiveInt = 64
     activation: Literal["relu", "gelu", "tanh"] = "relu"
+    low_rank: LowRank
+
+    @field_validator("low_rank")
+    @classmethod
+    def _known_layers(cls, value: dict[str, int]) -> dict[str, int]:
+        return check_low_rank_layers(value, FC_LAYERS)
 
     @field_validator("kernel_size")
     @classmethod
@@ -51,7 +68,10 @@ def build_cnn(params: CNNParams, info: DataInfo) -> ModelSpec:
             raise ConfigError(f"model.channels: {len(params.channels)} pooling blocks shrink "
                               f"{info.input_shape[:2]} images to nothing; use fewer")
     flat = h * w * c
-    table += dense_layer("fc.0", flat, params.hidden) + dense_layer("fc.1", params.hidden, info.num_outputs, 1.0)
+    check_low_rank(params.low_rank, {"fc.0": (flat, params.hidden), "fc.1": (params.hidden, info.num_outputs)})
+    rank = params.low_rank.get
+    table += dense_layer("fc.0", flat, params.hidden, rank=rank("fc.0"))
+    table += dense_layer("fc.1", params.hidden, info.num_outputs, 1.0, rank=rank("fc.1"))
     n_conv = len(params.channels)
 
     def forward(wts: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
@@ -60,7 +80,7 @@ def build_cnn(params: CNNParams, info: DataInfo) -> ModelSpec:
             y = ref.conv2d_same(y, wts[f"conv.{i}.weight"], wts[f"conv.{i}.bias"])
             y = ref.max_pool2(ref.activation(params.activation, y))
         y = y.reshape(len(y), -1)  # NHWC flatten order
-        y = ref.activation(params.activation, ref.dense(y, wts["fc.0.weight"], wts["fc.0.bias"]))
-        return ref.dense(y, wts["fc.1.weight"], wts["fc.1.bias"])
+        y = ref.activation(params.activation, dense_apply(wts, "fc.0", y))
+        return dense_apply(wts, "fc.1", y)
 
     return ModelSpec("cnn", params.model_dump(), info, table, forward)

@@ -7,7 +7,8 @@ GPT-2: normal(0, 0.02) weights, with the residual projections scaled by ``1 / sq
 
 Inputs are int token ids ``[B, T]`` with ``T <= max_seq_len``; outputs are logits ``[B, T, vocab]``.
 Rotary embeddings rotate the two halves of each head (``x1, x2 -> x1 cos - x2 sin, x2 cos + x1 sin``)
-with frequencies ``base ** (-2i / head_dim)``.
+with frequencies ``base ** (-2i / head_dim)``. ``low_rank`` factorises the blocks' linears
+(``h.{i}.attn.qkv``, ``h.{i}.attn.proj``, ``h.{i}.mlp.fc``, ``h.{i}.mlp.proj``) into two factors.
 """
 
 from __future__ import annotations
@@ -16,18 +17,29 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, model_validator
+from pydantic import ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationInfo, field_validator, model_validator
 
 from crossframe.data.dataset import DataInfo
 from crossframe.errors import ConfigError
 from crossframe.models import reference as ref
-from crossframe.models.spec import ModelSpec, ParamSpec
+from crossframe.models.spec import (
+    LowRank,
+    LowRankParams,
+    ModelSpec,
+    ParamSpec,
+    check_low_rank,
+    check_low_rank_layers,
+    dense_apply,
+    dense_kernel_specs,
+)
 
 INIT_STD = 0.02
 LN_EPS = 1e-5
+#: the linears of a block that ``low_rank`` can factorise, under ``h.{i}.``
+BLOCK_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
 
 
-class GPTParams(BaseModel):
+class GPTParams(LowRankParams):
     """Params of ``model: {name: gpt}`` (the vocabulary size comes from the tokenizer)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -40,6 +52,19 @@ class GPTParams(BaseModel):
     tied_embeddings: bool = True
     rope: bool = Field(False, description="rotary position embeddings instead of learned positions")
     rope_base: float = Field(10000.0, gt=1.0)
+    low_rank: LowRank
+
+    @field_validator("low_rank")
+    @classmethod
+    def _known_layers(cls, value: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        data = info.data
+        if not {"n_layer", "d_model", "d_ff"} <= set(data):
+            return value  # an earlier field failed; that error is the one reported
+        return check_low_rank_layers(value, linear_dims(data["n_layer"], data["d_model"], data["d_ff"]))
+
+    def linear_dims(self) -> dict[str, tuple[int, int]]:
+        """``(in, out)`` of every block linear, by layer prefix."""
+        return linear_dims(self.n_layer, self.d_model, self.d_ff)
 
     @model_validator(mode="after")
     def _heads_divide(self) -> GPTParams:
@@ -48,6 +73,13 @@ class GPTParams(BaseModel):
         if self.rope and (self.d_model // self.n_head) % 2:
             raise ValueError("rope needs an even head size (d_model / n_head)")
         return self
+
+
+def linear_dims(n_layer: int, d_model: int, d_ff: int | None) -> dict[str, tuple[int, int]]:
+    """``(in, out)`` of every block linear of a GPT, by layer prefix (``h.{i}.attn.qkv``, ...)."""
+    d, ff = d_model, d_ff or 4 * d_model
+    shapes = {"attn.qkv": (d, 3 * d), "attn.proj": (d, d), "mlp.fc": (d, ff), "mlp.proj": (ff, d)}
+    return {f"h.{i}.{lin}": shapes[lin] for i in range(n_layer) for lin in BLOCK_LINEARS}
 
 
 def _table(p: GPTParams, vocab: int) -> list[ParamSpec]:
@@ -62,7 +94,7 @@ def _table(p: GPTParams, vocab: int) -> list[ParamSpec]:
                 ParamSpec(f"{prefix}.bias", (d,), "norm_bias", decay=False)]
 
     def dense(prefix: str, fan_in: int, fan_out: int, std: float) -> list[ParamSpec]:
-        return [ParamSpec(f"{prefix}.weight", (fan_in, fan_out), "dense", "normal", std),
+        return [*dense_kernel_specs(prefix, fan_in, fan_out, std, p.low_rank.get(prefix)),
                 ParamSpec(f"{prefix}.bias", (fan_out,), "bias", decay=False)]
 
     for i in range(p.n_layer):
@@ -114,6 +146,7 @@ def build_gpt(params: GPTParams, info: DataInfo) -> ModelSpec:
                           f"({info.input_shape[0]} tokens)")
     vocab = info.num_outputs
     n_head, d = params.n_head, params.d_model
+    check_low_rank(params.low_rank, params.linear_dims())
 
     def forward(w: Mapping[str, np.ndarray], tokens: np.ndarray) -> np.ndarray:
         tokens = np.asarray(tokens, dtype=np.int64)
@@ -124,16 +157,16 @@ def build_gpt(params: GPTParams, info: DataInfo) -> ModelSpec:
         for i in range(params.n_layer):
             p = f"h.{i}"
             a = layer_norm(h, w[f"{p}.ln_1.weight"], w[f"{p}.ln_1.bias"])
-            qkv = ref.dense(a, w[f"{p}.attn.qkv.weight"], w[f"{p}.attn.qkv.bias"])
+            qkv = dense_apply(w, f"{p}.attn.qkv", a)
             q, k, v = (part.reshape(b, t, n_head, d // n_head).transpose(0, 2, 1, 3)
                        for part in np.split(qkv, 3, axis=-1))
             if params.rope:
                 q, k = rotary(q, params.rope_base), rotary(k, params.rope_base)
             att = causal_attention(q, k, v).transpose(0, 2, 1, 3).reshape(b, t, d)
-            h = h + ref.dense(att, w[f"{p}.attn.proj.weight"], w[f"{p}.attn.proj.bias"])
+            h = h + dense_apply(w, f"{p}.attn.proj", att)
             m = layer_norm(h, w[f"{p}.ln_2.weight"], w[f"{p}.ln_2.bias"])
-            m = ref.activation("gelu", ref.dense(m, w[f"{p}.mlp.fc.weight"], w[f"{p}.mlp.fc.bias"]))
-            h = h + ref.dense(m, w[f"{p}.mlp.proj.weight"], w[f"{p}.mlp.proj.bias"])
+            m = ref.activation("gelu", dense_apply(w, f"{p}.mlp.fc", m))
+            h = h + dense_apply(w, f"{p}.mlp.proj", m)
         h = layer_norm(h, w["ln_f.weight"], w["ln_f.bias"])
         head = w["wte"].T if params.tied_embeddings else w["lm_head.weight"]
         return h @ head.astype(np.float64)
@@ -143,8 +176,11 @@ def build_gpt(params: GPTParams, info: DataInfo) -> ModelSpec:
 
 def flops_per_token(params: GPTParams, vocab: int, seq_len: int) -> float:
     """Training FLOPs per token (forward + backward), the PaLM appendix-B estimate:
-    6 N + 12 L T d, with N the non-embedding parameters plus the output projection."""
-    d, ff = params.d_model, params.d_ff or 4 * params.d_model
-    per_layer = d * 3 * d + d * d + 2 * d * ff
-    n = params.n_layer * per_layer + d * vocab
+    6 N + 12 L T d, with N the non-embedding parameters plus the output projection (a factorised
+    linear counts its two factors)."""
+    d = params.d_model
+    n = d * vocab
+    for prefix, (fan_in, fan_out) in params.linear_dims().items():
+        rank = params.low_rank.get(prefix)
+        n += fan_in * fan_out if rank is None else rank * (fan_in + fan_out)
     return 6.0 * n + 12.0 * params.n_layer * seq_len * d

@@ -6,19 +6,25 @@ Canonical layouts (every backend converts to and from these exactly):
 - ``conv2d``: ``[kh, kw, in, out]`` (HWIO) on NHWC inputs
 - ``bias``, ``norm_scale``, ``norm_bias``: ``[n]``
 - ``embedding``: ``[vocab, dim]``
+
+Low rank (model param ``low_rank: {"<layer prefix>": r}``): the dense layer ``<prefix>`` keeps two
+factors instead of its kernel, ``<prefix>.weight_u`` ``[in, r]`` and ``<prefix>.weight_v``
+``[r, out]`` (both layout ``dense``), so ``y = (x @ U) @ V + b``.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BaseModel, Field, PositiveInt, SerializerFunctionWrapHandler, model_serializer
 
 from crossframe.data.dataset import DataInfo
-from crossframe.errors import CheckpointError
+from crossframe.errors import CheckpointError, ConfigError, did_you_mean
 
 Params = dict[str, np.ndarray]
 LAYOUTS = ("dense", "conv2d", "bias", "norm_scale", "norm_bias", "embedding")
@@ -89,6 +95,110 @@ class ModelSpec:
                 raise CheckpointError(
                     f"{source}: '{name}' has shape {tuple(weights[name].shape)}, model expects {shape}")
 
+    @property
+    def low_rank(self) -> dict[str, int]:
+        """Factorised dense layers: ``{layer prefix: rank}`` (empty for a full-rank model)."""
+        return dict(self.params.get("low_rank") or {})
+
+    def dense_dims(self, prefix: str) -> tuple[int, int]:
+        """``(in, out)`` of the dense layer ``prefix``, full kernel or factorised."""
+        shapes = {p.name: p.shape for p in self.table}
+        if f"{prefix}.weight" in shapes:
+            fan_in, fan_out = shapes[f"{prefix}.weight"]
+            return int(fan_in), int(fan_out)
+        u, v = low_rank_names(prefix)
+        if u in shapes and v in shapes:
+            return int(shapes[u][0]), int(shapes[v][1])
+        raise KeyError(f"model '{self.name}' has no dense layer '{prefix}'")
+
     def to_json(self) -> dict:
         """What rebuilds this spec: architecture name, params and data info."""
         return {"name": self.name, "params": self.params, "data_info": self.data_info.to_json()}
+
+
+# --------------------------------------------------------------------------- low rank
+
+
+def low_rank_names(prefix: str) -> tuple[str, str]:
+    """Canonical names of the two factors of the dense layer ``prefix``: ``U`` ``[in, r]``, ``V`` ``[r, out]``."""
+    return f"{prefix}.weight_u", f"{prefix}.weight_v"
+
+
+def dense_kernel_specs(prefix: str, fan_in: int, fan_out: int, std: float, rank: int | None = None
+                       ) -> list[ParamSpec]:
+    """The kernel of a dense layer (normal, std ``std``): ``<prefix>.weight``, or with ``rank`` its two factors.
+
+    Each factor is drawn with std ``sqrt(std) / r**0.25``, so their product has std ``std`` as the full kernel.
+    """
+    if rank is None:
+        return [ParamSpec(f"{prefix}.weight", (fan_in, fan_out), "dense", "normal", std)]
+    u, v = low_rank_names(prefix)
+    factor_std = math.sqrt(std) / rank ** 0.25
+    return [ParamSpec(u, (fan_in, rank), "dense", "normal", factor_std),
+            ParamSpec(v, (rank, fan_out), "dense", "normal", factor_std)]
+
+
+def dense_kernel(weights: Mapping[str, np.ndarray], prefix: str) -> np.ndarray:
+    """The ``[in, out]`` kernel of layer ``prefix`` (``U @ V`` for a factorised layer), float64."""
+    if f"{prefix}.weight" in weights:
+        return np.asarray(weights[f"{prefix}.weight"], np.float64)
+    u, v = low_rank_names(prefix)
+    return np.asarray(weights[u], np.float64) @ np.asarray(weights[v], np.float64)
+
+
+def dense_apply(weights: Mapping[str, np.ndarray], prefix: str, x: np.ndarray, bias: bool = True) -> np.ndarray:
+    """Reference ``x @ W (+ b)`` of layer ``prefix`` in float64; ``(x @ U) @ V`` when it is factorised."""
+    h = np.asarray(x, np.float64)
+    if f"{prefix}.weight" in weights:
+        y = h @ np.asarray(weights[f"{prefix}.weight"], np.float64)
+    else:
+        u, v = low_rank_names(prefix)
+        y = (h @ np.asarray(weights[u], np.float64)) @ np.asarray(weights[v], np.float64)
+    return y + np.asarray(weights[f"{prefix}.bias"], np.float64) if bias else y
+
+
+def check_low_rank_layers(low_rank: Mapping[str, int],
+                          layers: list[str] | Mapping[str, tuple[int, int]]) -> dict[str, int]:
+    """``low_rank`` if every key is one of ``layers`` and, where ``layers`` maps names to ``(in, out)``,
+    every rank is within ``1..min(in, out)``; else a one-line :class:`ValueError` (for schema validators)."""
+    names = list(layers)
+    for name, rank in low_rank.items():
+        if name not in names:
+            shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+            hint = did_you_mean(name, names)
+            raise ValueError(f"unknown layer '{name}'{hint or f'; factorisable layers: {shown}'}")
+        if isinstance(layers, Mapping):
+            fan_in, fan_out = layers[name]
+            if not 1 <= int(rank) <= min(fan_in, fan_out):
+                raise ValueError(f"rank {rank} for '{name}' is outside 1..min(in, out) = "
+                                 f"{min(fan_in, fan_out)} (the layer is [{fan_in}, {fan_out}])")
+    return dict(low_rank)
+
+
+def check_low_rank(low_rank: Mapping[str, int], dims: Mapping[str, tuple[int, int]],
+                   where: str = "model.low_rank") -> None:
+    """Raise :class:`ConfigError` (one line) unless each key is a layer of ``dims`` of rank 1..min(in, out)."""
+    try:
+        check_low_rank_layers(low_rank, dims)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+LOW_RANK_DESCRIPTION = ("factorise dense layers: {layer prefix: rank}; kernel [in, out] -> "
+                        "weight_u [in, r] @ weight_v [r, out]")
+
+
+#: the type of the ``low_rank`` model param; declare it as the last field (its validator sees the others)
+LowRank = Annotated[dict[str, PositiveInt], Field(default_factory=dict, description=LOW_RANK_DESCRIPTION)]
+
+
+class LowRankParams(BaseModel):
+    """Base of model params with a ``low_rank: LowRank`` field: the field is left out of the dump while empty,
+    so full-rank specs (and their checkpoints) read as before."""
+
+    @model_serializer(mode="wrap")
+    def _drop_empty_low_rank(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if not data.get("low_rank"):
+            data.pop("low_rank", None)
+        return data
