@@ -90,6 +90,19 @@ def register_loggers(register: Any) -> None:
 
 
 @hookimpl
+def register_compressors(register: Any) -> None:
+    """Register ``prune``, ``lowrank`` and ``quantize`` (neutral: they act on canonical weights)."""
+    from crossframe.compress import lowrank, pruning, quantize
+
+    register("prune", pruning.make_pruner, schema=pruning.PruneParams,
+             description="magnitude pruning: unstructured, N:M, rows or attention heads")
+    register("lowrank", lowrank.make_lowrank, schema=lowrank.LowRankParams,
+             description="truncated-SVD factorisation of dense layers (changes the model)")
+    register("quantize", quantize.make_quantizer, schema=quantize.QuantizeParams,
+             description="symmetric round-to-nearest int8 / int4 weights")
+
+
+@hookimpl
 def register_exporters(register: Any) -> None:
     """Register ``onnx``, ``native``, ``torch-export``, ``saved-model``, ``tflite`` and ``stablehlo``."""
     from crossframe.export import registry

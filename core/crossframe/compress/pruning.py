@@ -1,0 +1,330 @@
+"""``prune``: magnitude pruning of canonical weights, unstructured, N:M, whole rows or whole heads.
+
+Every pattern is count-based: the number of zeros is computed from the sparsity (half rounds
+up) and the smallest scores are cut, ties broken by position (the earlier index goes first),
+so the result is exact and repeatable. Masks from earlier steps are kept: weights they pruned
+count as already cut (they rank below every live weight), and the returned mask is the product
+of the old and the new one, so pruning twice never revives a weight.
+
+Patterns (``pattern``):
+
+- ``unstructured``: single weights by ``|w|``; ``scope: layer`` gives each tensor exactly
+  ``round(sparsity * size)`` zeros, ``scope: global`` ranks every selected weight together.
+- ``N:M`` (e.g. ``2:4``): in each group of ``M`` consecutive weights along the input axis
+  (axis 0 of a dense ``[in, out]`` kernel, the input-channel axis of an HWIO conv kernel) the
+  ``N`` largest survive; a trailing partial group of ``g < M`` keeps ``min(N, g)``. The
+  sparsity follows from the pattern (``1 - N/M``), so ``sparsity`` is not given.
+- ``rows``: whole output units (a column of a dense kernel, a filter of a conv kernel) by L2
+  norm; ``round(sparsity * units)`` per tensor, or over all selected units ranked by RMS (the
+  norm over the square root of the unit's size, so layers of different fan-in compare). The
+  unit's bias entry is masked too, so the unit outputs exactly zero before its activation.
+- ``heads``: whole attention heads of a ``gpt``, by the L2 norm of their query, key and value
+  columns of ``attn.qkv.weight`` and their rows of ``attn.proj.weight``; those slices (and the
+  head's ``attn.qkv.bias`` entries) are masked.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from crossframe.compress.base import CompressContext, CompressResult
+from crossframe.errors import ConfigError
+from crossframe.models.spec import ModelSpec, Params
+
+#: the layouts selected when ``include`` is empty: dense and conv kernels (never biases, norms, embeddings)
+DEFAULT_LAYOUTS = ("dense", "conv2d")
+N_M = re.compile(r"^(\d+):(\d+)$")
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def select_names(spec: ModelSpec, include: Iterable[str], exclude: Iterable[str], where: str,
+                 layouts: tuple[str, ...] = DEFAULT_LAYOUTS) -> list[str]:
+    """Canonical names (table order) chosen by glob patterns: ``include`` (empty: every parameter of
+    ``layouts``) minus ``exclude``. A pattern that matches nothing is a one-line :class:`ConfigError`."""
+    include, exclude = list(include), list(exclude)
+    names = [p.name for p in spec.table]
+    for key, patterns in (("include", include), ("exclude", exclude)):
+        for pattern in patterns:
+            if not fnmatch.filter(names, pattern):
+                raise ConfigError(f"{where}.{key}: '{pattern}' matches no parameter of model '{spec.name}' "
+                                  f"(names look like {', '.join(repr(n) for n in names[:3])})")
+    if include:
+        chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in include)]
+    else:
+        chosen = [p.name for p in spec.table if p.layout in layouts]
+    chosen = [n for n in chosen if not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
+    if not chosen:
+        raise ConfigError(f"{where}: include/exclude leave no parameter of model '{spec.name}' to compress")
+    return chosen
+
+
+def count_for(fraction: float, total: int) -> int:
+    """``round(fraction * total)`` with halves rounded up: the exact number of items a fraction asks for."""
+    return min(total, math.floor(fraction * total + 0.5))
+
+
+def keep_masks(masks: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Earlier masks that still fit ``weights`` (same name and shape), as boolean arrays (True keeps)."""
+    return {k: np.asarray(m) != 0 for k, m in masks.items()
+            if k in weights and np.shape(m) == np.shape(weights[k])}
+
+
+def _smallest(scores: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` smallest scores; equal scores go in index order."""
+    return np.argsort(scores, kind="stable")[:count]
+
+
+# --------------------------------------------------------------------------- params
+
+
+class PruneParams(BaseModel):
+    """Params of ``compress: [{name: prune, ...}]``."""
+
+    model_config = ConfigDict(extra="forbid")
+    pattern: str = Field("unstructured", description="unstructured | N:M (e.g. 2:4) | rows | heads")
+    sparsity: float | None = Field(None, ge=0.0, le=1.0, validate_default=True,
+                                   description="fraction of the selected weights (rows, heads) set to zero")
+    scope: Literal["layer", "global"] = Field(
+        "layer", description="layer: each tensor gets exactly that sparsity; global: rank all selected together")
+    include: list[str] = Field(default_factory=list,
+                               description="glob patterns over canonical names; default every dense and conv kernel")
+    exclude: list[str] = Field(default_factory=list, description="glob patterns over canonical names to leave alone")
+
+    @field_validator("pattern")
+    @classmethod
+    def _known_pattern(cls, value: str) -> str:
+        if value in ("unstructured", "rows", "heads"):
+            return value
+        match = N_M.match(value)
+        if not match:
+            raise ValueError("must be 'unstructured', 'rows', 'heads' or 'N:M' such as '2:4'")
+        n, m = int(match[1]), int(match[2])
+        if not 1 <= n < m:
+            raise ValueError(f"'{value}': N:M needs 1 <= N < M")
+        return value
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity_for_pattern(cls, value: float | None, info: ValidationInfo) -> float | None:
+        pattern = info.data.get("pattern")
+        if pattern is None:
+            return value  # the pattern's own error is the one reported
+        if N_M.match(pattern):
+            if value is not None:
+                raise ValueError(f"pattern '{pattern}' fixes the sparsity; leave sparsity out")
+            return None
+        if value is None:
+            raise ValueError(f"required for pattern '{pattern}' (a fraction in 0..1)")
+        return value
+
+    @property
+    def n_m(self) -> tuple[int, int] | None:
+        """``(N, M)`` for an N:M pattern, else None."""
+        match = N_M.match(self.pattern)
+        return (int(match[1]), int(match[2])) if match else None
+
+
+# --------------------------------------------------------------------------- the compressor
+
+
+@dataclass
+class Pruner:
+    """The ``prune`` compressor (see the module docstring for the patterns)."""
+
+    params: PruneParams
+    name: str = "prune"
+
+    def apply(self, context: CompressContext) -> CompressResult:
+        """Masks and masked weights for ``context``; the input arrays are not modified."""
+        p, spec = self.params, context.spec
+        where = self.name
+        chosen = select_names(spec, p.include, p.exclude, where)
+        old = keep_masks(context.masks, context.weights)
+        weights = {k: np.asarray(v) for k, v in context.weights.items()}
+        if p.pattern == "heads":
+            new, units = _prune_heads(spec, weights, old, chosen, p, where)
+        else:
+            layouts = {q.name: q.layout for q in spec.table}
+            new, units = {}, {}
+            if p.pattern == "unstructured":
+                new = _prune_unstructured(weights, old, chosen, p)
+            elif p.pattern == "rows":
+                _need_layouts(chosen, layouts, where, "rows")
+                new, units = _prune_rows(weights, old, chosen, p)
+            else:
+                _need_layouts(chosen, layouts, where, p.pattern)
+                n, m = p.n_m or (0, 0)
+                new = {k: _n_m_mask(weights[k], old.get(k), layouts[k], n, m) for k in chosen}
+        masks = dict(old)
+        for key, mask in new.items():
+            masks[key] = mask & old[key] if key in old else mask
+        out = {k: (np.where(masks[k], v, 0).astype(v.dtype) if k in masks else v.copy()) for k, v in weights.items()}
+        summary = _summary(p, chosen, masks, units)
+        return CompressResult(weights=out, masks={k: m.astype(np.float32) for k, m in masks.items()},
+                              summary=summary)
+
+
+def _need_layouts(chosen: list[str], layouts: Mapping[str, str], where: str, pattern: str) -> None:
+    bad = [k for k in chosen if layouts[k] not in DEFAULT_LAYOUTS]
+    if bad:
+        raise ConfigError(f"{where}.include: pattern '{pattern}' applies to dense and conv2d kernels only; "
+                          f"'{bad[0]}' is {layouts[bad[0]]}")
+
+
+def _prune_unstructured(weights: Params, old: Mapping[str, np.ndarray], chosen: list[str],
+                        p: PruneParams) -> dict[str, np.ndarray]:
+    """Masks cutting the smallest ``|w|`` (earlier-pruned weights first), per tensor or over all of them."""
+    assert p.sparsity is not None
+    scores = {}
+    for key in chosen:
+        s = np.abs(weights[key].astype(np.float64)).reshape(-1)
+        if key in old:
+            s = np.where(old[key].reshape(-1), s, -1.0)
+        scores[key] = s
+    masks = {}
+    if p.scope == "layer":
+        for key in chosen:
+            keep = np.ones(scores[key].size, dtype=bool)
+            keep[_smallest(scores[key], count_for(p.sparsity, keep.size))] = False
+            masks[key] = keep.reshape(weights[key].shape)
+        return masks
+    flat = np.concatenate([scores[k] for k in chosen])
+    keep = np.ones(flat.size, dtype=bool)
+    keep[_smallest(flat, count_for(p.sparsity, flat.size))] = False
+    start = 0
+    for key in chosen:
+        size = scores[key].size
+        masks[key] = keep[start:start + size].reshape(weights[key].shape)
+        start += size
+    return masks
+
+
+def _n_m_mask(w: np.ndarray, old: np.ndarray | None, layout: str, n: int, m: int) -> np.ndarray:
+    """Keep the ``n`` largest ``|w|`` of each ``m`` consecutive weights along the input axis."""
+    axis = 0 if layout == "dense" else 2  # dense [in, out]; conv2d [kh, kw, in, out]
+    scores = np.abs(w.astype(np.float64))
+    if old is not None:
+        scores = np.where(old, scores, -1.0)
+    moved = np.moveaxis(scores, axis, -1)
+    length = moved.shape[-1]
+    groups = -(-length // m)
+    padded = np.full((*moved.shape[:-1], groups * m), -np.inf)
+    padded[..., :length] = moved
+    grouped = padded.reshape(*moved.shape[:-1], groups, m)
+    order = np.argsort(-grouped, axis=-1, kind="stable")  # largest first, earlier index on ties
+    keep = np.zeros(grouped.shape, dtype=bool)
+    np.put_along_axis(keep, order[..., :n], True, axis=-1)
+    keep = keep.reshape(*moved.shape[:-1], groups * m)[..., :length]
+    return np.moveaxis(keep, -1, axis)
+
+
+def _prune_rows(weights: Params, old: Mapping[str, np.ndarray], chosen: list[str], p: PruneParams
+                ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Masks removing whole output units (the last axis) by L2 norm; the units' bias entries too."""
+    assert p.sparsity is not None
+    norms = {}
+    for key in chosen:
+        w = weights[key].astype(np.float64)
+        if key in old:
+            w = np.where(old[key], w, 0.0)
+        flat = w.reshape(-1, w.shape[-1])
+        norms[key] = np.sqrt((flat**2).sum(axis=0)) / math.sqrt(flat.shape[0])  # RMS per unit
+    cut: dict[str, np.ndarray] = {}
+    if p.scope == "layer":
+        for key in chosen:
+            cut[key] = _smallest(norms[key], count_for(p.sparsity, norms[key].size))
+    else:
+        flat_norms = np.concatenate([norms[k] for k in chosen])
+        picked = _smallest(flat_norms, count_for(p.sparsity, flat_norms.size))
+        offsets = np.cumsum([0] + [norms[k].size for k in chosen])
+        for i, key in enumerate(chosen):
+            cut[key] = picked[(picked >= offsets[i]) & (picked < offsets[i + 1])] - offsets[i]
+    masks: dict[str, np.ndarray] = {}
+    units: dict[str, Any] = {}
+    for key in chosen:
+        keep_units = np.ones(norms[key].size, dtype=bool)
+        keep_units[cut[key]] = False
+        masks[key] = np.broadcast_to(keep_units, weights[key].shape).copy()
+        units[key] = {"units": int(keep_units.size), "pruned_units": int((~keep_units).sum())}
+        bias = key.rsplit(".", 1)[0] + ".bias"
+        if key.endswith(".weight") and bias in weights and weights[bias].shape == keep_units.shape:
+            masks[bias] = masks.get(bias, np.ones_like(keep_units)) & keep_units
+    return masks, units
+
+
+def _prune_heads(spec: ModelSpec, weights: Params, old: Mapping[str, np.ndarray], chosen: list[str],
+                 p: PruneParams, where: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Masks removing whole attention heads of a gpt: their q/k/v columns and proj rows."""
+    assert p.sparsity is not None
+    if spec.name != "gpt":
+        raise ConfigError(f"{where}.pattern: 'heads' prunes attention heads of a 'gpt' model, not '{spec.name}'")
+    n_head, d = int(spec.params["n_head"]), int(spec.params["d_model"])
+    hd = d // n_head
+    layers = []
+    for i in range(int(spec.params["n_layer"])):
+        qkv, proj = f"h.{i}.attn.qkv.weight", f"h.{i}.attn.proj.weight"
+        if qkv in chosen or proj in chosen:
+            if qkv not in weights or proj not in weights:
+                raise ConfigError(f"{where}.pattern: 'heads' needs full attention kernels, but layer h.{i} is "
+                                  "factorised (low_rank); exclude it or prune before factorising")
+            layers.append(i)
+    if not layers:
+        raise ConfigError(f"{where}.include: pattern 'heads' needs h.<i>.attn.qkv.weight or attn.proj.weight selected")
+
+    def masked(key: str) -> np.ndarray:
+        w = weights[key].astype(np.float64)
+        return np.where(old[key], w, 0.0) if key in old else w
+
+    norms = {}
+    for i in layers:
+        qkv = masked(f"h.{i}.attn.qkv.weight").reshape(d, 3, n_head, hd)
+        proj = masked(f"h.{i}.attn.proj.weight").reshape(n_head, hd, d)
+        norms[i] = np.sqrt((qkv**2).sum(axis=(0, 1, 3)) + (proj**2).sum(axis=(1, 2)))
+    if p.scope == "layer":
+        cut = {i: _smallest(norms[i], count_for(p.sparsity, n_head)) for i in layers}
+    else:
+        picked = _smallest(np.concatenate([norms[i] for i in layers]), count_for(p.sparsity, n_head * len(layers)))
+        cut = {i: picked[(picked >= j * n_head) & (picked < (j + 1) * n_head)] - j * n_head
+               for j, i in enumerate(layers)}
+    masks: dict[str, np.ndarray] = {}
+    units: dict[str, Any] = {}
+    for i in layers:
+        keep = np.ones(n_head, dtype=bool)
+        keep[cut[i]] = False
+        cols = np.tile(np.repeat(keep, hd), 3)  # q | k | v, each head's hd columns
+        masks[f"h.{i}.attn.qkv.weight"] = np.broadcast_to(cols, (d, 3 * d)).copy()
+        masks[f"h.{i}.attn.proj.weight"] = np.broadcast_to(np.repeat(keep, hd)[:, None], (d, d)).copy()
+        if f"h.{i}.attn.qkv.bias" in weights:
+            masks[f"h.{i}.attn.qkv.bias"] = cols.copy()
+        units[f"h.{i}.attn"] = {"heads": n_head, "pruned_heads": sorted(int(h) for h in cut[i])}
+    return masks, units
+
+
+def _summary(p: PruneParams, chosen: list[str], masks: Mapping[str, np.ndarray], units: Mapping[str, Any]
+             ) -> dict[str, Any]:
+    """Achieved sparsity per pruned tensor and over the selected kernels together."""
+    tensors: dict[str, Any] = {}
+    total = zeros = 0
+    for key in sorted(masks, key=lambda k: (k not in chosen, k)):
+        size, z = int(masks[key].size), int((~masks[key]).sum())
+        tensors[key] = {"size": size, "pruned": z, "sparsity": z / size if size else 0.0}
+        if key in chosen:
+            total, zeros = total + size, zeros + z
+    return {"pattern": p.pattern, "scope": p.scope, "requested": p.sparsity if p.n_m is None else
+            1.0 - p.n_m[0] / p.n_m[1], "sparsity": zeros / total if total else 0.0, "pruned": zeros,
+            "size": total, "tensors": tensors, **({"units": dict(units)} if units else {})}
+
+
+def make_pruner(params: PruneParams) -> Pruner:
+    """The factory registered as ``prune``."""
+    return Pruner(params)
