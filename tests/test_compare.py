@@ -151,7 +151,8 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], tmp_path: Path, capsy
 
 def test_missing_config_file_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["compare", str(tmp_path / "nope.yaml")]) == 2
-    assert "nope.yaml" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nope.yaml" in err and len(err.strip().splitlines()) == 1
 
 
 def test_schema_rejects_broken_results(compared: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ import click
 
 
 @click.command("compare")
-@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.argument("config", required=False)
 @click.option("--backends", "-b", default="torch,jax,tensorflow", show_default=True,
               help="Comma-separated backends; each runs in its own process.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -23,15 +23,12 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print results.json instead of the table.")
 def compare_command(config: str | None, backends: str, overrides: tuple[str, ...], out: str | None,
                     steps: int | None, quiet: bool, as_json: bool) -> None:
-    """Train CONFIG on each backend from the same initial weights and batches; compare numerics, speed,
-    memory, accuracy and exports. Writes report.md, report.html, results.json and plots."""
+    """Train CONFIG (a file or a built-in preset) on each backend from the same initial weights and batches;
+    compare numerics, speed, memory, accuracy and exports. Writes report.md, report.html, results.json and plots."""
     import json
 
     from crossframe.compare.api import compare
-    from crossframe.errors import UsageError
 
-    if config is not None and not Path(config).is_file():
-        raise UsageError(f"CONFIG: '{config}' is not a file")
     results = compare(config, backends, overrides, out=out, steps=steps, progress=not quiet)
     if as_json:
         click.echo(json.dumps(results, indent=2))
