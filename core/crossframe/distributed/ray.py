@@ -74,7 +74,7 @@ def run_on_ray(job: Job, gpus_per_worker: float = 0.0) -> None:
         raise DistributedError("launch.launcher: 'ray' needs Ray; install crossframe[ray]") from None
     started_here = not ray.is_initialized()
     if started_here:
-        local = "RAY_ADDRESS" not in os.environ
+        local = not os.environ.get("RAY_ADDRESS")
         ray.init(**({"num_cpus": max(os.cpu_count() or 1, job.world_size)} if local else {}),
                  include_dashboard=False, log_to_driver=True, configure_logging=False)
     actor_cls = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, max_concurrency=2)(_WorkerActor)
