@@ -325,7 +325,7 @@ class JaxBackend(Backend):
 
         size = 1024 if device == "cpu" else 4096
         dtype = {"fp32": jnp.float32, "bf16": jnp.bfloat16, "fp16": jnp.float16}[precision]
-        target = devices.jax_device(device)
+        target = distributed.local_device(device)  # this process's own (jax_device's in one process)
         a, b = (jax.device_put(jnp.ones((size, size), dtype) * (i + 1), target) for i in range(2))
         matmul = jax.jit(jnp.dot)
         return probe_peak(lambda: matmul(a, b).block_until_ready(), size)

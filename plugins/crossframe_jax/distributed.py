@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import socket
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,7 +39,7 @@ from crossframe.backend import TrainSetup, WorldInfo
 from crossframe.errors import CapabilityError, DistributedError
 from crossframe.models.spec import Params
 from crossframe_jax import devices
-from crossframe_jax.models import load_canonical, place
+from crossframe_jax.models import load_canonical
 from crossframe_jax.optim import OptState, load_optimizer_state
 
 #: the strategies this module adds to ``single``
@@ -62,6 +64,13 @@ def init_distributed(world: WorldInfo, device: str) -> None:
         return
     if jax.distributed.is_initialized():
         return
+    timeout = max(1, math.ceil(world.collective_timeout_s))
+    # jax aborts the process (no Python exception) when it cannot reach the coordinator or bind
+    # its port; checking both first turns those into one-line errors
+    if world.rank == 0:
+        _check_port_free(world)
+    else:
+        _wait_for_coordinator(world, timeout)
     from jax._src import xla_bridge
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -71,7 +80,6 @@ def init_distributed(world: WorldInfo, device: str) -> None:
         from jax.extend.backend import clear_backends
 
         clear_backends()
-    timeout = max(1, math.ceil(world.collective_timeout_s))
     local_ids = [world.local_rank] if device == "gpu" and world.local_world_size > 1 else None
     try:
         jax.distributed.initialize(
@@ -87,6 +95,32 @@ def init_distributed(world: WorldInfo, device: str) -> None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DistributedError(f"launch: rank {world.rank} of {world.world_size} could not join the jax job at "
                                f"{world.master_addr}:{world.master_port} within {timeout} s ({first})") from None
+
+
+def _check_port_free(world: WorldInfo) -> None:
+    """Raise :class:`DistributedError` when rank 0 cannot bind the coordinator's port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("", world.master_port))
+        except OSError as exc:
+            raise DistributedError(f"launch.master_port: rank 0 cannot start the jax coordinator on port "
+                                   f"{world.master_port} ({exc.strerror or exc}); choose a free port") from None
+
+
+def _wait_for_coordinator(world: WorldInfo, timeout: float) -> None:
+    """Wait until rank 0's coordinator accepts connections, at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((world.master_addr, world.master_port), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise DistributedError(f"launch: rank {world.rank} found no jax coordinator at {world.master_addr}:"
+                                       f"{world.master_port} within {timeout:g} s (launch.collective_timeout_s); "
+                                       "is rank 0 running?") from None
+            time.sleep(0.1)
 
 
 def shutdown_distributed() -> None:
@@ -107,6 +141,12 @@ def _kind_devices(device: str, local: bool) -> list[Any]:
     if not chosen:
         raise CapabilityError(f"device: '{device}' requested, but jax sees no such device")
     return sorted(chosen, key=lambda d: (d.process_index, d.id))
+
+
+def local_device(device: str) -> Any:
+    """This process's first device of kind ``device`` (after ``jax.distributed.initialize``,
+    ``jax.devices()`` lists every process's devices and only this process's are usable here)."""
+    return _kind_devices(device, local=True)[0]
 
 
 def local_replicas(world: WorldInfo, device: str) -> int:
@@ -254,9 +294,8 @@ def create_state(backend: Any, setup: TrainSetup) -> Any:
     param_sh = plan.params(shapes)
     params = load_canonical(setup.spec, setup.weights, param_sh)
     extra: dict[str, Any] = {}
-    if setup.masks:  # pruning masks sharded like their parameters; the weights start pruned
-        jb._native_masks(setup, program.device)  # checks names and shapes
-        extra["masks"] = place(setup.masks, {name: param_sh[name] for name in setup.masks})
+    if setup.masks:  # pruning masks (checked, replicated); the weights start pruned
+        extra["masks"] = jb._native_masks(setup, plan.replicated)
         params = jb.apply_masks(params, extra["masks"])
     teacher_forward = None
     if setup.distill is not None:  # the teacher replicated, run in the same step
@@ -276,6 +315,8 @@ def create_state(backend: Any, setup: TrainSetup) -> Any:
               *rest: Any) -> Any:
         return step(params, opt, plan.batch(x, split), plan.batch(y, split),
                     None if mask is None else plan.batch(mask, split), lr, *rest)
+
+    train.jitted = step  # type: ignore[attr-defined]  # for inspection (tests lower it to see the collectives)
 
     evaluate_jit = jax.jit(_raw(program.evaluate), out_shardings=plan.replicated)
     predict_jit = jax.jit(_raw(program.predict), out_shardings=plan.replicated)
