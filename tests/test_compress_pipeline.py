@@ -105,6 +105,17 @@ def test_quantised_checkpoint_reloads_and_evaluates(trained: Path) -> None:
     assert metrics["val/accuracy"] == pytest.approx(_report(trained)["steps"][1]["metric_after"], abs=1e-6)
 
 
+def test_tflite_int8_through_tensorflow_from_a_torch_run(trained: Path) -> None:
+    pytest.importorskip("tensorflow")
+    from crossframe.compress.pipeline import Options, export_run
+
+    report, (entry,) = export_run(trained, ["tflite-int8"], backend="tensorflow", options=Options(latency=False))
+    assert entry["format"] == "tflite" and entry["backend"] == "tensorflow"
+    assert entry["path"].endswith(".tflite") and Path(entry["path"]).is_file()
+    assert entry["verify"]["passed"] and entry["verify"]["max_rel_diff"] <= entry["verify"]["tolerance"]
+    assert entry["source"] == report.data["final"]  # the last compressed step is what gets exported
+    assert entry["metric_after"] == pytest.approx(entry["metric_before"], abs=0.05)
+
 def test_compress_on_another_backend_from_the_cli(trained: Path, capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("jax")
     from crossframe.cli.main import main
@@ -168,3 +179,4 @@ def test_third_party_compressor_through_the_hook(trained: Path, tmp_path: Path) 
     assert halve["summary"]["scale"] == 0.0 and halve["summary"]["masks_in"] >= 1  # the prune masks reached it
     assert halve["sparsity"] == 1.0 and halve["nonzero_params"] == 0
     assert halve["metric_after"] < report.steps[-2]["metric_after"]
+

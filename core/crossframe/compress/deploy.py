@@ -10,11 +10,13 @@ name                   backends    what it writes
 ``onnx-int8-dynamic``  any         ``model.int8.onnx``: ORT ``quantize_dynamic`` of the fp32 ONNX
 ``onnx-int8-static``   any         ``model.int8.onnx``: ORT ``quantize_static`` (QDQ, MinMax
                                    calibration on ``calibration_batches`` training batches)
+``tflite-int8``        tensorflow  ``model.int8.tflite``: TFLite dynamic-range quantisation
+                                   (``tf.lite.Optimize.DEFAULT``) of the ``saved-model`` export
 =====================  ==========  ===========================================================
 
 Each is verified against the float model on validation batches with a looser tolerance than a
 float export: the largest output error relative to the largest float output
-(``max|q - f| / max|f|``) must stay within ``tolerance`` (default 0.1 for dynamic, 0.15 for static).
+(``max|q - f| / max|f|``) must stay within ``tolerance`` (default 0.1, 0.15 for static).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class DeployParams(BaseModel):
     calibration_batches: PositiveInt = Field(8, description="training batches used to calibrate (static only)")
 
 
-DEFAULT_TOLERANCE = {"onnx-int8-dynamic": 0.1, "onnx-int8-static": 0.15}
+DEFAULT_TOLERANCE = {"onnx-int8-dynamic": 0.1, "onnx-int8-static": 0.15, "tflite-int8": 0.1}
 
 
 @dataclass
@@ -49,8 +51,8 @@ class DeployRequest:
     name: str
     params: DeployParams
     out_dir: Path
-    #: writes the float32 ONNX model under the given directory and returns its path
-    fp32_onnx: Callable[[Path], Path]
+    #: ``export(exporter_name, directory)``: writes the float32 model with that exporter, returns its path
+    export: Callable[[str, Path], Path]
     #: ``x`` arrays of training batches for calibration
     calibration: Callable[[int], list[np.ndarray]]
 
@@ -68,7 +70,7 @@ class DeployArtifact:
 def _onnx_dynamic(req: DeployRequest) -> DeployArtifact:
     from crossframe.compress.ort_quant import quantize_dynamic
 
-    fp32 = req.fp32_onnx(req.out_dir / "fp32")
+    fp32 = req.export("onnx", req.out_dir / "fp32")
     out = quantize_dynamic(fp32, req.out_dir / "model.int8.onnx", req.params.per_channel)
     return DeployArtifact("onnx", out, fp32, {"quantization": "dynamic int8 (onnxruntime)"})
 
@@ -76,17 +78,85 @@ def _onnx_dynamic(req: DeployRequest) -> DeployArtifact:
 def _onnx_static(req: DeployRequest) -> DeployArtifact:
     from crossframe.compress.ort_quant import quantize_static
 
-    fp32 = req.fp32_onnx(req.out_dir / "fp32")
+    fp32 = req.export("onnx", req.out_dir / "fp32")
     batches = req.calibration(req.params.calibration_batches)
     out = quantize_static(fp32, req.out_dir / "model.int8.onnx", batches, req.params.per_channel)
     return DeployArtifact("onnx", out, fp32, {"quantization": "static int8 QDQ (onnxruntime)",
                                               "calibration_batches": len(batches)})
 
 
+def _tflite_int8(req: DeployRequest) -> DeployArtifact:
+    from crossframe.errors import ExportError
+
+    saved = req.export("saved-model", req.out_dir / "fp32")
+    import tensorflow as tf
+
+    out = req.out_dir / "model.int8.tflite"
+    try:
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        data = converter.convert()
+    except Exception as exc:  # the converter raises many kinds; one line names the step
+        raise ExportError(f"tflite-int8: the TFLite converter failed on '{saved.name}': "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    atomic_write_bytes(out, data)
+    return DeployArtifact("tflite", out, saved, {"quantization": "dynamic-range int8 (tf.lite.Optimize.DEFAULT)"})
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def tflite_predictor(path: Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """A function running the TFLite file at ``path`` (input resized when the batch shape changes)."""
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads or None)
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    dtype = np.dtype(inp["dtype"])
+    shape: list[tuple[int, ...]] = [()]
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=dtype)
+        if shape[0] != x.shape:
+            interpreter.resize_tensor_input(inp["index"], list(x.shape), strict=False)
+            interpreter.allocate_tensors()
+            shape[0] = x.shape
+        interpreter.set_tensor(inp["index"], x)
+        interpreter.invoke()
+        return np.array(interpreter.get_tensor(out["index"]), dtype=np.float32, copy=True)
+
+    return predict
+
+
+def predictor(artifact: DeployArtifact, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """A function running a deployment artefact on a numpy batch (ONNX Runtime or the TFLite interpreter)."""
+    if artifact.format == "tflite":
+        return tflite_predictor(artifact.path, threads)
+    from crossframe.compress.ort_quant import ort_predictor
+
+    return ort_predictor(artifact.path, threads)
+
+
 #: deployment quantiser name -> function
 DEPLOY: dict[str, Callable[[DeployRequest], DeployArtifact]] = {
     "onnx-int8-dynamic": _onnx_dynamic,
     "onnx-int8-static": _onnx_static,
+    "tflite-int8": _tflite_int8,
 }
 
 

@@ -350,18 +350,16 @@ class Pipeline:
             params = deploy.parse_params(step.name, step.params, where)
             tolerance = params.tolerance
 
-            def fp32_onnx(directory: Path) -> Path:
-                artifact, _ = self._run_exporter("onnx", {}, stage, directory)
+            def fp32_export(exporter: str, directory: Path) -> Path:
+                artifact, _ = self._run_exporter(exporter, {}, stage, directory)
                 return Path(artifact.path)
 
-            req = deploy.DeployRequest(step.name, params, out_dir, fp32_onnx, self.calibration)
+            req = deploy.DeployRequest(step.name, params, out_dir, fp32_export, self.calibration)
             made = deploy.DEPLOY[step.name](req)
             fmt, path, extra = made.format, made.path, dict(made.extra)
             if made.fp32_path is not None:
                 extra["fp32_size_bytes"] = size_on_disk(made.fp32_path)
-            from crossframe.compress.ort_quant import ort_predictor
-
-            predict = ort_predictor(path, self.options.threads)
+            predict = deploy.predictor(made, self.options.threads)
         else:
             artifact, info = self._run_exporter(step.name, step.params, stage, out_dir)
             fmt, path, extra = artifact.format, Path(artifact.path), dict(artifact.extra)
@@ -400,7 +398,7 @@ class Pipeline:
             "params": step.params, "source": str(stage.path) if stage.path else None, "verify": verify,
             "extra": {**{k: v for k, v in extra.items() if k != "verify"},
                       **{k: v for k, v in info.items() if k not in ("verify", "path", "size_bytes", "format")}},
-            "latency": self._latency(predict, stage) if fmt == "onnx" and self.options.latency else None,
+            "latency": self._latency(predict, stage) if fmt in ("onnx", "tflite") and self.options.latency else None,
             "seconds": time.perf_counter() - started,
         }
         report.add(entry)
