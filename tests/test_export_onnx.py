@@ -62,7 +62,7 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.mark.parametrize("model", list(CASES))
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_onnx_export_verifies_on_other_shapes(exports: Any, backend: str, model: str) -> None:
-    artifact, info, request = exports(backend, model)
+    artifact, info, _ = exports(backend, model)
     assert artifact.format == "onnx" and artifact.backend == backend and artifact.path.is_file()
     assert info["size_bytes"] == artifact.path.stat().st_size > 0
     figures = info["verify"]

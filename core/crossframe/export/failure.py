@@ -51,6 +51,8 @@ def first_line(message: str, limit: int = 200) -> str:
             line = line.split(">: ", 1)[1]
             return line if len(line) <= limit else line[: limit - 3] + "..."
     line = lines[0]
+    if "error: " in line:  # MLIR converters: '<what failed><location>: error: <why>'
+        line = line.rsplit("error: ", 1)[1].strip()
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
