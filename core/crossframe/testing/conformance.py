@@ -30,6 +30,12 @@ MODEL_CASES: dict[str, tuple[dict[str, Any], DataInfo]] = {
 }
 #: forward tolerance per model (float32 against the float64 reference)
 MODEL_ATOL: dict[str, float] = {"gpt": 1e-4}
+#: the ``low_rank`` model param for each case: factorised dense layers (``weight_u @ weight_v``)
+LOW_RANK_CASES: dict[str, dict[str, int]] = {
+    "mlp": {"layers.0": 2, "layers.2": 3},
+    "cnn": {"fc.0": 2},
+    "gpt": {"h.0.attn.qkv": 3, "h.1.mlp.proj": 4},
+}
 OPTIMIZER_CASES: dict[str, dict[str, Any]] = {
     "sgd": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.05},
     "adam": {"lr": 0.05, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.05},
@@ -149,6 +155,27 @@ class BackendConformance:
             assert diff <= atol, (
                 f"{model}: forward differs from the numpy reference by {diff:.3g} (allowed {atol}); "
                 f"check the weight layouts ({sorted({p.layout for p in spec.table})}) and the ops")
+
+    def test_low_rank_outputs_match_numpy_reference(self, impl: Backend) -> None:
+        """Models with factorised dense layers (model param ``low_rank``) match the reference too.
+
+        A backend that cannot build them says so with a ``CapabilityError`` from ``inference_state``.
+        """
+        for model in self.claimed_models(impl):
+            params, info = MODEL_CASES[model]
+            spec = build_model(model, {**params, "low_rank": LOW_RANK_CASES[model]}, info)
+            weights = spec.init(8)
+            x = _batch(spec.data_info, 9, 2)["x"]
+            try:
+                state = impl.inference_state(spec, weights)
+            except CapabilityError as exc:
+                pytest.skip(f"{model} with low_rank: {exc}")
+            got, want = impl.predict(state, x), spec.forward(weights, x)
+            diff = _max_diff(got, want)
+            atol = max(self.atol, MODEL_ATOL.get(model, 0.0))
+            assert got.shape == want.shape and diff <= atol, (
+                f"{model} with low_rank {LOW_RANK_CASES[model]}: forward differs from the numpy reference by "
+                f"{diff:.3g} (allowed {atol}); a factorised layer computes (x @ weight_u) @ weight_v + bias")
 
     @pytest.mark.parametrize("optimizer", sorted(OPTIMIZER_CASES))
     def test_optimizer_steps_match_reference(self, impl: Backend, optimizer: str) -> None:
