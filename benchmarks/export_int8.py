@@ -58,7 +58,7 @@ def gpt_config(output_dir: Path, quick: bool) -> dict[str, Any]:
         "data": {"name": "python-stdlib", "max_files": 40 if quick else 100, "val_fraction": 0.05},
         "text": {"tokenizer": {"name": "bytes"}, "seq_len": 128, "max_eval_tokens": 8192 if quick else 32768},
         "model": {"name": "gpt", "n_layer": 4, "n_head": 4, "d_model": 128, "max_seq_len": 128, "dropout": 0.0},
-        "train": {"steps": 60 if quick else 400, "batch_size": 16, "clip_norm": 1.0, "log_every": 20,
+        "train": {"steps": 30 if quick else 200, "batch_size": 16, "clip_norm": 1.0, "log_every": 20,
                   "eval_every": 0, "checkpoint_every": 0, "eval_batch_size": 16,
                   "optimizer": {"name": "adamw", "lr": 0.002, "weight_decay": 0.1, "betas": [0.9, 0.95]},
                   "schedule": {"name": "cosine", "warmup_steps": 20}},

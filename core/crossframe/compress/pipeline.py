@@ -156,6 +156,7 @@ class Pipeline:
         self.data = load_training_data(cfg)
         self.task = self.data.info.task
         self.metric_fns = metric_functions(cfg, self.task)
+        self._applied: list[ComponentConfig] = []  # the compress steps done so far (for each step's config.yaml)
         self._native_latency: dict[str, Any] | None = None
         self._native_state: tuple[int, Any] | None = None
 
@@ -230,9 +231,18 @@ class Pipeline:
         return stage
 
     def compress(self, stage: Stage, steps: Sequence[ComponentConfig], report: Report) -> Stage:
-        """Apply ``steps`` in order from ``stage``; returns the final stage."""
+        """Apply ``steps`` in order from ``stage``; returns the final stage.
+
+        Step directories of an earlier, longer pass (no longer in the report) are removed afterwards.
+        """
         for i, step in enumerate(steps, start=1):
             stage = self.compress_step(stage, i, step, report)
+        written = {f"{i}-{step.name}" for i, step in enumerate(steps, start=1)}
+        root = self.run_dir / COMPRESSED_DIR
+        if steps and root.is_dir():
+            for old in root.iterdir():
+                if old.is_dir() and not old.name.startswith(".") and old.name not in written:
+                    shutil.rmtree(old, ignore_errors=True)
         return stage
 
     def compress_step(self, stage: Stage, index: int, step: ComponentConfig, report: Report) -> Stage:
@@ -268,6 +278,7 @@ class Pipeline:
                                   f"finetune {index}-{step.name}", self.options.quiet)
             metrics = self.evaluate(spec, weights)
             finetune_info = {"steps": ft_steps, "lr": lr, "metrics_before": before_ft}
+        self._applied.append(step)
         final = self.run_dir / COMPRESSED_DIR / f"{index}-{step.name}"
         new = Stage(spec, weights, masks, final, metrics)
         self._write_stage(new, index, step, result, stage)
@@ -293,7 +304,7 @@ class Pipeline:
                      source: Stage) -> None:
         cfg = self.cfg.model_copy(deep=True)
         cfg.model = ComponentConfig.model_validate({"name": stage.spec.name, **stage.spec.params})
-        cfg.compress = cfg.compress[:index] if cfg.compress else []
+        cfg.compress = [ComponentConfig.model_validate(s.model_dump()) for s in self._applied]
         state = {"step": 0, "model": stage.spec.to_json(), "backend": self.cfg.backend,
                  "compress": {"index": index, "name": step.name, "params": step.params,
                               "summary": result.summary, "source": str(source.path) if source.path else None},
