@@ -70,6 +70,33 @@ def make_reader(name: str, batches: Iterable[np.ndarray]) -> Any:
     return Reader(name, batches)
 
 
+def strip_debug_info(path: Path) -> int:
+    """Drop per-node debug text (``doc_string``, ``metadata_props``: exporters' stack traces) in place.
+
+    Deployment files carry only what runs; returns the bytes saved.
+    """
+    import onnx
+
+    before = path.stat().st_size
+    model = onnx.load(str(path))
+
+    def strip(graph: Any) -> None:
+        for node in graph.node:
+            node.doc_string = ""
+            del node.metadata_props[:]
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    strip(attr.g)
+                for sub in attr.graphs:
+                    strip(sub)
+
+    strip(model.graph)
+    tmp = path.with_name(f".{path.name}.tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+    return before - path.stat().st_size
+
+
 def quantize_dynamic(fp32: Path, out: Path, per_channel: bool = False) -> Path:
     """Write a dynamically quantised (int8 weights, dynamic uint8 activations) copy of ``fp32`` to ``out``."""
     quantization = _quant_module()
@@ -80,6 +107,7 @@ def quantize_dynamic(fp32: Path, out: Path, per_channel: bool = False) -> Path:
     except Exception as exc:  # ORT raises plain exceptions for unsupported graphs
         raise ExportError(f"onnx-int8-dynamic: quantize_dynamic failed on '{fp32.name}': "
                           f"{type(exc).__name__}: {exc}") from None
+    strip_debug_info(out)
     return out
 
 
@@ -109,6 +137,7 @@ def quantize_static(fp32: Path, out: Path, batches: Iterable[np.ndarray], per_ch
     except Exception as exc:
         raise ExportError(f"onnx-int8-static: quantize_static failed on '{fp32.name}': "
                           f"{type(exc).__name__}: {exc}") from None
+    strip_debug_info(out)
     return out
 
 
