@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from crossframe.backend import Backend, TrainSetup
+from crossframe.backend import Backend, DistillSetup, TrainSetup
 from crossframe.checkpoint import load_checkpoint, save_checkpoint
 from crossframe.data.dataset import DataInfo
 from crossframe.errors import CapabilityError
@@ -265,6 +265,78 @@ class BackendConformance:
         want_cm = np.zeros((4, 4), np.int64)
         np.add.at(want_cm, (batch["y"], logits.argmax(axis=1)), 1)
         assert np.array_equal(np.asarray(host["confusion"]), want_cm), "confusion matrix (rows: truth) differs"
+
+    def _create_or_skip(self, impl: Backend, setup: TrainSetup, feature: str) -> Any:
+        """A training state, or a skip when the backend cannot train or declines ``feature`` (CapabilityError)."""
+        if not impl.capabilities().can_train:
+            pytest.skip("backend cannot train")
+        try:
+            return impl.create_state(setup)
+        except CapabilityError as exc:
+            pytest.skip(f"backend declines {feature}: {exc}")
+
+    def test_pruning_masks_hold_through_updates(self, impl: Backend) -> None:
+        """With ``TrainSetup.masks``, pruned weights stay exactly 0 (adamw + weight decay); the rest follow
+        the reference update. A backend that cannot keep masks must raise CapabilityError in create_state."""
+        setup = self.linear_setup("adamw" if "adamw" in impl.capabilities().optimizers else
+                                  self.stateful_optimizer(impl))
+        mask = (np.random.default_rng(4).random(setup.weights["layers.0.weight"].shape) < 0.5).astype(np.float32)
+        setup.masks = {"layers.0.weight": mask}
+        state = self._create_or_skip(impl, setup, "pruning masks")
+        params = {k: v.astype(np.float64) for k, v in setup.weights.items()}
+        params["layers.0.weight"] = params["layers.0.weight"] * mask
+        ref_state: dict[str, np.ndarray] = {}
+        lr = float(setup.optimizer_params["lr"])
+        for i in range(3):
+            batch = _batch(setup.spec.data_info, 16, 70 + i)
+            _, grads = reference.linear_softmax_grads(params, batch["x"], batch["y"])
+            params, ref_state = reference.optimizer_step(setup.optimizer, setup.optimizer_params, params, grads,
+                                                         ref_state, lr, setup.decay_mask)
+            params["layers.0.weight"] = params["layers.0.weight"] * mask
+            state, _ = impl.train_step(state, batch, lr)
+        weights = impl.export_state(state)[0]
+        got = weights["layers.0.weight"]
+        assert np.count_nonzero(got[mask == 0]) == 0, (
+            f"{np.count_nonzero(got[mask == 0])} pruned entries of 'layers.0.weight' are non-zero after 3 "
+            "steps; masks must be applied inside the step, after the update")
+        assert np.all(got[mask == 1] != setup.weights["layers.0.weight"][mask == 1]), "unpruned weights did not move"
+        for name, want in params.items():
+            diff = _max_diff(weights[name], want)
+            assert diff <= self.atol, f"with masks, '{name}' is {diff:.3g} away from the masked reference update"
+
+    def test_distillation_step_matches_reference(self, impl: Backend) -> None:
+        """With ``TrainSetup.distill``, the loss is ``(1-a) * ce + a * T^2 * KL(teacher || student)`` with the
+        teacher's logits computed in the step, and the update follows its exact gradient (numpy reference)."""
+        setup = self.linear_setup("sgd")
+        setup.optimizer_params = {"lr": 0.2}
+        info = setup.spec.data_info
+        teacher = build_model("mlp", {"hidden": [5], "activation": "tanh"}, info)  # another architecture
+        teacher_weights = {k: v * 2 for k, v in teacher.init(8).items()}
+        temperature, alpha = 2.5, 0.6
+        setup.distill = DistillSetup(teacher, teacher_weights, temperature, alpha)
+        state = self._create_or_skip(impl, setup, "distillation")
+        params = {k: v.astype(np.float64) for k, v in setup.weights.items()}
+        for i in range(2):
+            batch = _batch(info, 16, 80 + i)
+            t_logits = teacher.forward(teacher_weights, batch["x"])
+            s_logits = setup.spec.forward(params, batch["x"])
+            loss, grads = reference.linear_distill_grads(params, batch["x"], batch["y"], t_logits, temperature, alpha)
+            kd = reference.distill_loss(s_logits, t_logits, temperature)
+            state, out = impl.train_step(state, batch, 0.2)
+            host = impl.fetch(out)
+            assert abs(float(host["loss"]) - loss) <= self.atol, (
+                f"distillation step {i + 1}: loss {float(host['loss']):.6f}, reference {loss:.6f} "
+                f"(of which T^2 * KL {kd:.6f}); the step's loss must be the mixed one")
+            if "distill_loss" in host:
+                assert abs(float(host["distill_loss"]) - kd) <= self.atol, (
+                    f"distill_loss {float(host['distill_loss']):.6f}, reference T^2 * KL {kd:.6f}")
+            params = {k: p - 0.2 * grads[k] for k, p in params.items()}
+        weights = impl.export_state(state)[0]
+        for name, want in params.items():
+            diff = _max_diff(weights[name], want)
+            assert diff <= self.atol, (
+                f"distillation: '{name}' is {diff:.3g} away from the reference after 2 steps; the KD gradient "
+                f"must flow into the student only (teacher without gradients, same temperature on both sides)")
 
     def test_checkpoint_save_and_load(self, impl: Backend, tmp_path: Path) -> None:
         """Weights and optimizer state survive safetensors; training continues identically."""

@@ -80,3 +80,40 @@ def optimizer_step(name: str, hp: Mapping[str, object], params: Mapping[str, np.
         new_state[f"exp_avg/{key}"], new_state[f"exp_avg_sq/{key}"] = m, v
     assert set(STATE_SLOTS[name])  # the slots written above are the documented ones
     return new_params, new_state
+
+
+def distill_loss(student: np.ndarray, teacher: np.ndarray, temperature: float,
+                 mask: np.ndarray | None = None) -> float:
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))``: mean over examples, or over counted tokens with ``mask``."""
+    def log_softmax(z: np.ndarray) -> np.ndarray:
+        z = z.astype(np.float64) / temperature
+        z = z - z.max(axis=-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+    log_s, log_t = log_softmax(student), log_softmax(teacher)
+    per = (np.exp(log_t) * (log_t - log_s)).sum(axis=-1) * temperature**2
+    if mask is None:
+        return float(per.mean())
+    return float((per * mask).sum() / max(float(mask.sum()), 1.0))
+
+
+def linear_distill_grads(weights: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray, teacher: np.ndarray,
+                         temperature: float, alpha: float) -> tuple[float, dict[str, np.ndarray]]:
+    """The distillation loss ``(1 - alpha) * ce + alpha * T^2 * KL`` of a one-layer ``mlp`` and its exact gradients.
+
+    ``teacher`` are the teacher's logits for ``x``. The KD term's gradient with respect to the student's
+    logits is ``T * (softmax(s/T) - softmax(t/T)) / n``.
+    """
+    ce, grads = linear_softmax_grads(weights, x, y)
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    logits = flat @ weights["layers.0.weight"].astype(np.float64) + weights["layers.0.bias"].astype(np.float64)
+
+    def softmax(z: np.ndarray) -> np.ndarray:
+        z = z / temperature
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    delta = temperature * (softmax(logits) - softmax(teacher.astype(np.float64))) / len(x)
+    kd_grads = {"layers.0.weight": flat.T @ delta, "layers.0.bias": delta.sum(axis=0)}
+    loss = (1 - alpha) * ce + alpha * distill_loss(logits, teacher, temperature)
+    return loss, {k: (1 - alpha) * grads[k] + alpha * kd_grads[k] for k in grads}
