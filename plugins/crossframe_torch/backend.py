@@ -245,6 +245,8 @@ class TorchBackend(Backend):
         distill = state.setup.distill
         acc = kd_acc = None
         for i in range(k):
+            if k > 1 and distributed.active(state.setup):
+                distributed.sync_gradients(state.forward, i == k - 1)  # DDP: one all-reduce per step
             xi, yi, mi = (xs, ys, ms) if k == 1 else (xs[i], ys[i], None if ms is None else ms[i])
             out = state.run_forward(xi)
             if tokens:

@@ -111,6 +111,16 @@ def data_parallel(module: torch.nn.Module, setup: TrainSetup, device: torch.devi
     return DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False)
 
 
+def sync_gradients(forward: Any, sync: bool) -> None:
+    """Whether the next DDP backward all-reduces (what ``DistributedDataParallel.no_sync`` toggles):
+    off for all but the last micro-batch of an accumulated step, so gradients accumulate locally and
+    are averaged once. FSDP and compiled modules keep reducing every micro-batch."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(forward, DistributedDataParallel):
+        forward.require_backward_grad_sync = sync
+
+
 def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     """The mean of ``value`` over all processes (an all-reduce on the device; no host sync)."""
     total = value.detach().clone()
