@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from crossframe import hookimpl
@@ -180,3 +182,22 @@ def test_third_party_compressor_through_the_hook(trained: Path, tmp_path: Path) 
     assert halve["sparsity"] == 1.0 and halve["nonzero_params"] == 0
     assert halve["metric_after"] < report.steps[-2]["metric_after"]
 
+
+
+@settings(max_examples=25)
+@given(st.integers(1, 40), st.integers(2, 6), st.integers(0, 2**31 - 1))
+def test_numpy_metrics_match_their_definitions(n: int, classes: int, seed: int) -> None:
+    from crossframe.compress.measure import evaluate_predictions, masked_sparsity, sparsity
+
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, classes)).astype(np.float32)
+    y = rng.integers(0, classes, n)
+    got = evaluate_predictions(lambda x: x, [{"x": logits[: n // 2], "y": y[: n // 2]},
+                                             {"x": logits[n // 2:], "y": y[n // 2:]}], "classification")
+    assert got["val/accuracy"] == pytest.approx(np.mean(logits.argmax(1) == y))
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    assert got["val/loss"] == pytest.approx(-np.mean(logp[np.arange(n), y]), rel=1e-5)
+    mask = (rng.random((n, classes)) < 0.5).astype(np.float32)
+    w = {"a": logits * mask, "b": np.ones(3, np.float32)}
+    assert sparsity(w) == pytest.approx(np.sum(mask == 0) / (mask.size + 3))
+    assert masked_sparsity({"a": mask}) == pytest.approx(np.mean(mask == 0))
