@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--out FILE.json]``: run the benchmarks, print Markdown, write JSON.
+"""``python -m benchmarks [--quick | --smoke] [--out FILE.json]``: run the benchmarks, print Markdown, write JSON.
 
 A benchmark is a module of this package with ``TITLE``, ``run(quick=..., log=...)`` returning a list
 of result dicts, and ``table(rows)`` returning Markdown; ``startup`` runs first, then the
@@ -6,7 +6,9 @@ of result dicts, and ``table(rows)`` returning Markdown; ``startup`` runs first,
 installed is skipped and says so (``gpt_step`` covers every backend and skips a missing one itself).
 When more than one benchmark runs, each runs in a fresh subprocess (``python -m benchmarks --only
 NAME``) so frameworks, their thread pools and their allocators never share a process; the parent
-merges their JSON.
+merges their JSON and leads the report with one table of crossframe / native ratios from every
+``*_step`` benchmark (MLP cases and the GPT, per backend). ``--smoke`` is ``--quick`` made smaller
+still (one round, a few steps): CI runs it to check that every benchmark runs and reports.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import benchmarks
-from benchmarks.common import machine_info
+from benchmarks.common import SMOKE_ENV, machine_info, markdown_table
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 NOT_BENCHMARKS = {"common"}
@@ -58,6 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="crossframe benchmarks, each beside a native baseline measured in the same run.")
     parser.add_argument("--quick", action="store_true",
                         help="few steps and repeats (a smoke test: about a minute on 2 cores)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="--quick, smaller still: one round of a few steps per case (CI's smoke test)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="run N benchmark processes at once (default 1; more skews the timings)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="FILE.json",
                         help=f"where to write the JSON results (default: {DEFAULT_OUT})")
     parser.add_argument("--only", action="append", choices=available(), metavar="NAME",
@@ -65,7 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", "--torch-threads", dest="threads", type=int, default=1, metavar="N",
                         help="intra-op threads of the framework in the *_step benchmarks, the same for "
                              "crossframe and native (default: 1; 0: the framework's own choice)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.quick = True
+        os.environ[SMOKE_ENV] = "1"  # this process and every benchmark process it starts
+    return args
 
 
 def run_one(name: str, quick: bool, threads: int) -> dict[str, Any]:
@@ -100,40 +111,73 @@ def run_isolated(name: str, quick: bool, threads: int) -> dict[str, Any]:
         return json.loads(out.read_text())["benchmarks"][name]
 
 
+#: the ``*_step`` benchmarks whose rows carry one backend's crossframe / native ``ratio`` per case
+STEP_BACKENDS = {"torch_step": "torch", "jax_step": "jax", "tensorflow_step": "tensorflow"}
+
+
+def ratio_rows(benchmarks_json: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every crossframe / native throughput ratio measured: ``{backend, case, ratio, unit}`` per row."""
+    out = []
+    for name, section in benchmarks_json.items():
+        for row in section.get("rows", []):
+            if name in STEP_BACKENDS and "ratio" in row:
+                out.append({"backend": STEP_BACKENDS[name], "case": row["case"], "ratio": row["ratio"],
+                            "crossframe": row["crossframe_steps_per_s"], "native": row["native_steps_per_s"],
+                            "unit": "steps/s"})
+            elif name == "gpt_step" and row.get("status") == "ok":
+                out.append({"backend": row["backend"], "case": "gpt", "ratio": row["ratio"],
+                            "crossframe": row["crossframe_tokens_per_s"], "native": row["native_tokens_per_s"],
+                            "unit": "tokens/s"})
+    return out
+
+
+def ratio_table(rows: list[dict[str, Any]]) -> str:
+    """Backends down, cases across: crossframe / native throughput (1.0 = no overhead)."""
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    cases = sorted(dict.fromkeys(r["case"] for r in rows), key=lambda c: c == "gpt")  # the MLP cases, then gpt
+    cell = {(r["backend"], r["case"]): f"{r['ratio']:.3f}" for r in rows}
+    return markdown_table(["backend", *cases], [[b, *(cell.get((b, c), "-") for c in cases)] for b in backends])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the selected benchmarks; print a Markdown report and write the JSON results."""
     args = parse_args(argv)
     selected = [name for name in available() if not args.only or name in args.only]
     command = shlex.join(["python", "-m", "benchmarks", *(sys.argv[1:] if argv is None else argv)])
     started = time.perf_counter()
-    results: dict[str, Any] = {"command": command, "quick": args.quick, "threads": args.threads,
+    results: dict[str, Any] = {"command": command, "quick": args.quick, "smoke": args.smoke, "threads": args.threads,
                                "loadavg_before": os.getloadavg() if hasattr(os, "getloadavg") else None,
                                "benchmarks": {}}
-    failed = False
-    for name in selected:
+
+    def one(name: str) -> dict[str, Any]:
         framework = missing_framework(name)
         if framework:
-            results["benchmarks"][name] = {"title": name, "skipped": f"{framework} is not installed", "rows": []}
             print(f"== {name}: skipped ({framework} is not installed)", file=sys.stderr, flush=True)
-            continue
+            return {"title": name, "skipped": f"{framework} is not installed", "rows": []}
         if len(selected) == 1:
             print(f"== {name}", file=sys.stderr, flush=True)
-            section = run_one(name, args.quick, args.threads)
-        else:
-            section = run_isolated(name, args.quick, args.threads)
-        failed = failed or "error" in section
-        results["benchmarks"][name] = section
+            return run_one(name, args.quick, args.threads)
+        return run_isolated(name, args.quick, args.threads)
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        sections = list(pool.map(one, selected))
+    results["benchmarks"] = dict(zip(selected, sections, strict=True))
+    failed = any("error" in section for section in sections)
+    results["ratios"] = ratio_rows(results["benchmarks"])
     results["machine"] = machine_info()
     results["seconds"] = time.perf_counter() - started
 
     m = results["machine"]
     print(f"`{command}` on {m['cpu']} ({m['cores_available']} cores), Python {m['python']}, "
           f"torch {m['torch']}, {args.threads or 'default'} intra-op thread(s) in *_step, {m['date']}\n")
-    sections = []
+    parts = []
+    if results["ratios"]:
+        parts.append("### crossframe / native throughput, per backend and case (1.0 = no overhead)\n\n"
+                     + ratio_table(results["ratios"]))
     for name, section in results["benchmarks"].items():
         body = section.get("table") or f"{name}: {section.get('skipped') or section.get('error')}"
-        sections.append(f"### {section['title']}\n\n{body}")
-    print("\n\n".join(sections))
+        parts.append(f"### {section['title']}\n\n{body}")
+    print("\n\n".join(parts))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"results written to {args.out} ({results['seconds']:.0f} s)", file=sys.stderr, flush=True)

@@ -113,7 +113,7 @@ from typing import Any
 import numpy as np
 
 import crossframe
-from benchmarks.common import machine_info, markdown_table, median, spread
+from benchmarks.common import RunClock, machine_info, markdown_table, median, smoke, spread
 
 TITLE = "GPT training throughput: crossframe vs native, per backend (tokens/s, MFU)"
 
@@ -139,7 +139,9 @@ class Plan:
 
 def plan(quick: bool) -> Plan:
     """Quick: one short round (a smoke test); full: five rounds of 50 steps, a fetch every 10."""
-    return Plan(8, 4, 1) if quick else Plan(50, 10, 5)
+    if quick:
+        return Plan(4, 2, 1) if smoke() else Plan(8, 4, 1)
+    return Plan(50, 10, 5)
 
 
 # --------------------------------------------------------------------------- timing points
@@ -169,59 +171,6 @@ class Times:
     def first_step(self, p: Plan) -> float:
         """The first step's time (trace + compile + one step), if the next ``log_every - 1`` ran steady."""
         return self.first_window() - (p.log_every - 1) * self.steady_step_s(p)
-
-
-class _ClockLogger:
-    """A crossframe logger that notes when the loop's train logs arrive."""
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-
-    def log_config(self, config: dict) -> None:
-        """Nothing to do."""
-
-    def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
-        """Note the first and the last train log (the final eval's log comes later, untimed)."""
-        if "train/loss" not in metrics:
-            return
-        times = self.clock.times
-        if step == self.clock.log_every:
-            times.first_log = time.perf_counter()
-        if step == self.clock.total and math.isnan(times.end):
-            times.end = time.perf_counter()
-            times.final_loss = float(metrics["train/loss"])
-            self.clock.logged_mfu = float(metrics.get("train/mfu", math.nan))
-
-    def close(self) -> None:
-        """Nothing to do."""
-
-
-class Clock:
-    """A plugin timing the training loop of ``crossframe.run``; it also keeps the run's peak probe."""
-
-    def __init__(self) -> None:
-        self.times = Times()
-        self.total = 0
-        self.log_every = 0
-        self.peak_flops = math.nan
-        self.logged_mfu = math.nan
-
-    @crossframe.hookimpl
-    def on_run_start(self, run: Any) -> None:
-        """Start the clock: the run is set up and ``Trainer.fit`` is next."""
-        self.total, self.log_every = run.total_steps, run.config.train.log_every
-        self.peak_flops = float(run.peak_flops or math.nan)
-        self.logged_mfu = math.nan
-        self.times = Times()
-        self.times.start = time.perf_counter()
-
-    @crossframe.hookimpl
-    def register_loggers(self, register: Any) -> None:
-        """Register the logger that notes the log times."""
-        register(CLOCK, self._make_logger, description="gpt benchmark clock (internal)")
-
-    def _make_logger(self, params: Any, run_dir: Path) -> _ClockLogger:
-        return _ClockLogger(self)
 
 
 # --------------------------------------------------------------------------- data and model
@@ -306,11 +255,11 @@ class CrossframeRound:
     run_dir: Path
 
 
-def crossframe_round(backend: str, p: Plan, store: Path, clock: Clock, output_dir: Path, name: str
+def crossframe_round(backend: str, p: Plan, store: Path, clock: RunClock, output_dir: Path, name: str
                      ) -> CrossframeRound:
     """Run ``crossframe.run`` once; the clock plugin times its training loop."""
     result = crossframe.run(crossframe_config(backend, p, store, output_dir, name), quiet=True)
-    times = clock.times
+    times = Times(clock.start, clock.first_log, clock.end, clock.final_loss)
     if result.steps != p.steps or math.isnan(times.end) or math.isnan(times.first_log):
         raise RuntimeError(f"{backend}: crossframe run stopped at step {result.steps} of {p.steps}")
     return CrossframeRound(times, clock.peak_flops, clock.logged_mfu, result.checkpoint, result.run_dir)
@@ -652,7 +601,6 @@ def bench_backend(backend: str, store_dir: Path, quick: bool, threads: int, log:
     """Everything for one backend, in this process: the row of the table."""
     from crossframe.checkpoint import load_checkpoint
     from crossframe.perf import numpy_matmul_peak
-    from crossframe.plugins import get_plugin_manager
     from crossframe.text.store import TokenStore
     from crossframe.train.runner import make_backend
 
@@ -678,34 +626,28 @@ def bench_backend(backend: str, store_dir: Path, quick: bool, threads: int, log:
     log(f"gpt_step[{backend}]: {version}; cores {cores}; {spec.param_count:,} parameters, "
         f"{fpt / 1e6:.2f} MFLOP/token, matmul peak {peaks[0] / 1e9:.1f} GFLOP/s")
 
-    clock = Clock()
-    manager = get_plugin_manager()
-    manager.register(clock, CLOCK)
     cf: list[CrossframeRound] = []
     native: list[Times] = []
-    try:
-        with tempfile.TemporaryDirectory(prefix=f"crossframe-gpt-{backend}-") as tmp:
-            for r in range(p.rounds):
-                order = ("crossframe", "native") if r % 2 == 0 else ("native", "crossframe")
-                for side in order:
-                    if side == "crossframe":
-                        cf.append(crossframe_round(backend, p, store_dir, clock, Path(tmp), f"gpt-{backend}-{r}"))
-                    else:
-                        times, model = native_round(backend, spec, init, store["train"], p)
-                        native.append(times)
-                if r == 0:  # same work: the first round's final weights on both sides
-                    if cf[0].checkpoint is None:
-                        raise RuntimeError(f"{backend}: crossframe run wrote no checkpoint to compare against")
-                    ours = model.weights()
-                    row["weights_max_abs_diff"] = _max_abs_diff(load_checkpoint(cf[0].checkpoint).weights, ours)
-                    row["weights_max_abs_update"] = _max_abs_diff(init, ours)
-                    del model, ours
-                shutil.rmtree(cf[-1].run_dir, ignore_errors=True)
-                log(f"  {backend} round {r + 1}/{p.rounds}: crossframe {cf[-1].times.tokens_per_s(p):,.0f} tok/s "
-                    f"(first step {cf[-1].times.first_step(p):.2f} s), native {native[-1].tokens_per_s(p):,.0f} "
-                    f"tok/s (first step {native[-1].first_step(p):.2f} s)")
-    finally:
-        manager.unregister(CLOCK)
+    with RunClock(CLOCK).installed() as clock, tempfile.TemporaryDirectory(prefix=f"crossframe-gpt-{backend}-") as tmp:
+        for r in range(p.rounds):
+            order = ("crossframe", "native") if r % 2 == 0 else ("native", "crossframe")
+            for side in order:
+                if side == "crossframe":
+                    cf.append(crossframe_round(backend, p, store_dir, clock, Path(tmp), f"gpt-{backend}-{r}"))
+                else:
+                    times, model = native_round(backend, spec, init, store["train"], p)
+                    native.append(times)
+            if r == 0:  # same work: the first round's final weights on both sides
+                if cf[0].checkpoint is None:
+                    raise RuntimeError(f"{backend}: crossframe run wrote no checkpoint to compare against")
+                ours = model.weights()
+                row["weights_max_abs_diff"] = _max_abs_diff(load_checkpoint(cf[0].checkpoint).weights, ours)
+                row["weights_max_abs_update"] = _max_abs_diff(init, ours)
+                del model, ours
+            shutil.rmtree(cf[-1].run_dir, ignore_errors=True)
+            log(f"  {backend} round {r + 1}/{p.rounds}: crossframe {cf[-1].times.tokens_per_s(p):,.0f} tok/s "
+                f"(first step {cf[-1].times.first_step(p):.2f} s), native {native[-1].tokens_per_s(p):,.0f} "
+                f"tok/s (first step {native[-1].first_step(p):.2f} s)")
     peaks.append(numpy_matmul_peak())
     peaks += [c.peak_flops for c in cf if math.isfinite(c.peak_flops)]
     peak = max(peaks)

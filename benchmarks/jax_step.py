@@ -67,19 +67,28 @@ from typing import Any
 import numpy as np
 
 import crossframe
-from benchmarks.common import machine_info, markdown_table, median, spread
+from benchmarks.common import (
+    LOG_EVERY,
+    LR,
+    SEED,
+    VAL_FRACTION,
+    WEIGHT_DECAY,
+    RunClock,
+    first_if_smoke,
+    learning_rate,
+    machine_info,
+    markdown_table,
+    median,
+    mlp_run_config,
+    pick,
+    pin_to_one_core,
+    spread,
+)
 
 TITLE = "Training step throughput: crossframe (jax backend) vs native jax + optax"
 
-SEED = 0
-LR = 3e-3
-WEIGHT_DECAY = 1e-4
 BETAS = (0.9, 0.999)
 EPS = 1e-8
-WARMUP_STEPS = 30
-MIN_LR_RATIO = 0.1  # the cosine schedule's default
-LOG_EVERY = 20
-VAL_FRACTION = 0.2
 CLOCK = "jax_benchmark_clock"
 
 
@@ -101,15 +110,15 @@ def cases(quick: bool = False) -> list[Case]:
     return [
         Case("mlp-digits", "quickstart MLP on digits: 64-128-64-10, batch 64",
              {"name": "digits"}, {"name": "mlp", "hidden": [128, 64], "activation": "relu"}, 64,
-             steps=200 if quick else 2000, rounds=3 if quick else 11),
+             steps=pick(2000, 200, 40, quick), rounds=pick(11, 3, 1, quick)),
         Case("mlp-512x512", "MLP on synthetic data: 256-512-512-10, batch 256",
              {"name": "synthetic", "samples": 8192, "features": 256, "classes": 10, "noise": 8.0},
              {"name": "mlp", "hidden": [512, 512], "activation": "relu"}, 256,
-             steps=60 if quick else 400, rounds=3 if quick else 9),
+             steps=pick(400, 60, 40, quick), rounds=pick(9, 3, 1, quick)),
         Case("cnn-digits", "CNN on digits: conv 16, conv 32 (3x3), dense 64, batch 64",
              {"name": "digits"}, {"name": "cnn", "channels": [16, 32], "kernel_size": 3,
                                                     "hidden": 64, "activation": "relu"}, 64,
-             steps=60 if quick else 400, rounds=3 if quick else 9),
+             steps=pick(400, 60, 40, quick), rounds=pick(9, 3, 1, quick)),
     ]
 
 
@@ -135,85 +144,19 @@ class Times:
         return self.first_log - self.start
 
 
-class _ClockLogger:
-    """A crossframe logger that notes when the loop's train logs arrive."""
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-
-    def log_config(self, config: dict) -> None:
-        """Nothing to do."""
-
-    def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
-        """Note the first and the last train log (eval logs come later, untimed)."""
-        if "train/loss" not in metrics:
-            return
-        times = self.clock.times
-        if step == LOG_EVERY:
-            times.first_log = time.perf_counter()
-        if step == self.clock.total and math.isnan(times.end):
-            times.end = time.perf_counter()
-            times.final_loss = float(metrics["train/loss"])
-
-    def close(self) -> None:
-        """Nothing to do."""
-
-
-class Clock:
-    """A plugin timing the training loop of ``crossframe.run``."""
-
-    def __init__(self) -> None:
-        self.times = Times()
-        self.total = 0
-
-    @crossframe.hookimpl
-    def on_run_start(self, run: Any) -> None:
-        """Start the clock: the run is set up and ``Trainer.fit`` is next."""
-        self.total, self.times = run.total_steps, Times()
-        self.times.start = time.perf_counter()
-
-    @crossframe.hookimpl
-    def register_loggers(self, register: Any) -> None:
-        """Register the logger that notes the log times."""
-        register(CLOCK, self._make_logger, description="jax benchmark clock (internal)")
-
-    def _make_logger(self, params: Any, run_dir: Path) -> _ClockLogger:
-        return _ClockLogger(self)
-
-
 # --------------------------------------------------------------------------- crossframe side
 
 
 def crossframe_config(case: Case, output_dir: Path, name: str) -> dict[str, Any]:
     """The run config of ``case``: no intermediate eval or checkpoint, logging every ``LOG_EVERY``."""
-    return {
-        "name": name,
-        "backend": "jax",
-        "device": "cpu",
-        "precision": "fp32",
-        "seed": SEED,
-        "output_dir": str(output_dir),
-        "data": {**case.data, "val_fraction": VAL_FRACTION},
-        "model": case.model,
-        "train": {
-            "steps": case.steps,
-            "batch_size": case.batch_size,
-            "optimizer": {"name": "adamw", "lr": LR, "betas": list(BETAS), "eps": EPS,
-                          "weight_decay": WEIGHT_DECAY},
-            "schedule": {"name": "cosine", "warmup_steps": WARMUP_STEPS},
-            "eval_every": 0,
-            "checkpoint_every": 0,
-            "keep_checkpoints": 1,
-            "log_every": LOG_EVERY,
-        },
-        "loggers": [{"name": CLOCK}],
-    }
+    return mlp_run_config("jax", name, output_dir, case.data, case.model, case.steps, case.batch_size, CLOCK,
+                          optimizer={"betas": list(BETAS), "eps": EPS})
 
 
-def crossframe_round(case: Case, clock: Clock, output_dir: Path, name: str) -> tuple[Times, Path | None]:
+def crossframe_round(case: Case, clock: RunClock, output_dir: Path, name: str) -> tuple[Times, Path | None]:
     """Run ``crossframe.run`` once; the clock plugin times its training loop."""
     result = crossframe.run(crossframe_config(case, output_dir, name), quiet=True)
-    times = clock.times
+    times = Times(clock.start, clock.first_log, clock.end, clock.final_loss)
     if result.steps != case.steps or math.isnan(times.end) or math.isnan(times.first_log):
         raise RuntimeError(f"{case.name}: crossframe run stopped at step {result.steps} of {case.steps}")
     return times, result.checkpoint
@@ -245,15 +188,6 @@ def problem(case: Case) -> Problem:
     model_params = {k: v for k, v in case.model.items() if k != "name"}
     spec = build_model(case.model["name"], model_params, train.info)
     return Problem(train.x, train.y, spec, spec.init(SEED))
-
-
-def learning_rate(step: int, steps: int) -> float:
-    """Warmup then cosine to ``LR * MIN_LR_RATIO``: crossframe's ``cosine`` schedule, written out."""
-    if step < WARMUP_STEPS:
-        return LR * (step + 1) / WARMUP_STEPS
-    span = max(steps - WARMUP_STEPS, 1)
-    floor = LR * MIN_LR_RATIO
-    return floor + 0.5 * (LR - floor) * (1.0 + math.cos(math.pi * min((step - WARMUP_STEPS) / span, 1.0)))
 
 
 class BatchOrder:
@@ -435,7 +369,7 @@ def _max_diff(checkpoint: Path | None, native: dict[str, np.ndarray], case: Case
     return max(float(np.max(np.abs(theirs[k] - native[k]))) for k in native)
 
 
-def bench_case(case: Case, clock: Clock, output_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+def bench_case(case: Case, clock: RunClock, output_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """Warm up and check both sides, then time ``case.rounds`` interleaved rounds of each."""
     prob = problem(case)
 
@@ -500,36 +434,6 @@ def bench_case(case: Case, clock: Clock, output_dir: Path, log: Callable[[str], 
     }
 
 
-def _pin_all(cores: set[int]) -> None:
-    import contextlib
-    import os
-
-    for tid in os.listdir("/proc/self/task"):
-        with contextlib.suppress(OSError):  # the thread may have ended meanwhile
-            os.sched_setaffinity(int(tid), cores)
-
-
-def pin_to_one_core() -> tuple[Callable[[], None], str]:
-    """Pin every thread of this process (and those it starts later) to one core; returns an undo.
-
-    XLA's CPU runtime in recent jaxlib ignores ``XLA_FLAGS`` thread settings
-    (``intra_op_parallelism_threads``, ``--xla_cpu_multi_thread_eigen``); CPU affinity is what
-    holds. Linux only; elsewhere nothing changes.
-    """
-    import os
-
-    if not hasattr(os, "sched_setaffinity") or not os.path.isdir("/proc/self/task"):
-        return (lambda: None), "all (affinity not supported here)"
-    allowed = os.sched_getaffinity(0)
-    core = min(allowed)
-    _pin_all({core})
-
-    def undo() -> None:
-        _pin_all(allowed)  # threads started meanwhile (XLA's pool) inherited the pin: free them too
-
-    return undo, f"1 (core {core} of {len(allowed)})"
-
-
 def versions() -> dict[str, Any]:
     """jax, jaxlib and optax versions and the devices jax sees."""
     import jax
@@ -544,20 +448,14 @@ def run(quick: bool = False, log: Callable[[str], None] | None = None, cores: in
         ) -> list[dict[str, Any]]:
     """Run every case; one result dict per case. ``cores=1`` (default) pins the process to one core
     for the duration (both sides alike); ``0`` or ``None`` leaves the affinity alone."""
-    from crossframe.plugins import get_plugin_manager
-
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     undo, used = pin_to_one_core() if cores == 1 else ((lambda: None), "all")
     info = {**versions(), "cores": used}
     log(f"jax_step: jax {info['jax']}, optax {info['optax']}, devices {info['jax_devices']}, cores: {used}")
-    clock = Clock()
-    manager = get_plugin_manager()
-    manager.register(clock, CLOCK)
     try:
-        with tempfile.TemporaryDirectory(prefix="crossframe-jax-bench-") as tmp:
-            rows = [bench_case(case, clock, Path(tmp), log) for case in cases(quick)]
+        with RunClock(CLOCK).installed() as clock, tempfile.TemporaryDirectory(prefix="crossframe-jax-bench-") as tmp:
+            rows = [bench_case(case, clock, Path(tmp), log) for case in first_if_smoke(cases(quick))]
     finally:
-        manager.unregister(CLOCK)
         undo()
     for row in rows:
         row.update(info)

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import markdown_table, median
+from benchmarks.common import markdown_table, median, pick
 
 TITLE = "Start-up time (fresh process, median wall time)"
 
@@ -136,7 +136,7 @@ def run(quick: bool = False, log: Callable[[str], None] | None = None,
         repeats: int | None = None, plugins: int = 50) -> list[dict[str, Any]]:
     """Time every command in both environments; one result dict per command."""
     log = log or (lambda text: print(text, file=sys.stderr))
-    repeats = repeats or (3 if quick else 15)
+    repeats = repeats or pick(15, 3, 1, quick)
     with tempfile.TemporaryDirectory(prefix="crossframe-bench-startup-") as tmp:
         root = Path(tmp)
         plugin_dir = root / "plugins"

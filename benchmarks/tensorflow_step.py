@@ -62,19 +62,26 @@ from typing import Any
 import numpy as np
 
 import crossframe
-from benchmarks.common import markdown_table, median, spread
+from benchmarks.common import (
+    LOG_EVERY,
+    SEED,
+    VAL_FRACTION,
+    WEIGHT_DECAY,
+    RunClock,
+    first_if_smoke,
+    learning_rate,
+    markdown_table,
+    median,
+    mlp_run_config,
+    pick,
+    smoke,
+    spread,
+)
 
 TITLE = "Training step throughput: crossframe (tensorflow backend) vs native TensorFlow"
 
-SEED = 0
-LR = 3e-3
-WEIGHT_DECAY = 1e-4
 BETAS = (0.9, 0.999)
 EPS = 1e-8
-WARMUP_STEPS = 30
-MIN_LR_RATIO = 0.1  # the cosine schedule's default
-LOG_EVERY = 20
-VAL_FRACTION = 0.2
 FIRST_STEP_PROBES = 3
 CLOCK = "tf_benchmark_clock"
 SIDES = ("crossframe", "native", "native_concrete")
@@ -100,91 +107,24 @@ def cases(quick: bool = False) -> list[Case]:
     big = {"name": "synthetic", "samples": 8192, "features": 256, "classes": 10, "noise": 8.0}
     return [
         Case("mlp-digits", "quickstart MLP on digits: 64-128-64-10, batch 64, graph",
-             digits, (128, 64), 64, steps=100 if quick else 1000, rounds=3 if quick else 11),
+             digits, (128, 64), 64, steps=pick(1000, 100, 40, quick), rounds=pick(11, 3, 1, quick)),
         Case("mlp-digits-xla", "quickstart MLP on digits: 64-128-64-10, batch 64, XLA (jit_compile)",
-             digits, (128, 64), 64, steps=100 if quick else 1000, rounds=3 if quick else 11, compile=True),
+             digits, (128, 64), 64, steps=pick(1000, 100, 40, quick), rounds=pick(11, 3, 1, quick),
+             compile=True),
         Case("mlp-512x512", "MLP on synthetic data: 256-512-512-10, batch 256, graph",
-             big, (512, 512), 256, steps=60 if quick else 300, rounds=3 if quick else 7),
+             big, (512, 512), 256, steps=pick(300, 60, 40, quick), rounds=pick(7, 3, 1, quick)),
     ]
-
-
-def learning_rate(step: int, steps: int) -> float:
-    """The warmup + cosine schedule crossframe's ``cosine`` computes, written out."""
-    if step < WARMUP_STEPS:
-        return LR * (step + 1) / WARMUP_STEPS
-    span = max(steps - WARMUP_STEPS, 1)
-    floor = LR * MIN_LR_RATIO
-    return floor + 0.5 * (LR - floor) * (1.0 + math.cos(math.pi * min((step - WARMUP_STEPS) / span, 1.0)))
 
 
 # --------------------------------------------------------------------------- crossframe side
 
 
-class _ClockLogger:
-    """A crossframe logger that notes when each train log reaches the loggers."""
-
-    def __init__(self, clock: LogClock) -> None:
-        self.clock = clock
-
-    def log_config(self, config: dict) -> None:
-        """Nothing to do."""
-
-    def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
-        """Note the time of a train log (eval logs come after the loop, untimed)."""
-        if "train/loss" in metrics:
-            self.clock.logs[step] = time.perf_counter()
-
-    def close(self) -> None:
-        """Nothing to do."""
-
-
-class LogClock:
-    """A plugin noting ``on_run_start`` and the arrival of every train log of ``crossframe.run``."""
-
-    def __init__(self) -> None:
-        self.start = math.nan
-        self.logs: dict[int, float] = {}
-
-    @crossframe.hookimpl
-    def on_run_start(self, run: Any) -> None:
-        """The run is set up and ``Trainer.fit`` is next."""
-        self.logs = {}
-        self.start = time.perf_counter()
-
-    @crossframe.hookimpl
-    def register_loggers(self, register: Any) -> None:
-        """Register the logger that reads the clock."""
-        register(CLOCK, self._make_logger, description="benchmark clock (internal)")
-
-    def _make_logger(self, params: Any, run_dir: Path) -> _ClockLogger:
-        return _ClockLogger(self)
-
-
 def crossframe_config(case: Case, output_dir: Path, name: str, steps: int | None = None,
                       log_every: int = LOG_EVERY) -> dict[str, Any]:
     """The run config of ``case``: no intermediate eval or checkpoint."""
-    return {
-        "name": name,
-        "backend": "tensorflow",
-        "device": "cpu",
-        "precision": "fp32",
-        "seed": SEED,
-        "output_dir": str(output_dir),
-        "data": {**case.data, "val_fraction": VAL_FRACTION},
-        "model": {"name": "mlp", "hidden": list(case.hidden), "activation": "relu"},
-        "train": {
-            "steps": steps or case.steps,
-            "batch_size": case.batch_size,
-            "optimizer": {"name": "adamw", "lr": LR, "weight_decay": WEIGHT_DECAY},
-            "schedule": {"name": "cosine", "warmup_steps": WARMUP_STEPS},
-            "eval_every": 0,
-            "checkpoint_every": 0,
-            "keep_checkpoints": 1,
-            "log_every": log_every,
-            "compile": case.compile,
-        },
-        "loggers": [{"name": CLOCK}],
-    }
+    return mlp_run_config("tensorflow", name, output_dir, case.data,
+                          {"name": "mlp", "hidden": list(case.hidden), "activation": "relu"},
+                          steps or case.steps, case.batch_size, CLOCK, log_every=log_every, compile=case.compile)
 
 
 @dataclass
@@ -202,7 +142,7 @@ def _steady(case: Case, start: float, logs: dict[int, float]) -> tuple[float, fl
     return (case.steps - LOG_EVERY) / (last - first), first - start
 
 
-def crossframe_round(case: Case, clock: LogClock, output_dir: Path, name: str) -> Round:
+def crossframe_round(case: Case, clock: RunClock, output_dir: Path, name: str) -> Round:
     """Run ``crossframe.run`` once; the clock plugin times its training loop."""
     start = time.perf_counter()
     result = crossframe.run(crossframe_config(case, output_dir, name), quiet=True)
@@ -213,7 +153,7 @@ def crossframe_round(case: Case, clock: LogClock, output_dir: Path, name: str) -
     return Round(rate, first, wall, result.checkpoint)
 
 
-def crossframe_first_step(case: Case, clock: LogClock, output_dir: Path) -> float:
+def crossframe_first_step(case: Case, clock: RunClock, output_dir: Path) -> float:
     """Seconds from ``on_run_start`` to the first train log, logging every step."""
     crossframe.run(crossframe_config(case, output_dir, f"{case.name}-first", steps=2, log_every=1), quiet=True)
     return clock.logs[1] - clock.start
@@ -350,7 +290,7 @@ def _same_work(case: Case, cf: Round, model: NativeModel) -> float:
     return max(float(np.max(np.abs(theirs[k] - ours[k]))) for k in ours)
 
 
-def bench_case(case: Case, clock: LogClock, output_dir: Path, log: Callable[[str], None],
+def bench_case(case: Case, clock: RunClock, output_dir: Path, log: Callable[[str], None],
                warmup_s: float = 2.0) -> dict[str, Any]:
     """Warm up and check both sides, probe the first step, then time interleaved rounds."""
     import tensorflow as tf
@@ -368,7 +308,7 @@ def bench_case(case: Case, clock: LogClock, output_dir: Path, log: Callable[[str
 
     first_cf: list[float] = []
     first_native: list[float] = []
-    for _ in range(FIRST_STEP_PROBES):
+    for _ in range(pick(FIRST_STEP_PROBES, FIRST_STEP_PROBES, 1, warmup_s < 3.0)):
         first_cf.append(crossframe_first_step(case, clock, output_dir))
         first_native.append(native_first_step(setup, case))
 
@@ -431,22 +371,14 @@ def run(quick: bool = False, log: Callable[[str], None] | None = None) -> list[d
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from crossframe.plugins import get_plugin_manager
-
     log = log or (lambda text: print(text, file=sys.stderr))
     # every native round builds a fresh tf.function from the same code, and TF's retracing
     # detector (keyed by code object) would warn about it: quieten TF's Python logger here
     tf.get_logger().setLevel("ERROR")
     log(f"tensorflow_step: tensorflow {tf.__version__}")
-    clock = LogClock()
-    manager = get_plugin_manager()
-    manager.register(clock, CLOCK)
-    try:
-        with tempfile.TemporaryDirectory(prefix="crossframe-bench-") as tmp:
-            return [bench_case(case, clock, Path(tmp), log, warmup_s=0.5 if quick else 3.0)
-                    for case in cases(quick)]
-    finally:
-        manager.unregister(CLOCK)
+    warmup_s = (0.0 if smoke() else 0.5) if quick else 3.0
+    with RunClock(CLOCK).installed() as clock, tempfile.TemporaryDirectory(prefix="crossframe-bench-") as tmp:
+        return [bench_case(case, clock, Path(tmp), log, warmup_s=warmup_s) for case in first_if_smoke(cases(quick))]
 
 
 def table(rows: list[dict[str, Any]]) -> str:

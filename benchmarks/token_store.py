@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import markdown_table, median, spread
+from benchmarks.common import markdown_table, median, pick, smoke, spread
 
 TITLE = "Token store: prepare the Python stdlib, and read random [B, T+1] batches from the memmap"
 
@@ -141,11 +141,11 @@ def run(quick: bool = False, log: Callable[[str], None] | None = None) -> list[d
     from crossframe.text.sources import StdlibParams, load_stdlib
 
     log = log or (lambda text: print(text, file=sys.stderr))
-    corpus = load_stdlib(StdlibParams(max_files=150 if quick else None))
+    corpus = load_stdlib(StdlibParams(max_files=(30 if smoke() else 150) if quick else None))
     tmp = Path(tempfile.mkdtemp(prefix="crossframe-bench-"))
     try:
         prep, store_dir = prepare_rows(corpus, tmp, log, rounds=1 if quick else 3)
-        reads = read_rows(store_dir, log, steps=200 if quick else 1000, rounds=3 if quick else 7)
+        reads = read_rows(store_dir, log, steps=pick(1000, 200, 50, quick), rounds=pick(7, 3, 1, quick))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return prep + reads

@@ -64,17 +64,27 @@ from typing import Any
 import numpy as np
 
 import crossframe
-from benchmarks.common import markdown_table, median, spread
+from benchmarks.common import (
+    LOG_EVERY,
+    LR,
+    MIN_LR_RATIO,
+    SEED,
+    VAL_FRACTION,
+    WARMUP_STEPS,
+    WEIGHT_DECAY,
+    RunClock,
+    first_if_smoke,
+    markdown_table,
+    median,
+    minor_faults,
+    mlp_run_config,
+    pick,
+    smoke,
+    spread,
+)
 
 TITLE = "Training step throughput: crossframe (torch backend) vs native torch"
 
-SEED = 0
-LR = 3e-3
-WEIGHT_DECAY = 1e-4
-WARMUP_STEPS = 30
-MIN_LR_RATIO = 0.1  # the cosine schedule's default
-LOG_EVERY = 20
-VAL_FRACTION = 0.2
 CLOCK = "benchmark_clock"
 
 
@@ -96,100 +106,21 @@ def cases(quick: bool = False) -> list[Case]:
     return [
         Case("mlp-digits", "quickstart MLP on digits: 64-128-64-10, batch 64",
              {"name": "digits"}, (128, 64), 64,
-             steps=100 if quick else 1000, rounds=3 if quick else 15),
+             steps=pick(1000, 100, 40, quick), rounds=pick(15, 3, 1, quick)),
         Case("mlp-512x512", "MLP on synthetic data: 256-512-512-10, batch 256",
              {"name": "synthetic", "samples": 8192, "features": 256, "classes": 10, "noise": 8.0}, (512, 512), 256,
-             steps=40 if quick else 400, rounds=3 if quick else 9),
+             steps=pick(400, 40, 20, quick), rounds=pick(9, 3, 1, quick)),
     ]
-
-
-def minor_faults() -> int:
-    """Minor page faults of this process so far (0 where ``resource`` is unavailable)."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - Windows
-        return 0
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 
 
 # --------------------------------------------------------------------------- crossframe side
 
 
-class _ClockLogger:
-    """A crossframe logger that notes when the loop's last train log arrives."""
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-
-    def log_config(self, config: dict) -> None:
-        """Nothing to do."""
-
-    def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
-        """Stop the clock at the train log of the last step (eval logs come later, untimed)."""
-        clock = self.clock
-        if step == clock.total and "train/loss" in metrics and math.isnan(clock.end):
-            clock.end = time.perf_counter()
-            clock.end_faults = minor_faults()
-            clock.final_loss = float(metrics["train/loss"])
-
-    def close(self) -> None:
-        """Nothing to do."""
-
-
-class Clock:
-    """A plugin timing the training loop of ``crossframe.run``: ``on_run_start`` to the last train log."""
-
-    def __init__(self) -> None:
-        self.start = math.nan
-        self.end = math.nan
-        self.total = 0
-        self.final_loss = math.nan
-        self.start_faults = self.end_faults = 0
-
-    @crossframe.hookimpl
-    def on_run_start(self, run: Any) -> None:
-        """Start the clock: the run is set up and ``Trainer.fit`` is next."""
-        self.total, self.end, self.final_loss = run.total_steps, math.nan, math.nan
-        self.start_faults = minor_faults()
-        self.start = time.perf_counter()
-
-    @crossframe.hookimpl
-    def register_loggers(self, register: Any) -> None:
-        """Register the logger that stops the clock."""
-        register(CLOCK, self._make_logger, description="benchmark clock (internal)")
-
-    def _make_logger(self, params: Any, run_dir: Path) -> _ClockLogger:
-        return _ClockLogger(self)
-
-    @property
-    def seconds(self) -> float:
-        """Length of the last timed loop."""
-        return self.end - self.start
-
-
 def crossframe_config(case: Case, output_dir: Path, name: str) -> dict[str, Any]:
     """The run config of ``case``: no intermediate eval or checkpoint, logging every ``LOG_EVERY``."""
-    return {
-        "name": name,
-        "backend": "torch",
-        "device": "cpu",
-        "precision": "fp32",
-        "seed": SEED,
-        "output_dir": str(output_dir),
-        "data": {**case.data, "val_fraction": VAL_FRACTION},
-        "model": {"name": "mlp", "hidden": list(case.hidden), "activation": "relu"},
-        "train": {
-            "steps": case.steps,
-            "batch_size": case.batch_size,
-            "optimizer": {"name": "adamw", "lr": LR, "weight_decay": WEIGHT_DECAY},
-            "schedule": {"name": "cosine", "warmup_steps": WARMUP_STEPS},
-            "eval_every": 0,
-            "checkpoint_every": 0,
-            "keep_checkpoints": 1,
-            "log_every": LOG_EVERY,
-        },
-        "loggers": [{"name": CLOCK}],
-    }
+    return mlp_run_config("torch", name, output_dir, case.data,
+                          {"name": "mlp", "hidden": list(case.hidden), "activation": "relu"},
+                          case.steps, case.batch_size, CLOCK)
 
 
 @dataclass
@@ -204,7 +135,7 @@ class CrossframeRound:
     run_dir: Path
 
 
-def crossframe_round(case: Case, clock: Clock, output_dir: Path, name: str) -> CrossframeRound:
+def crossframe_round(case: Case, clock: RunClock, output_dir: Path, name: str) -> CrossframeRound:
     """Run ``crossframe.run`` once; the clock plugin times its training loop."""
     config = crossframe_config(case, output_dir, name)
     start = time.perf_counter()
@@ -348,7 +279,7 @@ def _torch_threads() -> int:
     return int(torch.get_num_threads())
 
 
-def bench_case(case: Case, clock: Clock, output_dir: Path, log: Callable[[str], None],
+def bench_case(case: Case, clock: RunClock, output_dir: Path, log: Callable[[str], None],
                warmup_s: float = 2.0) -> dict[str, Any]:
     """Warm up and check both sides, then time ``case.rounds`` interleaved rounds of each."""
     setup = native_setup(case)
@@ -437,21 +368,13 @@ def run(quick: bool = False, log: Callable[[str], None] | None = None,
     """
     import torch
 
-    from crossframe.plugins import get_plugin_manager
-
     log = log or (lambda text: print(text, file=sys.stderr))
     if threads:
         torch.set_num_threads(threads)
     log(f"torch_step: torch {torch.__version__}, {torch.get_num_threads()} threads")
-    clock = Clock()
-    manager = get_plugin_manager()
-    manager.register(clock, CLOCK)
-    try:
-        with tempfile.TemporaryDirectory(prefix="crossframe-bench-") as tmp:
-            return [bench_case(case, clock, Path(tmp), log, warmup_s=0.5 if quick else 3.0)
-                    for case in cases(quick)]
-    finally:
-        manager.unregister(CLOCK)
+    warmup_s = (0.0 if smoke() else 0.5) if quick else 3.0
+    with RunClock(CLOCK).installed() as clock, tempfile.TemporaryDirectory(prefix="crossframe-bench-") as tmp:
+        return [bench_case(case, clock, Path(tmp), log, warmup_s=warmup_s) for case in first_if_smoke(cases(quick))]
 
 
 def table(rows: list[dict[str, Any]]) -> str:

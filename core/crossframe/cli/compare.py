@@ -38,19 +38,26 @@ def compare_command(config: str | None, backends: str, overrides: tuple[str, ...
         print_table(results)
     base = Path(out) if out is not None else Path(results["config"].get("output_dir", "runs"))
     click.echo(f"report: {base / 'compare' / 'report.md'}  (also report.html, results.json)", err=as_json)
-    failed = [r for r in results["results"] if r["status"] != "ok"]
-    if failed and len(failed) == len(results["results"]):
-        raise click.exceptions.Exit(1)
+    if all(r["status"] != "ok" for r in results["results"]):
+        from crossframe.errors import RunError
+
+        raise RunError("compare: no backend completed; see each row's error above")
 
 
-@click.command("bench", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.command("bench", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                         "help_option_names": []}, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench_command(args: tuple[str, ...]) -> None:
-    """Run the repository's benchmarks (python -m benchmarks ARGS) from a crossframe checkout."""
+    """Run the repository's benchmarks (python -m benchmarks ARGS; --help is theirs) from a source checkout."""
     if not (Path.cwd() / "benchmarks" / "__main__.py").is_file():
-        click.echo("crossframe bench: no benchmarks/ here; run it from a crossframe source checkout "
-                   "(benchmarks are a repository tool, not part of the package)", err=True)
-        raise click.exceptions.Exit(2)
+        from crossframe.errors import UsageError
+
+        raise UsageError("bench: no benchmarks/ in this directory; run it from a crossframe source checkout "
+                         "(the benchmarks are a repository tool, not part of the package)")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path.cwd()), env.get("PYTHONPATH", "")) if p)
-    raise click.exceptions.Exit(subprocess.call([sys.executable, "-m", "benchmarks", *args], env=env))
+    code = subprocess.call([sys.executable, "-m", "benchmarks", *args], env=env)
+    if code:
+        from crossframe.errors import RunError
+
+        raise RunError(f"bench: python -m benchmarks exited {code}")
