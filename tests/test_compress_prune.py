@@ -155,8 +155,14 @@ def test_n_m_on_conv_kernels_groups_input_channels() -> None:
 def test_rows_prune_whole_output_units_by_norm(shape: tuple, sparsity: float, seed: int, scope: str) -> None:
     spec = mlp(*shape)
     weights = spec.init(seed)
-    result = prune(spec, weights, sparsity=sparsity, pattern="rows", scope=scope)
     names = kernels(spec)
+    if len(names) == 1:  # a linear model: its only units are the outputs
+        with pytest.raises(ConfigError, match="would only remove the model's outputs"):
+            prune(spec, weights, sparsity=sparsity, pattern="rows", scope=scope)
+        return
+    result = prune(spec, weights, sparsity=sparsity, pattern="rows", scope=scope)
+    output = names.pop()  # the output layer is left alone unless include names it
+    assert output not in result.masks and np.array_equal(result.weights[output], weights[output])
     units_total = units_pruned = 0
     rms_pruned, rms_kept = [], []
     for name in names:
@@ -178,6 +184,22 @@ def test_rows_prune_whole_output_units_by_norm(shape: tuple, sparsity: float, se
         assert abs(units_pruned - sparsity * units_total) <= 0.5
         if rms_pruned and rms_kept:
             assert max(rms_pruned) <= min(rms_kept)
+
+
+def test_rows_on_the_output_layer_only_when_included() -> None:
+    spec = mlp(5, [6], 4)
+    weights = spec.init(0)
+    result = prune(spec, weights, sparsity=0.5, pattern="rows", include=["layers.1.weight"])
+    assert set(result.masks) == {"layers.1.weight", "layers.1.bias"}
+    assert zeros(result.masks["layers.1.bias"]) == 2
+
+
+def test_rows_on_a_low_rank_layer_mask_the_layers_bias() -> None:
+    spec = build_model("mlp", {"hidden": [8], "low_rank": {"layers.0": 3}}, DataInfo("classification", (6,), 3))
+    weights = spec.init(1)
+    result = prune(spec, weights, sparsity=0.5, pattern="rows", include=["layers.0.weight_v"])
+    cut = result.masks["layers.0.weight_v"][0] == 0
+    assert cut.sum() == 4 and np.array_equal(result.masks["layers.0.bias"] == 0, cut)
 
 
 @pytest.mark.parametrize("scope", ["layer", "global"])

@@ -17,7 +17,9 @@ Patterns (``pattern``):
 - ``rows``: whole output units (a column of a dense kernel, a filter of a conv kernel) by L2
   norm; ``round(sparsity * units)`` per tensor, or over all selected units ranked by RMS (the
   norm over the square root of the unit's size, so layers of different fan-in compare). The
-  unit's bias entry is masked too, so the unit outputs exactly zero before its activation.
+  unit's bias entry is masked too (for ``<prefix>.weight`` and a low-rank ``<prefix>.weight_v``),
+  so the unit outputs exactly zero before its activation. Without ``include``, the output
+  layer's kernel is left alone: its units are the model's outputs.
 - ``heads``: whole attention heads of a ``gpt``, by the L2 norm of their query, key and value
   columns of ``attn.qkv.weight`` and their rows of ``attn.proj.weight``; those slices (and the
   head's ``attn.qkv.bias`` entries) are masked.
@@ -159,6 +161,12 @@ class Pruner:
             if p.pattern == "unstructured":
                 new = _prune_unstructured(weights, old, chosen, p)
             elif p.pattern == "rows":
+                if not p.include:  # by default the model's outputs (logits) are never removed
+                    output = _output_kernel(spec)
+                    chosen = [k for k in chosen if k != output]
+                    if not chosen:
+                        raise ConfigError(f"{where}.pattern: 'rows' would only remove the model's outputs "
+                                          f"('{output}'); name it in include to do that")
                 _need_layouts(chosen, layouts, where, "rows")
                 new, units = _prune_rows(weights, old, chosen, p)
             else:
@@ -172,6 +180,14 @@ class Pruner:
         summary = _summary(p, chosen, masks, units)
         return CompressResult(weights=out, masks={k: m.astype(np.float32) for k, m in masks.items()},
                               summary=summary)
+
+
+def _output_kernel(spec: ModelSpec) -> str | None:
+    """The kernel producing the model's outputs: the last dense parameter, if it is ``num_outputs`` wide."""
+    dense = [q for q in spec.table if q.layout == "dense"]
+    if dense and dense[-1].shape[-1] == spec.data_info.num_outputs:
+        return dense[-1].name
+    return None
 
 
 def _need_layouts(chosen: list[str], layouts: Mapping[str, str], where: str, pattern: str) -> None:
@@ -256,8 +272,9 @@ def _prune_rows(weights: Params, old: Mapping[str, np.ndarray], chosen: list[str
         keep_units[cut[key]] = False
         masks[key] = np.broadcast_to(keep_units, weights[key].shape).copy()
         units[key] = {"units": int(keep_units.size), "pruned_units": int((~keep_units).sum())}
-        bias = key.rsplit(".", 1)[0] + ".bias"
-        if key.endswith(".weight") and bias in weights and weights[bias].shape == keep_units.shape:
+        prefix, kind = key.rsplit(".", 1) if "." in key else ("", key)
+        bias = f"{prefix}.bias"  # a full kernel's or a second low-rank factor's units are the layer's outputs
+        if kind in ("weight", "weight_v") and bias in weights and weights[bias].shape == keep_units.shape:
             masks[bias] = masks.get(bias, np.ones_like(keep_units)) & keep_units
     return masks, units
 
