@@ -126,3 +126,11 @@ def test_a_killed_worker_stops_the_job_and_the_run_resumes_at_another_world_size
                  resume=run_dir, quiet=True)
     assert (result.status, result.steps) == ("completed", STEPS)
     assert_close(weights(run_dir), weights(single))
+
+
+@pytest.mark.parametrize("strategy", ["data_parallel", "fully_sharded"])
+def test_one_process_strategies_train_as_single(single: Path, tmp_path: Path, strategy: str) -> None:
+    cfg = tiny(tmp_path, strategy, strategy=strategy)
+    cfg["train"]["batch_size"] = 2 * PER_WORKER
+    result = run(cfg, quiet=True)  # a world of one: a process group on an in-memory store, no port
+    assert_close(weights(result.run_dir), weights(single))

@@ -44,13 +44,17 @@ def init(world: WorldInfo, device: str) -> None:
     backend = "nccl" if device == "gpu" and torch.cuda.is_available() else "gloo"
     if device not in ("cpu", "gpu"):
         raise CapabilityError(f"strategy: '{world.strategy}' on torch runs on cpu or gpu, not '{device}'")
-    for key, value in (("MASTER_ADDR", world.master_addr), ("MASTER_PORT", str(world.master_port)),
-                       ("RANK", str(world.rank)), ("WORLD_SIZE", str(world.world_size)),
-                       ("LOCAL_RANK", str(world.local_rank))):
-        os.environ.setdefault(key, value)  # torchrun has set them already (and its agent store)
+    timeout = datetime.timedelta(seconds=world.collective_timeout_s)
     try:
-        dist.init_process_group(backend, init_method="env://", rank=world.rank, world_size=world.world_size,
-                                timeout=datetime.timedelta(seconds=world.collective_timeout_s))
+        if world.world_size == 1:  # one process: an in-memory store, no port to collide on
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+        else:
+            for key, value in (("MASTER_ADDR", world.master_addr), ("MASTER_PORT", str(world.master_port)),
+                               ("RANK", str(world.rank)), ("WORLD_SIZE", str(world.world_size)),
+                               ("LOCAL_RANK", str(world.local_rank))):
+                os.environ[key] = value  # under torchrun the same values it set (world_from_env read them)
+            dist.init_process_group(backend, init_method="env://", rank=world.rank, world_size=world.world_size,
+                                    timeout=timeout)
     except Exception as exc:  # any rendezvous failure becomes one line
         line = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
         raise DistributedError(f"launch: rank {world.rank} could not join the {world.world_size}-process group "
