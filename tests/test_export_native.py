@@ -31,7 +31,10 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> Any:
         if (fmt, model) not in done:
             backend, exporter, params = FORMATS[fmt]
             pytest.importorskip(backend)
-            request = make_request(backend, model, tmp_path_factory.mktemp(f"{fmt}-{model}"), batch=2, seed=1)
+            # gpt here with rotary positions and an untied head (the ONNX tests cover learned, tied)
+            overrides = {"rope": True, "tied_embeddings": False} if model == "gpt" else {}
+            request = make_request(backend, model, tmp_path_factory.mktemp(f"{fmt}-{model}"), batch=2, seed=1,
+                                   **overrides)
             artifact, info = export_model(exporter, params, request)
             done[(fmt, model)] = (artifact, info, request)
         return done[(fmt, model)]

@@ -30,10 +30,11 @@ BACKENDS = {"torch": "torch", "tensorflow": "tensorflow", "jax": "jax"}
 OPSET = {"torch": 18, "tensorflow": 17, "jax": 18}  # each a requested opset the artefact must carry
 
 
-def make_request(backend: str, model: str, out_dir: Path, batch: int = 3, seed: int = 0) -> ExportRequest:
-    """A request for a tiny ``model`` with seeded weights and a sample batch of ``batch`` rows."""
+def make_request(backend: str, model: str, out_dir: Path, batch: int = 3, seed: int = 0,
+                 **overrides: Any) -> ExportRequest:
+    """A request for a tiny ``model`` (params updated by ``overrides``), seeded weights, ``batch`` sample rows."""
     params, info = CASES[model]
-    spec = build_model(model, params, info)
+    spec = build_model(model, {**params, **overrides}, info)
     rng = np.random.default_rng(seed)
     if info.task == "language_modeling":
         sample = rng.integers(0, info.num_outputs, (batch, *info.input_shape)).astype(np.int64)
