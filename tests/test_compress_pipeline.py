@@ -76,6 +76,7 @@ def test_report_has_every_step_with_its_figures(trained: Path) -> None:
         assert set(lat["runtime"]) == set(lat["native"]) == {"batch_1", "batch_64"}
         assert all(v["p50_ms"] > 0 and v["p99_ms"] >= v["p50_ms"] and v["throughput"] > 0
                    for side in ("runtime", "native") for v in lat[side].values())
+        assert entry["latency_p50_ms"] == lat["runtime"]["batch_1"]["p50_ms"]
 
 
 def test_sparsity_is_exact_after_finetuning(trained: Path) -> None:

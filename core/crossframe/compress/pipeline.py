@@ -412,6 +412,8 @@ class Pipeline:
             "latency": self._latency(predict, stage) if fmt in ("onnx", "tflite") and self.options.latency else None,
             "seconds": time.perf_counter() - started,
         }
+        runtime_b1 = (entry["latency"] or {}).get("runtime", {}).get("batch_1", {})
+        entry["latency_p50_ms"], entry["latency_p99_ms"] = runtime_b1.get("p50_ms"), runtime_b1.get("p99_ms")
         report.add(entry)
         return entry
 
