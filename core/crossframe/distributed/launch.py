@@ -124,16 +124,17 @@ def launch(cfg: Any, run_dir: Path, checkpoint: Any, quiet: bool) -> Any:
             run_torch_elastic(job)
         else:
             run_local(job)
-    return finished_result(run_dir, cfg.launch.node_rank == 0)
+    return finished_result(run_dir, cfg.launch.node_rank == 0, cfg.train.steps or 0)
 
 
-def finished_result(run_dir: Path, main_node: bool) -> Any:
-    """The result rank 0 left: status, step and last evaluation from the run's latest checkpoint."""
+def finished_result(run_dir: Path, main_node: bool, steps: int = 0) -> Any:
+    """The result rank 0 left: status, step and last evaluation from the run's latest checkpoint
+    (another node reports the budget of ``steps`` and no metrics: rank 0 may still be writing)."""
     from crossframe.checkpoint import load_checkpoint
     from crossframe.train.runner import RunResult
 
     if not main_node:
-        return RunResult(run_dir, "completed", 0)
+        return RunResult(run_dir, "completed", steps)
     ckpt = load_checkpoint(run_dir)
     metrics = {k: v for k, v in (ckpt.state.get("last_eval") or {}).items() if k != "step"}
     return RunResult(run_dir, ckpt.state.get("status", "completed"), ckpt.step, metrics, ckpt.path)
