@@ -76,11 +76,16 @@ def measure(name: str, config: dict[str, Any], quick: bool, log: Callable[[str],
     fp32_bytes = (result.checkpoint / "model.safetensors").stat().st_size if result.checkpoint else None
     options = Options(quiet=True, threads=threads, latency_budget_s=0.5 if quick else 2.0)
     log(f"{name}: exporting {', '.join(METHODS)}")
-    _report, entries = export_run(result.run_dir, ["onnx", *METHODS], options=options)
-    fp32_onnx = next(e for e in entries if e["name"] == "onnx")
+    from crossframe.errors import ExportError
+
+    _report, (fp32_onnx,) = export_run(result.run_dir, ["onnx"], options=options)
     rows = []
-    for entry in entries:
-        if entry["name"] not in METHODS:
+    for method in METHODS:
+        try:
+            _report, (entry,) = export_run(result.run_dir, [method], options=options)
+        except ExportError as exc:  # e.g. over its tolerance: a result, reported as such
+            log(f"{name}: {method} failed: {exc}")
+            rows.append({"model": name, "method": method, "error": str(exc)})
             continue
         lat = entry["latency"]
         big = next(k for k in lat["runtime"] if k != "batch_1")
@@ -123,6 +128,9 @@ def table(rows: list[dict[str, Any]]) -> str:
                "latency ratio b=1", "throughput ratio (big batch)", "metric fp32 -> int8", "max rel diff (tol)"]
     body = []
     for r in rows:
+        if "error" in r:
+            body.append([r["model"], r["method"], f"failed: {r['error']}", *["-"] * (len(headers) - 3)])
+            continue
         cost = f"{r['metric']} {r['fp32_metric']:.4f} -> {r['int8_metric']:.4f}"
         body.append([r["model"], r["method"], f"{r['size_ratio']:.2f}x ({r['fp32_bytes']:,} / {r['int8_bytes']:,} B)",
                      f"{r['native_p50_ms_b1']:.3f}", f"{r['int8_p50_ms_b1']:.3f}", f"{r['latency_ratio_b1']:.2f}x",
