@@ -39,11 +39,14 @@ def init(world: WorldInfo, device: str) -> None:
     rendezvous fails or times out."""
     if dist.is_initialized():
         return
-    if device == "gpu" and torch.cuda.is_available():
+    if device not in ("cpu", "gpu") or (device == "gpu" and not torch.cuda.is_available()):
+        raise CapabilityError(f"strategy: '{world.strategy}' on torch runs on cpu or CUDA gpus, not '{device}' here")
+    backend = "nccl" if device == "gpu" else "gloo"
+    if device == "gpu":
+        if world.local_rank >= torch.cuda.device_count():
+            raise DistributedError(f"launch.nproc_per_node: local rank {world.local_rank} has no GPU of its own "
+                                   f"({torch.cuda.device_count()} visible); use at most one worker per GPU")
         torch.cuda.set_device(world.local_rank)
-    backend = "nccl" if device == "gpu" and torch.cuda.is_available() else "gloo"
-    if device not in ("cpu", "gpu"):
-        raise CapabilityError(f"strategy: '{world.strategy}' on torch runs on cpu or gpu, not '{device}'")
     timeout = datetime.timedelta(seconds=world.collective_timeout_s)
     try:
         if world.world_size == 1:  # one process: an in-memory store, no port to collide on
