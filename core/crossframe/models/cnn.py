@@ -15,7 +15,7 @@ from crossframe.models import reference as ref
 from crossframe.models.mlp import dense_layer
 from crossframe.models.spec import (
     LowRank,
-    LowRankParams,
+    LowRankModelParams,
     ModelSpec,
     ParamSpec,
     check_low_rank,
@@ -27,7 +27,7 @@ from crossframe.models.spec import (
 FC_LAYERS = ["fc.0", "fc.1"]
 
 
-class CNNParams(LowRankParams):
+class CNNParams(LowRankModelParams):
     """Params of ``model: {name: cnn}``."""
 
     model_config = ConfigDict(extra="forbid")

@@ -24,7 +24,7 @@ from crossframe.errors import ConfigError
 from crossframe.models import reference as ref
 from crossframe.models.spec import (
     LowRank,
-    LowRankParams,
+    LowRankModelParams,
     ModelSpec,
     ParamSpec,
     check_low_rank,
@@ -39,7 +39,7 @@ LN_EPS = 1e-5
 BLOCK_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
 
 
-class GPTParams(LowRankParams):
+class GPTParams(LowRankModelParams):
     """Params of ``model: {name: gpt}`` (the vocabulary size comes from the tokenizer)."""
 
     model_config = ConfigDict(extra="forbid")

@@ -13,7 +13,7 @@ from crossframe.data.dataset import DataInfo
 from crossframe.models import reference as ref
 from crossframe.models.spec import (
     LowRank,
-    LowRankParams,
+    LowRankModelParams,
     ModelSpec,
     ParamSpec,
     check_low_rank,
@@ -23,7 +23,7 @@ from crossframe.models.spec import (
 )
 
 
-class MLPParams(LowRankParams):
+class MLPParams(LowRankModelParams):
     """Params of ``model: {name: mlp}``."""
 
     model_config = ConfigDict(extra="forbid")

@@ -192,7 +192,7 @@ LOW_RANK_DESCRIPTION = ("factorise dense layers: {layer prefix: rank}; kernel [i
 LowRank = Annotated[dict[str, PositiveInt], Field(default_factory=dict, description=LOW_RANK_DESCRIPTION)]
 
 
-class LowRankParams(BaseModel):
+class LowRankModelParams(BaseModel):
     """Base of model params with a ``low_rank: LowRank`` field: the field is left out of the dump while empty,
     so full-rank specs (and their checkpoints) read as before."""
 
