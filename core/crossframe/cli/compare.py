@@ -36,8 +36,8 @@ def compare_command(config: str | None, backends: str, overrides: tuple[str, ...
         from crossframe.compare.report import print_table
 
         print_table(results)
-    base = Path(out) if out is not None else Path(results["config"].get("output_dir", "runs"))
-    click.echo(f"report: {base / 'compare' / 'report.md'}  (also report.html, results.json)", err=as_json)
+    where = Path(results["config"]["output_dir"]) / "compare"
+    click.echo(f"report: {where / 'report.md'}  (also report.html, results.json)", err=as_json)
     if all(r["status"] != "ok" for r in results["results"]):
         from crossframe.errors import RunError
 

@@ -131,8 +131,9 @@ def compare(
         raise UsageError(f"--steps: must be a positive number of steps, got {steps}")
     extra = [f"train.steps={steps}"] if steps is not None else []
     cfg = load_config(config, [*overrides, *extra])
-    base = Path(out) if out is not None else Path(cfg.output_dir)
-    compare_dir = base / COMPARE_DIR
+    if out is not None:  # a plain string field: set directly rather than through YAML-parsed overrides
+        cfg = cfg.model_copy(update={"output_dir": str(out)})
+    compare_dir = Path(cfg.output_dir) / COMPARE_DIR
     shared = config_to_dict(cfg)
     data_s = _prepare_data(cfg, shared)
     display = ProgressDisplay(names, enabled=progress)
