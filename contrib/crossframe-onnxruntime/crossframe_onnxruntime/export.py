@@ -89,8 +89,13 @@ class _Graph:
         raise CapabilityError(f"model.activation: '{kind}' has no ONNX mapping here; use relu, tanh or gelu")
 
     def dense(self, x: str, weights: Mapping[str, np.ndarray], prefix: str, output: str | None = None) -> str:
-        w = self.initializer(f"{prefix}.weight", weights[f"{prefix}.weight"])  # canonical [in, out]
         b = self.initializer(f"{prefix}.bias", weights[f"{prefix}.bias"])
+        if f"{prefix}.weight_u" in weights:  # a low-rank layer (model param low_rank): x @ U @ V
+            u = self.initializer(f"{prefix}.weight_u", weights[f"{prefix}.weight_u"])  # [in, r]
+            v = self.initializer(f"{prefix}.weight_v", weights[f"{prefix}.weight_v"])  # [r, out]
+            projected = self.op("MatMul", [self.op("MatMul", [x, u], "matmul_u"), v], "matmul_v")
+            return self.op("Add", [projected, b], output=output)
+        w = self.initializer(f"{prefix}.weight", weights[f"{prefix}.weight"])  # canonical [in, out]
         return self.op("Add", [self.op("MatMul", [x, w], "matmul"), b], output=output)
 
 
