@@ -1,9 +1,10 @@
 """Knowledge distillation: a trained teacher run, on any backend, for ``train.distill``.
 
-The teacher is a run directory (or one of its checkpoints): its saved ``config.yaml`` names the
-architecture, its latest checkpoint holds the canonical weights. Those weights load into the
-*student's* backend, whichever backend trained them, and the backend runs the teacher inside the
-student's compiled step (see :class:`crossframe.backend.DistillSetup` for the loss).
+The teacher is a run directory (or one of its checkpoints, or a compressed model's directory):
+its saved ``config.yaml`` names the architecture, its latest checkpoint holds the canonical
+weights. Those weights load into the *student's* backend, whichever backend trained them, and
+the backend runs the teacher inside the student's compiled step (see
+:class:`crossframe.backend.DistillSetup` for the loss).
 """
 
 from __future__ import annotations
@@ -30,13 +31,18 @@ def teacher_path(teacher: str, output_dir: str | Path) -> Path:
     return path
 
 
-def _teacher_model(run_dir: Path, state: dict) -> tuple[str, dict, DataInfo | None]:
-    """The teacher's architecture name and params (from its saved config), and its data's shape if recorded."""
+def _teacher_model(where: Path, state: dict) -> tuple[str, dict, DataInfo | None]:
+    """The teacher's architecture name and params (from its saved config), and its data's shape if recorded.
+
+    The config next to the checkpoint wins (a compressed model's directory holds its own, with the
+    changed model params); otherwise the run directory's.
+    """
     from crossframe.config.loading import load_config
 
     saved = state.get("model") or {}
     info = DataInfo.from_json(saved["data_info"]) if "data_info" in saved else None
-    config_file = run_dir / CONFIG_FILE
+    run_dir = where.parent.parent
+    config_file = where / CONFIG_FILE if (where / CONFIG_FILE).is_file() else run_dir / CONFIG_FILE
     if config_file.is_file():
         try:
             cfg = load_config(config_file, resolve_components=False)
@@ -80,8 +86,7 @@ def load_teacher(cfg: RunConfig, student: DataInfo) -> DistillSetup:
         checkpoint = load_checkpoint(path)
     except CheckpointError as exc:
         raise ConfigError(f"{FIELD}: '{distill.teacher}' is not a run directory or checkpoint ({exc})") from None
-    run_dir = checkpoint.path.parent.parent
-    name, params, recorded = _teacher_model(run_dir, checkpoint.state)
+    name, params, recorded = _teacher_model(checkpoint.path, checkpoint.state)
     check_compatible(recorded or student, student, str(distill.teacher))
     spec = _build(name, params, student, str(distill.teacher))
     try:
