@@ -134,6 +134,17 @@ MESH_SCRIPT = textwrap.dedent(
                       "loss": abs(got["single"][1]["loss"] - got[s][1]["loss"])}
                   for s in ("data_parallel", "fully_sharded")}
 
+    # pruning masks and a distillation teacher ride along on the mesh as on one device
+    from crossframe.backend import DistillSetup
+    masks = {"layers.0.weight": (rng.random(mlp.table[0].shape) > 0.5).astype(np.float32)} \
+        if mlp.table[0].name == "layers.0.weight" else {}
+    assert masks, [p.name for p in mlp.table]
+    teacher = DistillSetup(mlp, mlp.init(5), temperature=2.0, alpha=0.5)
+    extra = {s: B.export_state(train(mlp, w, steps[:5], s, masks=masks, distill=teacher, **kw)[0])[0]
+             for s in ("single", "fully_sharded")}
+    out["masks_distill"] = gap(extra["single"], extra["fully_sharded"])
+    out["pruned_zero"] = bool(np.all(extra["fully_sharded"]["layers.0.weight"][masks["layers.0.weight"] == 0] == 0))
+
     # bf16 compute keeps working on the mesh (summation order differs, so a looser bound)
     bf = {s: B.export_state(train(mlp, w, steps[:5], s, **{**kw, "precision": "bf16"})[0])[0]
           for s in ("single", "data_parallel")}
@@ -219,6 +230,10 @@ def test_xla_inserts_the_gradient_all_reduce(mesh: dict[str, Any]) -> None:
 def test_eval_and_predict_on_the_mesh_match_one_device(mesh: dict[str, Any], strategy: str) -> None:
     got = mesh["eval"][strategy]
     assert got["loss"] <= TOL and got["confusion_equal"] and got["predict"] <= TOL
+
+
+def test_masks_and_a_teacher_work_on_the_mesh(mesh: dict[str, Any]) -> None:
+    assert mesh["masks_distill"] <= TOL and mesh["pruned_zero"]
 
 
 def test_bf16_trains_on_the_mesh(mesh: dict[str, Any]) -> None:
