@@ -119,7 +119,8 @@ TITLE = "GPT training throughput: crossframe vs native, per backend (tokens/s, M
 
 BACKENDS = ("torch", "jax", "tensorflow")
 SEED = 0
-N_LAYER, N_HEAD, D_MODEL, SEQ_LEN, BATCH = 4, 4, 128, 128, 16
+#: smoke mode (``python -m benchmarks --smoke``, inherited by the workers) shrinks the model to a toy
+N_LAYER, N_HEAD, D_MODEL, SEQ_LEN, BATCH = (1, 2, 32, 32, 4) if smoke() else (4, 4, 128, 128, 16)
 LR, WEIGHT_DECAY, BETAS, EPS = 3e-4, 0.1, (0.9, 0.95), 1e-8
 VAL_FRACTION = 0.05
 STDLIB_FILES = 100  # about 1.7 M training tokens: no epoch ends inside a round
