@@ -147,3 +147,13 @@ def test_a_teacher_that_cannot_teach_is_a_one_line_config_error(teacher_run: Pat
             load_teacher(_student_config(teacher, DIGITS), info)
         text = str(err.value)
         assert text.startswith("train.distill.teacher: ") and message in text and "\n" not in text, text
+
+
+def test_a_missing_teacher_stops_the_run_before_it_starts(crossframe_cli, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = crossframe_cli("run", "--backend", "torch", "--set", "train.distill.teacher=runs/nowhere",
+                            "--set", "train.steps=5", "--quiet")
+    assert result.exit_code == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: train.distill.teacher: 'runs/nowhere' is not a run"), lines
+    assert not list(tmp_path.rglob("metrics.jsonl")), "the run started anyway"
