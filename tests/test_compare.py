@@ -206,12 +206,28 @@ def test_first_step_and_throughput_from_windows(first: float, step_s: float, win
 def test_export_figures_tolerate_partial_reports(tmp_path: Path) -> None:
     assert measure.export_figures(tmp_path) == []
     (tmp_path / "report.json").write_text(json.dumps({"steps": [
-        {"kind": "compress", "name": "prune"},
-        {"kind": "export", "format": "onnx", "size_bytes": 2048, "latency": {"p50_ms": 0.5, "p99_us": 900}},
+        {"kind": "compress", "name": "prune", "format": "safetensors", "size_bytes": 100},
+        {"kind": "export", "format": "onnx", "size_bytes": 2048, "latency": {"p50_ms": 0.5, "p99_us": 900},
+         "metric": "accuracy", "metric_after": 0.9},
         {"kind": "export", "format": "saved-model", "status": "failed", "error": "boom\ntrace"},
     ]}))
     got = measure.export_figures(tmp_path)
     assert [e["format"] for e in got] == ["onnx", "saved-model"]
-    assert got[0]["size_bytes"] == 2048 and got[0]["latency_p50_ms"] == 0.5
+    assert got[0]["size_bytes"] == 2048 and got[0]["latency_p50_ms"] == 0.5 and got[0]["metric_after"] == 0.9
     assert math.isclose(got[0]["latency_p99_ms"], 0.9)
     assert got[1]["size_bytes"] is None and got[1]["error"] == "boom"
+
+
+def test_export_figures_from_the_real_pipeline(tmp_path: Path) -> None:
+    import crossframe
+
+    config = {**TINY, "export": [{"name": "onnx"}]}
+    results = crossframe.compare(config, backends=["torch"], out=tmp_path, steps=10)
+    validate_results(results)
+    row = results["results"][0]
+    assert row["status"] == "ok", row["error"]
+    (onnx,) = row["export"]
+    assert onnx["format"] == "onnx" and onnx["size_bytes"] > 1000
+    assert 0 < onnx["latency_p50_ms"] <= onnx["latency_p99_ms"]
+    assert onnx["metric_after"] == pytest.approx(row["eval"]["val/accuracy"], abs=0.02)
+    assert "onnx: " in (tmp_path / "compare" / "report.md").read_text()

@@ -153,10 +153,12 @@ def _latency_ms(entry: dict[str, Any], which: str) -> float | None:
 
 
 def export_figures(run_dir: Path | None) -> list[dict[str, Any]]:
-    """Export entries of ``RUN_DIR/report.json`` (format, size, ONNX Runtime latency p50/p99).
+    """Export entries of ``RUN_DIR/report.json`` (format, size, ONNX Runtime latency p50/p99, the
+    artefact's headline metric).
 
-    The report is written by the compress/export pipeline; any of its fields may be missing, and
-    a missing or unreadable report gives an empty list.
+    The report is written by the compress/export pipeline (``steps[]``, see docs/compress.md);
+    compress steps are skipped, any field may be missing, and a missing or unreadable report gives
+    an empty list.
     """
     if run_dir is None:
         return []
@@ -167,13 +169,17 @@ def export_figures(run_dir: Path | None) -> list[dict[str, Any]]:
     steps = report.get("steps") if isinstance(report, dict) else None
     out = []
     for entry in steps if isinstance(steps, list) else []:
-        if not isinstance(entry, dict) or "format" not in entry:
+        if not isinstance(entry, dict) or "format" not in entry or entry.get("kind", "export") != "export":
             continue
         size = entry.get("size_bytes")
         status = entry.get("status")
         error = entry.get("error")
+        metric = entry.get("metric")
         out.append({
             "format": str(entry["format"]),
+            "name": str(entry["name"]) if entry.get("name") is not None else None,
+            "metric": str(metric) if metric is not None else None,
+            "metric_after": _finite(entry.get("metric_after")),
             "size_bytes": int(size) if _finite(size) is not None else None,
             "latency_p50_ms": _latency_ms(entry, "p50"),
             "latency_p99_ms": _latency_ms(entry, "p99"),

@@ -28,7 +28,8 @@ def _export(row: dict[str, Any]) -> str:
         size = fmt(e["size_bytes"] / 1024 if e["size_bytes"] is not None else None, ",.1f", " KiB")
         lat = f"p50 {fmt(e['latency_p50_ms'], '.3g')} / p99 {fmt(e['latency_p99_ms'], '.3g')} ms"
         bad = f" ({e['status']})" if e.get("status") not in (None, "ok") else ""
-        parts.append(f"{e['format']}: {size}, {lat}{bad}")
+        metric = f", {e['metric']} {e['metric_after']:.4g}" if e.get("metric_after") is not None else ""
+        parts.append(f"{e['format']}: {size}, {lat}{metric}{bad}")
     return "; ".join(parts) or "-"
 
 

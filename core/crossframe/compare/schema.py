@@ -89,7 +89,8 @@ RESULTS_SCHEMA: dict[str, Any] = {
         },
         "export": {
             "type": "object", "required": ["format"], "additionalProperties": False,
-            "properties": {"format": {"type": "string"}, "size_bytes": INT, "latency_p50_ms": NUM,
+            "properties": {"format": {"type": "string"}, "name": STR, "metric": STR, "metric_after": NUM,
+                           "size_bytes": INT, "latency_p50_ms": NUM,
                            "latency_p99_ms": NUM, "status": STR, "error": STR},
         },
         "pair": {
