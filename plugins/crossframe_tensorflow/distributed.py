@@ -48,6 +48,27 @@ from crossframe_tensorflow.devices import tf
 CPU_DEVICES_ENV = "CROSSFRAME_TF_CPU_DEVICES"
 
 StepFn = Callable[..., dict[str, tf.Tensor]]
+#: what a collective raises when a peer died, hung past the timeout, or cannot be reached
+COLLECTIVE_FAILURES = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+                       tf.errors.CancelledError)
+
+
+_NOISE = ("Graph execution error", "Detected at node", "File ", "[[", "Additional GRPC", ":UNKNOWN", "RPC:",
+          "The error could be", "This is usually")
+
+
+def _first_line(exc: Exception) -> str:
+    """The reason in a TensorFlow error's message: its first line that is not framing or a traceback."""
+    lines = [line for line in str(getattr(exc, "message", exc)).splitlines() if line.strip()]
+    reasons = [line.strip() for line in lines if not line[0].isspace() and not line.startswith(_NOISE)]
+    return (reasons or [line.strip() for line in lines] or [type(exc).__name__])[0]
+
+
+def collective_failure(world: WorldInfo, exc: Exception) -> str:
+    """One line for a failed all-reduce: this rank, TensorFlow's reason (first line), what to check."""
+    return (f"rank {world.rank} of {world.world_size}: a collective of MultiWorkerMirroredStrategy failed "
+            f"({type(exc).__name__}: {_first_line(exc)}); another worker stopped, hung longer than "
+            f"launch.collective_timeout_s={world.collective_timeout_s:g}, or cannot be reached")
 
 
 # ---------------------------------------------------------------------- the runtime, before it starts
@@ -142,9 +163,17 @@ def init_distributed(world: WorldInfo, device: str) -> Replicas:
             gpus = tf.config.list_physical_devices("GPU")  # one GPU per process on a shared host
             tf.config.set_visible_devices(gpus[world.local_rank % len(gpus)], "GPU")
         os.environ["TF_CONFIG"] = json.dumps(tf_config(world))
+        _bound_registration(world)
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=world.collective_timeout_s)
-        strategy: tf.distribute.Strategy = tf.distribute.MultiWorkerMirroredStrategy(
-            communication_options=options)
+        try:
+            strategy: tf.distribute.Strategy = tf.distribute.MultiWorkerMirroredStrategy(
+                communication_options=options)
+        except tf.errors.OpError as exc:  # a peer that never registered, an address that cannot be bound
+            workers = ", ".join(tf_config(world)["cluster"]["worker"])
+            raise DistributedError(f"rank {world.rank} of {world.world_size}: could not join the TensorFlow job "
+                                   f"({workers}): {type(exc).__name__}: {_first_line(exc)} "
+                                   f"(waited up to launch.collective_timeout_s={world.collective_timeout_s:g})"
+                                   ) from None
     else:
         if device == "cpu":
             configure_cpu_devices(cpu_devices_wanted())
@@ -154,6 +183,25 @@ def init_distributed(world: WorldInfo, device: str) -> Replicas:
         cross = None if kind == "GPU" and len(names) > 1 else tf.distribute.ReductionToOneDevice()
         strategy = tf.distribute.MirroredStrategy(names, cross_device_ops=cross)
     return Replicas(strategy, world)
+
+
+def _bound_registration(world: WorldInfo) -> None:
+    """Give TensorFlow's coordination service (which MultiWorkerMirroredStrategy starts) our timeout.
+
+    Without it a worker waits for absent peers to register, and for heartbeats of dead ones, for
+    TensorFlow's defaults (minutes); with it the wait ends after ``collective_timeout_s``. The job
+    layout is the one the strategy would configure itself (workers only, led by worker 0).
+    """
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.eager import context
+
+    if context.context().coordination_service is not None:
+        return
+    timeout_ms = max(1000, int(world.collective_timeout_s * 1000))
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader="/job:worker/replica:0/task:0",
+        cluster_register_timeout_in_ms=timeout_ms, heartbeat_timeout_in_ms=timeout_ms,
+        coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name="worker", num_tasks=world.world_size)])
 
 
 def local_replicas(world: WorldInfo, device: str) -> int:
@@ -306,7 +354,13 @@ class DistributedTrain:
         *inputs, lr = args
         x, y, mask = (*inputs, None) if not self.lm else inputs
         split = [self._split(t) for t in (x, y)]
-        return self.function(*split, None if mask is None else self._split(mask), lr)
+        try:
+            return self.function(*split, None if mask is None else self._split(mask), lr)
+        except COLLECTIVE_FAILURES as exc:
+            world = self.replicas.world
+            if world is None or world.world_size == 1:
+                raise
+            raise DistributedError(collective_failure(world, exc)) from None
 
     def tracing_count(self) -> int:
         """How many times the ``tf.function`` has been traced."""
