@@ -11,6 +11,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import crossframe
@@ -290,3 +291,38 @@ def pin_to_one_core() -> tuple[Callable[[], None], str]:
 def first_if_smoke(items: list[Any]) -> list[Any]:
     """Only the first of ``items`` (a benchmark's first case) in smoke mode; all of them otherwise."""
     return items[:1] if smoke() else items
+
+
+@dataclass
+class Start:
+    """What both sides of an MLP step benchmark start from (built untimed): the training split that
+    ``crossframe.run`` trains on, the model's spec and its canonical initial weights."""
+
+    x: Any
+    y: Any
+    spec: Any
+    weights: dict[str, Any]
+
+    @property
+    def widths(self) -> list[int]:
+        """Layer widths of an ``mlp`` spec: inputs, hidden layers, outputs."""
+        info = self.spec.data_info
+        return [math.prod(info.input_shape), *self.spec.params["hidden"], info.num_outputs]
+
+    @property
+    def decays(self) -> dict[str, bool]:
+        """Whether weight decay applies, by canonical parameter name."""
+        return {p.name: p.decay for p in self.spec.table}
+
+
+def canonical_start(data: dict[str, Any], model: dict[str, Any]) -> Start:
+    """The training split of ``data`` (split as ``crossframe.run`` splits it) and ``model``'s initial weights."""
+    from crossframe.config.validation import validate_params
+    from crossframe.models import build_model
+    from crossframe.plugins import component
+
+    source = component("dataset", data["name"])
+    dataset = source.obj(validate_params(source.schema, {k: v for k, v in data.items() if k != "name"}, "data"))
+    train, _ = dataset.split(VAL_FRACTION, SEED)
+    spec = build_model(model["name"], {k: v for k, v in model.items() if k != "name"}, train.info)
+    return Start(train.x, train.y, spec, spec.init(SEED))

@@ -71,9 +71,9 @@ from benchmarks.common import (
     LOG_EVERY,
     LR,
     SEED,
-    VAL_FRACTION,
     WEIGHT_DECAY,
     RunClock,
+    canonical_start,
     first_if_smoke,
     learning_rate,
     machine_info,
@@ -177,17 +177,8 @@ class Problem:
 
 def problem(case: Case) -> Problem:
     """The same training split and canonical initial weights ``crossframe.run`` starts from."""
-    from crossframe.config.validation import validate_params
-    from crossframe.models import build_model
-    from crossframe.plugins import component
-
-    source = component("dataset", case.data["name"])
-    params = {k: v for k, v in case.data.items() if k != "name"}
-    dataset = source.obj(validate_params(source.schema, params, "data"))
-    train, _ = dataset.split(VAL_FRACTION, SEED)
-    model_params = {k: v for k, v in case.model.items() if k != "name"}
-    spec = build_model(case.model["name"], model_params, train.info)
-    return Problem(train.x, train.y, spec, spec.init(SEED))
+    start = canonical_start(case.data, case.model)
+    return Problem(start.x, start.y, start.spec, start.weights)
 
 
 class BatchOrder:

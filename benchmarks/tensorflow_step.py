@@ -65,9 +65,9 @@ import crossframe
 from benchmarks.common import (
     LOG_EVERY,
     SEED,
-    VAL_FRACTION,
     WEIGHT_DECAY,
     RunClock,
+    canonical_start,
     first_if_smoke,
     learning_rate,
     markdown_table,
@@ -175,17 +175,8 @@ class NativeSetup:
 
 def native_setup(case: Case) -> NativeSetup:
     """The same training split and canonical initial weights ``crossframe.run`` starts from."""
-    from crossframe.config.validation import validate_params
-    from crossframe.models import build_model
-    from crossframe.plugins import component
-
-    source = component("dataset", case.data["name"])
-    params = {k: v for k, v in case.data.items() if k != "name"}
-    dataset = source.obj(validate_params(source.schema, params, "data"))
-    train, _ = dataset.split(VAL_FRACTION, SEED)
-    spec = build_model("mlp", {"hidden": list(case.hidden), "activation": "relu"}, train.info)
-    widths = [math.prod(train.info.input_shape), *case.hidden, train.info.num_outputs]
-    return NativeSetup(train.x, train.y, widths, spec.init(SEED), {p.name: p.decay for p in spec.table})
+    start = canonical_start(case.data, {"name": "mlp", "hidden": list(case.hidden), "activation": "relu"})
+    return NativeSetup(start.x, start.y, start.widths, start.weights, start.decays)
 
 
 class NativeModel:

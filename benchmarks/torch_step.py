@@ -69,10 +69,10 @@ from benchmarks.common import (
     LR,
     MIN_LR_RATIO,
     SEED,
-    VAL_FRACTION,
     WARMUP_STEPS,
     WEIGHT_DECAY,
     RunClock,
+    canonical_start,
     first_if_smoke,
     markdown_table,
     median,
@@ -162,17 +162,8 @@ class NativeSetup:
 
 def native_setup(case: Case) -> NativeSetup:
     """The same training split and canonical initial weights ``crossframe.run`` starts from."""
-    from crossframe.config.validation import validate_params
-    from crossframe.models import build_model
-    from crossframe.plugins import component
-
-    source = component("dataset", case.data["name"])
-    params = {k: v for k, v in case.data.items() if k != "name"}
-    dataset = source.obj(validate_params(source.schema, params, "data"))
-    train, _ = dataset.split(VAL_FRACTION, SEED)
-    spec = build_model("mlp", {"hidden": list(case.hidden), "activation": "relu"}, train.info)
-    widths = [math.prod(train.info.input_shape), *case.hidden, train.info.num_outputs]
-    return NativeSetup(train.x, train.y, widths, spec.init(SEED))
+    start = canonical_start(case.data, {"name": "mlp", "hidden": list(case.hidden), "activation": "relu"})
+    return NativeSetup(start.x, start.y, start.widths, start.weights)
 
 
 def native_model(setup: NativeSetup) -> tuple[Any, Any]:
