@@ -242,3 +242,19 @@ def test_tf_config_names_every_worker_and_this_task() -> None:
                                 "task": {"type": "worker", "index": 2}}
     with pytest.raises(DistributedError, match="master_port"):
         tf_config(WorldInfo("data_parallel", world_size=4, master_port=65534))
+
+
+def test_a_worker_dying_mid_run_stops_the_job_in_one_line(workspace: Path) -> None:
+    cfg = {**tiny_cfg(steps=12, checkpoint_every=2), "output_dir": "runs"}
+    (workspace / "fault.json").write_text(json.dumps(cfg))
+    proc = subprocess.run([sys.executable, "-m", "crossframe", "run", "fault.json", "--backend", "tensorflow",
+                           "--strategy", "data_parallel", "--nproc-per-node", "2", "--set", "name=fault",
+                           "--set", "launch.collective_timeout_s=30"],
+                          cwd=workspace, env=_env(CROSSFRAME_FAULT_EXIT="1:3"), capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: worker rank 1 of 2 exited with code 3")
+    # rank 0 either saw the broken all-reduce (one line, no traceback) or was stopped by the launcher
+    assert "Traceback" not in proc.stderr
+    assert (workspace / "runs" / "fault" / "checkpoints" / "step_2").is_dir()  # the last good checkpoint stays

@@ -329,6 +329,7 @@ class DistributedTrain:
             return {key: strategy.experimental_local_results(value)[0] for key, value in out.items()}
 
         self.function = tf.function(train, reduce_retracing=True)
+        self._concrete: dict[tuple[tuple[int, ...], ...], Any] = {}
 
     def _split(self, value: tf.Tensor) -> Any:
         local = self.replicas.local
@@ -354,8 +355,13 @@ class DistributedTrain:
         *inputs, lr = args
         x, y, mask = (*inputs, None) if not self.lm else inputs
         split = [self._split(t) for t in (x, y)]
+        inputs = (*split, None if mask is None else self._split(mask), lr)
+        key = tuple(tuple(t.shape) for t in (x, y))
         try:
-            return self.function(*split, None if mask is None else self._split(mask), lr)
+            concrete = self._concrete.get(key)
+            if concrete is None:  # traced once per batch shape; called directly after (half the call overhead)
+                concrete = self._concrete[key] = self.function.get_concrete_function(*inputs)
+            return concrete(*inputs)
         except COLLECTIVE_FAILURES as exc:
             world = self.replicas.world
             if world is None or world.world_size == 1:
