@@ -268,3 +268,25 @@ def test_two_processes_train_like_one_with_the_doubled_batch(workdir: Path, stra
     one = crossframe.run({**cfg, "name": "one", "train": {**cfg["train"], "batch_size": 16}}, quiet=True)
     assert one.steps == 20
     assert max_gap(final_weights(workdir / "runs" / "two"), final_weights(one.run_dir)) <= TOL
+
+
+def test_a_worker_that_dies_stops_the_other_with_one_line(workdir: Path) -> None:
+    from crossframe.distributed import free_port
+
+    cfg = tiny_cfg(steps=3000, checkpoint_every=3)
+    (workdir / "cfg.json").write_text(json.dumps(cfg))
+    errors = workdir / "errors"
+    errors.mkdir()
+    common = {"CROSSFRAME_WORKER": "1", "CROSSFRAME_WORLD_SIZE": "2", "CROSSFRAME_LOCAL_WORLD_SIZE": "2",
+              "CROSSFRAME_MASTER_ADDR": "127.0.0.1", "CROSSFRAME_MASTER_PORT": str(free_port()),
+              "CROSSFRAME_RUN_DIR": str(workdir / "runs" / "dies"), "CROSSFRAME_ERROR_DIR": str(errors),
+              "CROSSFRAME_FAULT_EXIT": "1:5"}  # rank 1 exits right after step 5
+    workers = [subprocess.Popen([sys.executable, "-m", "crossframe", "run", "cfg.json", "--strategy", "data_parallel",
+                                 "--set", "launch.collective_timeout_s=5", "-q"], cwd=workdir,
+                                env=_env(**common, CROSSFRAME_RANK=str(r), CROSSFRAME_LOCAL_RANK=str(r)),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for r in (0, 1)]
+    codes = [w.wait(timeout=240) for w in workers]  # no hang: rank 0 ends on its own
+    assert codes[1] == 3 and codes[0] != 0
+    line = (errors / "rank_0.err").read_text().strip()
+    assert line.startswith("DistributedError: collective: worker 0 of 2 lost its peers") and "\n" not in line
+    assert (workdir / "runs" / "dies" / "checkpoints" / "step_3").is_dir()  # the last good checkpoint stays

@@ -533,9 +533,10 @@ class JaxBackend(Backend):
         first = next((leaf for leaf in leaves if isinstance(leaf, jax.Array)), None)
         if first is None:
             return values
-        if all(d.platform == "cpu" for d in first.devices()):
-            return jax.tree.map(lambda v: np.array(v) if isinstance(v, jax.Array) else v, values)
-        return jax.device_get(values)
+        with distributed.collective_errors():  # a peer that died shows here: one DistributedError line
+            if all(d.platform == "cpu" for d in first.devices()):
+                return jax.tree.map(lambda v: np.array(v) if isinstance(v, jax.Array) else v, values)
+            return jax.device_get(values)
 
 
 def _native_masks(setup: TrainSetup, device: Any) -> dict[str, jax.Array]:

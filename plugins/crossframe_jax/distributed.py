@@ -22,13 +22,15 @@ sharded, so each micro-batch is spread over every device.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import re
 import socket
+import sys
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import jax
@@ -126,6 +128,20 @@ def init_distributed(world: WorldInfo, device: str) -> None:
                                f"{world.master_addr}:{world.master_port} within {timeout} s ({first})") from None
 
 
+@contextlib.contextmanager
+def collective_errors() -> Iterator[None]:
+    """Turn a failed computation of a multi-process job (gloo reports a peer gone as a read error,
+    surfacing where the host first waits for a result) into one :class:`DistributedError` line."""
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as exc:
+        if not jax.distributed.is_initialized():
+            raise
+        lines = str(exc).strip().splitlines()
+        raise DistributedError(f"collective: worker {jax.process_index()} of {jax.process_count()} lost its peers "
+                               f"({lines[0] if lines else type(exc).__name__}); another worker probably died") from None
+
+
 def _check_port_free(world: WorldInfo) -> None:
     """Raise :class:`DistributedError` when rank 0 cannot bind the coordinator's port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -153,8 +169,13 @@ def _wait_for_coordinator(world: WorldInfo, timeout: float) -> None:
 
 
 def shutdown_distributed() -> None:
-    """Leave the job (``jax.distributed.shutdown``) when this process joined one."""
-    if jax.distributed.is_initialized():
+    """Leave the job (``jax.distributed.shutdown``) when this process joined one.
+
+    Not while an exception propagates (a collective failed because a peer died, say): the
+    shutdown barrier would wait for peers that are gone and then abort the process, before the
+    worker's one-line error is recorded for the launcher. jax's exit handler shuts down anyway.
+    """
+    if jax.distributed.is_initialized() and sys.exc_info()[0] is None:
         jax.distributed.shutdown()
 
 
@@ -342,8 +363,9 @@ def create_state(backend: Any, setup: TrainSetup) -> Any:
 
     def train(params: Any, opt: Any, x: np.ndarray, y: np.ndarray, mask: np.ndarray | None, lr: Any,
               *rest: Any) -> Any:
-        return step(params, opt, plan.batch(x, split), plan.batch(y, split),
-                    None if mask is None else plan.batch(mask, split), lr, *rest)
+        with collective_errors():
+            return step(params, opt, plan.batch(x, split), plan.batch(y, split),
+                        None if mask is None else plan.batch(mask, split), lr, *rest)
 
     train.jitted = step  # type: ignore[attr-defined]  # for inspection (tests lower it to see the collectives)
 
@@ -351,10 +373,12 @@ def create_state(backend: Any, setup: TrainSetup) -> Any:
     predict_jit = jax.jit(_raw(program.predict), out_shardings=plan.replicated)
 
     def evaluate(params: Any, *arrays: np.ndarray | None) -> Any:
-        return evaluate_jit(params, *(plan.whole(a) for a in arrays))
+        with collective_errors():
+            return evaluate_jit(params, *(plan.whole(a) for a in arrays))
 
     def predict(params: Any, x: np.ndarray) -> Any:
-        return predict_jit(params, plan.whole(x))
+        with collective_errors():
+            return predict_jit(params, plan.whole(x))
 
     fields = {f.name: getattr(program, f.name) for f in dataclasses.fields(program)}
     fields.update(train=train, evaluate=evaluate, predict=predict, extra=(extra,) if extra else ())
@@ -366,10 +390,12 @@ def gathered(state: Any) -> Any:
     """The state with parameters and optimizer state replicated (a collective: every process calls it),
     so :meth:`~crossframe_jax.backend.JaxBackend.export_state` can copy full arrays to the host."""
     program = state.program
-    if program.plan.strategy != "fully_sharded" or not program.plan.multiprocess:
-        return state  # replicated, or every shard is addressable here
-    gather = jax.jit(lambda t: t, out_shardings=program.plan.replicated)
-    params, opt = gather((state.params, state.opt_state))
+    with collective_errors():  # a failed step shows here first when a checkpoint is due
+        if program.plan.strategy != "fully_sharded" or not program.plan.multiprocess:
+            jax.block_until_ready((state.params, state.opt_state))
+            return state  # replicated, or every shard is addressable here
+        gather = jax.jit(lambda t: t, out_shardings=program.plan.replicated)
+        params, opt = jax.block_until_ready(gather((state.params, state.opt_state)))
     return dataclasses.replace(state, params=params, opt_state=opt)
 
 
