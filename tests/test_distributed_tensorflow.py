@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 pytest.importorskip("tensorflow")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
@@ -242,6 +244,26 @@ def test_tf_config_names_every_worker_and_this_task() -> None:
                                 "task": {"type": "worker", "index": 2}}
     with pytest.raises(DistributedError, match="master_port"):
         tf_config(WorldInfo("data_parallel", world_size=4, master_port=65534))
+    with pytest.raises(DistributedError, match=r"^CROSSFRAME_TF_NODE_HOSTS: 3 node addresses"):
+        tf_config(WorldInfo("data_parallel", world_size=4, local_world_size=2), {"CROSSFRAME_TF_NODE_HOSTS": "a,b,c"})
+
+
+@given(nodes=st.integers(1, 4), per_node=st.integers(1, 4), port=st.integers(1024, 60000), data=st.data())
+def test_tf_config_across_machines_puts_each_worker_on_its_node(nodes: int, per_node: int, port: int,
+                                                               data: st.DataObject) -> None:
+    from crossframe.backend import WorldInfo
+    from crossframe_tensorflow.distributed import tf_config
+
+    rank = data.draw(st.integers(0, nodes * per_node - 1))
+    hosts = [f"10.0.0.{n + 1}" for n in range(nodes)]
+    world = WorldInfo("data_parallel", rank=rank, world_size=nodes * per_node, local_rank=rank % per_node,
+                      local_world_size=per_node, master_addr=hosts[0], master_port=port)
+    config = tf_config(world, {"CROSSFRAME_TF_NODE_HOSTS": ",".join(hosts)})
+    workers = config["cluster"]["worker"]
+    assert config["task"] == {"type": "worker", "index": rank}
+    assert len(set(workers)) == len(workers) == nodes * per_node  # every worker its own address
+    assert workers[rank] == f"{hosts[rank // per_node]}:{port + rank}"  # this process listens on its own node
+    assert [w.split(":")[0] for w in workers] == [h for h in hosts for _ in range(per_node)]
 
 
 def test_a_worker_dying_mid_run_stops_the_job_in_one_line(workspace: Path) -> None:

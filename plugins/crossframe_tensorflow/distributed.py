@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,8 @@ from crossframe_tensorflow.devices import tf
 
 #: split the host CPU into this many logical devices for MirroredStrategy in one process
 CPU_DEVICES_ENV = "CROSSFRAME_TF_CPU_DEVICES"
+#: across machines: every node's address, comma-separated, node 0 first (workers listen there)
+NODE_HOSTS_ENV = "CROSSFRAME_TF_NODE_HOSTS"
 
 StepFn = Callable[..., dict[str, tf.Tensor]]
 #: what a collective raises when a peer died, hung past the timeout, or cannot be reached
@@ -134,13 +136,26 @@ def prepare_runtime() -> None:
         configure_cpu_devices(cpu_devices_wanted())
 
 
-def tf_config(world: WorldInfo) -> dict[str, Any]:
-    """``TF_CONFIG`` for ``world``: worker ``i`` at ``master_addr:master_port + i``, this process task ``rank``."""
+def tf_config(world: WorldInfo, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``TF_CONFIG`` for ``world``: worker ``i`` at ``HOST:master_port + i``, this process task ``rank``.
+
+    ``HOST`` is ``master_addr`` (every worker on one machine), or with ``CROSSFRAME_TF_NODE_HOSTS``
+    (one address per node, comma-separated, node 0 first) the address of worker ``i``'s node
+    ``i // local_world_size``: TensorFlow needs every worker's own address, which ``master_addr``
+    alone does not give across machines.
+    """
+    env = os.environ if environ is None else environ
     last = world.master_port + world.world_size - 1
     if last > 65535:
         raise DistributedError(f"launch.master_port: TensorFlow workers listen on master_port..master_port+"
                                f"{world.world_size - 1}, past 65535; choose a lower port")
-    workers = [f"{world.master_addr}:{world.master_port + i}" for i in range(world.world_size)]
+    hosts = [h.strip() for h in env.get(NODE_HOSTS_ENV, "").split(",") if h.strip()]
+    per_node = max(1, world.local_world_size)
+    if hosts and len(hosts) * per_node != world.world_size:
+        raise DistributedError(f"{NODE_HOSTS_ENV}: {len(hosts)} node addresses given, but the job has "
+                               f"{world.world_size} workers, {per_node} per node; give one address per node")
+    workers = [f"{hosts[i // per_node] if hosts else world.master_addr}:{world.master_port + i}"
+               for i in range(world.world_size)]
     return {"cluster": {"worker": workers}, "task": {"type": "worker", "index": world.rank}}
 
 
