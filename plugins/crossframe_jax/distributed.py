@@ -135,11 +135,16 @@ def collective_errors() -> Iterator[None]:
     try:
         yield
     except jax.errors.JaxRuntimeError as exc:
-        if not jax.distributed.is_initialized():
-            raise
-        lines = str(exc).strip().splitlines()
-        raise DistributedError(f"collective: worker {jax.process_index()} of {jax.process_count()} lost its peers "
-                               f"({lines[0] if lines else type(exc).__name__}); another worker probably died") from None
+        raise_collective_error(exc)
+
+
+def raise_collective_error(exc: Exception) -> None:
+    """Re-raise ``exc`` as one :class:`DistributedError` line in a multi-process job, else unchanged."""
+    if not jax.distributed.is_initialized():
+        raise exc
+    lines = str(exc).strip().splitlines()
+    raise DistributedError(f"collective: worker {jax.process_index()} of {jax.process_count()} lost its peers "
+                           f"({lines[0] if lines else type(exc).__name__}); another worker probably died") from None
 
 
 def _check_port_free(world: WorldInfo) -> None:
@@ -363,9 +368,12 @@ def create_state(backend: Any, setup: TrainSetup) -> Any:
 
     def train(params: Any, opt: Any, x: np.ndarray, y: np.ndarray, mask: np.ndarray | None, lr: Any,
               *rest: Any) -> Any:
-        with collective_errors():
+        try:  # (not a context manager: this runs every step)
             return step(params, opt, plan.batch(x, split), plan.batch(y, split),
                         None if mask is None else plan.batch(mask, split), lr, *rest)
+        except jax.errors.JaxRuntimeError as exc:
+            raise_collective_error(exc)
+            raise
 
     train.jitted = step  # type: ignore[attr-defined]  # for inspection (tests lower it to see the collectives)
 
