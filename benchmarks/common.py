@@ -44,6 +44,8 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 def _looks_numeric(value: Any) -> bool:
     text = str(value).strip().rstrip("x%").replace(",", "").replace("+", "", 1)
+    if text == "-":  # a missing figure in a numeric column
+        return True
     try:
         float(text.split()[0] if text else "nan")
     except ValueError:
