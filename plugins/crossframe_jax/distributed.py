@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -222,10 +223,20 @@ class Plan:
     strategy: str
     grad_accum: int
 
-    @property
+    @functools.cached_property
     def replicated(self) -> NamedSharding:
         """A full copy on every device."""
         return NamedSharding(self.mesh, P())
+
+    @functools.cached_property
+    def rows(self) -> NamedSharding:
+        """Leading axis (rows) split over the devices."""
+        return NamedSharding(self.mesh, P(AXIS))
+
+    @functools.cached_property
+    def split_rows(self) -> NamedSharding:
+        """``[grad_accum, rows, ...]`` with the rows split over the devices."""
+        return NamedSharding(self.mesh, P(None, AXIS))
 
     @property
     def size(self) -> int:
@@ -273,7 +284,7 @@ class Plan:
         a = a.astype(jax.dtypes.canonicalize_dtype(a.dtype), copy=False)
         if split:
             a = a.reshape(self.grad_accum, a.shape[0] // self.grad_accum, *a.shape[1:])
-        sharding = NamedSharding(self.mesh, P(None, AXIS) if split else P(AXIS))
+        sharding = self.split_rows if split else self.rows
         if self.multiprocess:
             return jax.make_array_from_process_local_data(sharding, a)
         return jax.device_put(a, sharding)
@@ -286,7 +297,7 @@ class Plan:
         a = np.asarray(a)
         a = a.astype(jax.dtypes.canonicalize_dtype(a.dtype), copy=False)
         even = a.ndim > 0 and a.shape[0] % self.size == 0
-        sharding = NamedSharding(self.mesh, P(AXIS) if even else P())
+        sharding = self.rows if even else self.replicated
         if self.multiprocess:
             return jax.make_array_from_process_local_data(sharding, a, a.shape)
         return jax.device_put(a, sharding)
