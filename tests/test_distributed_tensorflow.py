@@ -38,7 +38,7 @@ MIRROR_SCRIPT = textwrap.dedent(
     import json, sys
     import numpy as np
     import crossframe
-    from crossframe.backend import TrainSetup, WorldInfo
+    from crossframe.backend import DistillSetup, TrainSetup, WorldInfo
     from crossframe.data.dataset import DataInfo
     from crossframe.models import build_model
     from crossframe_tensorflow.backend import TensorFlowBackend
@@ -103,6 +103,12 @@ MIRROR_SCRIPT = textwrap.dedent(
     out["pruned_nonzero_where_masked"] = max(
         float(np.abs(c.numpy()[masks["layers.0.weight"] == 0]).max())
         for c in pruned.model.params["layers.0.weight"].values)
+
+    # distillation: the teacher's term is a mean over the global batch too
+    teach = dict(distill=DistillSetup(mlp, mlp.init(5), temperature=2.0, alpha=0.5))
+    kd = {s: train(mlp, w, steps[:5], s, **kw, **teach) for s in ("single", "data_parallel")}
+    out["distill"] = {"weights": gap(BE.export_state(kd["single"][0])[0], BE.export_state(kd["data_parallel"][0])[0]),
+                      "kd": abs(kd["single"][1]["distill_loss"] - kd["data_parallel"][1]["distill_loss"])}
 
     # a language model: masked token loss over the global count of counted tokens, accumulation
     t, vocab = 8, 32
@@ -202,11 +208,12 @@ def test_two_replicas_with_batch_b_train_like_one_device_with_batch_2b(mirrored:
     assert mirrored["gpt"]["weights"] <= TOL and mirrored["gpt"]["loss"] <= TOL
 
 
-def test_eval_predict_and_load_on_mirrored_variables(mirrored: dict[str, Any]) -> None:
+def test_eval_predict_load_masks_and_a_teacher_on_mirrored_variables(mirrored: dict[str, Any]) -> None:
     assert mirrored["eval"]["loss"] <= TOL and mirrored["eval"]["confusion_equal"]
     assert mirrored["eval"]["predict"] <= TOL
     assert mirrored["load"] == 0.0 and mirrored["load_slots"] == 0.0
     assert mirrored["pruned_nonzero_where_masked"] == 0.0
+    assert mirrored["distill"]["weights"] <= TOL and mirrored["distill"]["kd"] <= TOL
 
 
 def test_the_runner_gives_each_replica_batch_size_rows(mirrored: dict[str, Any], one_process: Path) -> None:
