@@ -63,11 +63,13 @@ def test_same_seed_same_arrays(crossframe_plugins) -> None:
 
 
 def test_bad_params_are_one_line_errors(crossframe_cli, workdir: Path) -> None:
-    result = crossframe_cli("run", "--set", "data.name=" + NAME, "--set", "data.samples=0")
+    result = crossframe_cli("run", "digits-mlp", "--set", "data.name=" + NAME,
+                            "--set", "data.samples=0")
     assert result.exit_code == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
         "error: data.samples: input should be greater than 0 (got 0)"]
-    result = crossframe_cli("run", "--set", "data.name=" + NAME, "--set", "data.sample=10")
+    result = crossframe_cli("run", "digits-mlp", "--set", "data.name=" + NAME,
+                            "--set", "data.sample=10")
     assert result.exit_code == 2
     assert "data.sample: unknown key; did you mean 'samples'?" in result.stderr
 
