@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import markdown_table
+from benchmarks.common import markdown_table, pick, smoke
 
 TITLE = "Deployment int8: ONNX Runtime int8 vs native eager fp32 torch (CPU, 1 thread)"
 
@@ -46,19 +46,22 @@ def mlp_config(output_dir: Path, quick: bool) -> dict[str, Any]:
     return {
         "name": "int8-mlp", "backend": "torch", "device": "cpu", "seed": SEED, "output_dir": str(output_dir),
         "data": {"name": "digits"}, "model": {"name": "mlp", "hidden": [256, 128]},
-        "train": {"steps": 150 if quick else 600, "batch_size": 64, "log_every": 50, "eval_every": 0,
+        "train": {"steps": pick(600, 150, 30, quick), "batch_size": 64, "log_every": 50, "eval_every": 0,
                   "checkpoint_every": 0, "optimizer": {"name": "adamw", "lr": 0.003}},
     }
 
 
 def gpt_config(output_dir: Path, quick: bool) -> dict[str, Any]:
-    """The stdlib GPT run (byte tokens, so the vocabulary is 256 and nothing is downloaded)."""
+    """The stdlib GPT run (byte tokens, so the vocabulary is 256 and nothing is downloaded); a toy one in smoke mode."""
+    width = {"n_layer": 1, "n_head": 2, "d_model": 32} if quick and smoke() else {"n_layer": 4, "n_head": 4,
+                                                                                   "d_model": 128}
     return {
         "name": "int8-gpt", "backend": "torch", "device": "cpu", "seed": SEED, "output_dir": str(output_dir),
-        "data": {"name": "python-stdlib", "max_files": 40 if quick else 100, "val_fraction": 0.05},
-        "text": {"tokenizer": {"name": "bytes"}, "seq_len": 128, "max_eval_tokens": 8192 if quick else 32768},
-        "model": {"name": "gpt", "n_layer": 4, "n_head": 4, "d_model": 128, "max_seq_len": 128, "dropout": 0.0},
-        "train": {"steps": 30 if quick else 200, "batch_size": 16, "clip_norm": 1.0, "log_every": 20,
+        "data": {"name": "python-stdlib", "max_files": pick(100, 40, 16, quick),
+                 "val_fraction": 0.25 if quick and smoke() else 0.05},
+        "text": {"tokenizer": {"name": "bytes"}, "seq_len": 128, "max_eval_tokens": pick(32768, 8192, 1024, quick)},
+        "model": {"name": "gpt", **width, "max_seq_len": 128, "dropout": 0.0},
+        "train": {"steps": pick(200, 30, 5, quick), "batch_size": 16, "clip_norm": 1.0, "log_every": 20,
                   "eval_every": 0, "checkpoint_every": 0, "eval_batch_size": 16,
                   "optimizer": {"name": "adamw", "lr": 0.002, "weight_decay": 0.1, "betas": [0.9, 0.95]},
                   "schedule": {"name": "cosine", "warmup_steps": 20}},
@@ -74,7 +77,7 @@ def measure(name: str, config: dict[str, Any], quick: bool, log: Callable[[str],
     log(f"{name}: training ({config['train']['steps']} steps)")
     result = crossframe.run(config, quiet=True)
     fp32_bytes = (result.checkpoint / "model.safetensors").stat().st_size if result.checkpoint else None
-    options = Options(quiet=True, threads=threads, latency_budget_s=0.5 if quick else 2.0)
+    options = Options(quiet=True, threads=threads, latency_budget_s=(0.1 if smoke() else 0.5) if quick else 2.0)
     log(f"{name}: exporting {', '.join(METHODS)}")
     from crossframe.errors import ExportError
 
