@@ -156,6 +156,11 @@ MESH_SCRIPT = textwrap.dedent(
     dp = crossframe.run({**cfg, "name": "dp", "strategy": "data_parallel", "train": {**cfg["train"], "batch_size": b}},
                         quiet=True)
     out["run_dirs"] = [str(one.run_dir.resolve()), str(dp.run_dir.resolve())]
+    # a data-parallel checkpoint resumes fully sharded, and goes on as one device would
+    longer = crossframe.run({**cfg, "name": "longer", "train": {**cfg["train"], "batch_size": 4 * b, "steps": 30}},
+                            quiet=True)
+    crossframe.run(None, ["strategy=fully_sharded", "train.steps=30"], resume=dp.run_dir, quiet=True)
+    out["resumed_dirs"] = [str(longer.run_dir.resolve()), str(dp.run_dir.resolve())]
     print("RESULT " + json.dumps(out, default=lambda a: np.asarray(a).tolist()))
     """
 )
@@ -177,10 +182,11 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def final_weights(run_dir: Path | str) -> dict[str, np.ndarray]:
-    """The canonical weights of a run's latest checkpoint."""
-    step = sorted((Path(run_dir) / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))[-1]
-    return safetensors_numpy.load_file(str(step / "model.safetensors"))
+def final_weights(run_dir: Path | str, step: int | None = None) -> dict[str, np.ndarray]:
+    """The canonical weights of a run's checkpoint at ``step`` (default: the latest)."""
+    steps = sorted((Path(run_dir) / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))
+    chosen = steps[-1] if step is None else Path(run_dir) / "checkpoints" / f"step_{step}"
+    return safetensors_numpy.load_file(str(chosen / "model.safetensors"))
 
 
 def max_gap(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
@@ -241,8 +247,13 @@ def test_bf16_trains_on_the_mesh(mesh: dict[str, Any]) -> None:
 
 
 def test_the_runner_gives_each_device_batch_size_rows(mesh: dict[str, Any]) -> None:
-    one, dp = (final_weights(d) for d in mesh["run_dirs"])
+    one, dp = (final_weights(d, 20) for d in mesh["run_dirs"])
     assert max_gap(one, dp) <= TOL
+
+
+def test_a_data_parallel_checkpoint_resumes_fully_sharded(mesh: dict[str, Any]) -> None:
+    longer, resumed = mesh["resumed_dirs"]
+    assert max_gap(final_weights(longer, 30), final_weights(resumed, 30)) <= TOL
 
 
 def test_a_missing_coordinator_is_one_line(mesh: dict[str, Any]) -> None:
