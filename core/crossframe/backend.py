@@ -216,9 +216,20 @@ class Backend(ABC):
         """Leave the multi-worker job (destroy process groups and the like); the default does nothing."""
         return None
 
+    #: the module (``"crossframe_torch.export"``) that implements this backend's exports: ``FORMATS``,
+    #: ``export(request, format, options)`` and ``load(artifact)``; ``None``: the backend exports nothing
+    export_module: str | None = None
+
+    def _exports(self) -> Any:
+        """The export module, imported on first use (it imports the framework's converters)."""
+        import importlib
+
+        return importlib.import_module(self.export_module) if self.export_module else None
+
     def export_formats(self) -> tuple[str, ...]:
         """Formats :meth:`export` writes (``onnx`` and the native ones, the default native first); none by default."""
-        return ()
+        module = self._exports()
+        return tuple(module.FORMATS) if module else ()
 
     def export(self, request: ExportRequest, format: str, options: dict[str, Any]) -> ExportArtifact:
         """Write ``request``'s model in ``format`` under ``request.out_dir`` (see :mod:`crossframe.export`).
@@ -228,13 +239,19 @@ class Backend(ABC):
         """
         from crossframe.errors import CapabilityError
 
-        raise CapabilityError(f"export: backend '{self.name}' cannot export '{format}'")
+        module = self._exports()
+        if module is None or format not in module.FORMATS:
+            raise CapabilityError(f"export: backend '{self.name}' cannot export '{format}'")
+        return module.export(request, format, options)
 
     def load_export(self, artifact: ExportArtifact) -> Callable[[np.ndarray], np.ndarray]:
         """A function running a native-format artefact this backend wrote: numpy batch in, float32 out."""
         from crossframe.errors import CapabilityError
 
-        raise CapabilityError(f"export: backend '{self.name}' cannot load '{artifact.format}' artefacts")
+        module = self._exports()
+        if module is None:
+            raise CapabilityError(f"export: backend '{self.name}' cannot load '{artifact.format}' artefacts")
+        return module.load(artifact)
 
     def resolve_device(self, requested: str) -> str:
         """``auto`` becomes the best device found; an explicit name is returned unchanged."""

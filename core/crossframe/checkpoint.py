@@ -75,7 +75,7 @@ def save_checkpoint(root: Path, step: int, weights: dict[str, np.ndarray],
     try:
         _save_tensors(weights, tmp / MODEL_FILE)
         _save_tensors(optimizer_state, tmp / OPTIMIZER_FILE)
-        atomic_write_text(tmp / STATE_FILE, json.dumps({**state, "step": step}, indent=2, default=_json_default))
+        atomic_write_text(tmp / STATE_FILE, json.dumps({**state, "step": step}, indent=2, default=json_default))
         if final.exists():  # re-saving the same step (e.g. after a resume): swap the old one out
             old = root / f".step_{step}.old"
             shutil.rmtree(old, ignore_errors=True)
@@ -93,12 +93,14 @@ def save_checkpoint(root: Path, step: int, weights: dict[str, np.ndarray],
     return final
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)``: numpy scalars and arrays as numbers and lists, anything else
+    (paths, a plugin compressor's summary objects) as its string form."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    return str(value)
 
 
 def list_checkpoints(root: Path) -> list[Path]:

@@ -300,6 +300,7 @@ class JaxBackend(Backend):
     """crossframe on JAX and optax."""
 
     name = "jax"
+    export_module = "crossframe_jax.export"
 
     def framework_version(self) -> str:
         """jax's version."""
@@ -501,24 +502,6 @@ class JaxBackend(Backend):
             tokens = generate_by_recompute(lambda ctx: self.predict(state, ctx), tokens, max_new_tokens - cached,
                                            sample, window)
         return tokens
-
-    def export_formats(self) -> tuple[str, ...]:
-        """ONNX and the native formats (see :mod:`crossframe_jax.export`)."""
-        from crossframe_jax.export import FORMATS
-
-        return FORMATS
-
-    def export(self, request: Any, format: str, options: dict[str, Any]) -> Any:
-        """Write the request's model in ``format`` (see :mod:`crossframe_jax.export`)."""
-        from crossframe_jax import export
-
-        return export.export(request, format, options)
-
-    def load_export(self, artifact: Any) -> Callable[[np.ndarray], np.ndarray]:
-        """Run a native-format artefact this backend wrote."""
-        from crossframe_jax import export
-
-        return export.load(artifact)
 
     def fetch(self, values: Any) -> Any:
         """Device arrays to numpy, through lists, tuples and dicts (other leaves unchanged).

@@ -76,6 +76,7 @@ class TensorFlowBackend(Backend):
     """crossframe on TensorFlow (without Keras)."""
 
     name = "tensorflow"
+    export_module = "crossframe_tensorflow.export"
     _replicas: distributed.Replicas | None = None  # set by init_distributed
 
     def framework_version(self) -> str:
@@ -221,24 +222,6 @@ class TensorFlowBackend(Backend):
         dtype = np.int32 if state.language_model else np.float32
         out = state.predict_fn(tf.convert_to_tensor(np.asarray(x, dtype=dtype)))
         return np.array(out.numpy(), dtype=np.float32, copy=True)
-
-    def export_formats(self) -> tuple[str, ...]:
-        """ONNX and the native formats (see :mod:`crossframe_tensorflow.export`)."""
-        from crossframe_tensorflow.export import FORMATS
-
-        return FORMATS
-
-    def export(self, request: Any, format: str, options: dict[str, Any]) -> Any:
-        """Write the request's model in ``format`` (see :mod:`crossframe_tensorflow.export`)."""
-        from crossframe_tensorflow import export
-
-        return export.export(request, format, options)
-
-    def load_export(self, artifact: Any) -> Callable[[np.ndarray], np.ndarray]:
-        """Run a native-format artefact this backend wrote."""
-        from crossframe_tensorflow import export
-
-        return export.load(artifact)
 
     def fetch(self, values: Any) -> Any:
         """Tensors (and variables) to numpy, through lists, tuples and dicts."""

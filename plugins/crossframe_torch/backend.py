@@ -76,6 +76,7 @@ class TorchBackend(Backend):
     """crossframe on PyTorch."""
 
     name = "torch"
+    export_module = "crossframe_torch.export"
 
     def framework_version(self) -> str:
         """torch's version."""
@@ -360,24 +361,6 @@ class TorchBackend(Backend):
             seq[:, cur] = torch.from_numpy(ids).to(state.device)
             cur += 1
         return seq.cpu().numpy()
-
-    def export_formats(self) -> tuple[str, ...]:
-        """ONNX and the native formats (see :mod:`crossframe_torch.export`)."""
-        from crossframe_torch.export import FORMATS
-
-        return FORMATS
-
-    def export(self, request: Any, format: str, options: dict[str, Any]) -> Any:
-        """Write the request's model in ``format`` (see :mod:`crossframe_torch.export`)."""
-        from crossframe_torch import export
-
-        return export.export(request, format, options)
-
-    def load_export(self, artifact: Any) -> Callable[[np.ndarray], np.ndarray]:
-        """Run a native-format artefact this backend wrote."""
-        from crossframe_torch import export
-
-        return export.load(artifact)
 
     def fetch(self, values: Any) -> Any:
         """Tensors to numpy, through lists, tuples and dicts.

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
+from crossframe.config.loading import atomic_write_bytes
 from crossframe.config.validation import validate_params
 
 
@@ -101,24 +102,6 @@ def _tflite_int8(req: DeployRequest) -> DeployArtifact:
                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     atomic_write_bytes(out, data)
     return DeployArtifact("tflite", out, saved, {"quantization": "dynamic-range int8 (tf.lite.Optimize.DEFAULT)"})
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory."""
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def tflite_predictor(path: Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:

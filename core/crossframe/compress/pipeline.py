@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
-from crossframe.checkpoint import MODEL_FILE, STATE_FILE, Checkpoint, load_checkpoint
+from crossframe.checkpoint import MODEL_FILE, STATE_FILE, Checkpoint, json_default, load_checkpoint
 from crossframe.compress.base import CompressContext, CompressResult
 from crossframe.compress.measure import (
     evaluate_predictions,
@@ -320,7 +320,7 @@ class Pipeline:
             if result.stored:
                 _save_tensors(result.stored, tmp / STORED_FILE)
             atomic_write_text(tmp / CONFIG_FILE, dump_yaml(cfg))
-            atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2, default=_plain))
+            atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2, default=json_default))
 
         assert stage.path is not None
         _atomic_dir(stage.path, write)
@@ -416,14 +416,6 @@ class Pipeline:
         entry["latency_p50_ms"], entry["latency_p99_ms"] = runtime_b1.get("p50_ms"), runtime_b1.get("p99_ms")
         report.add(entry)
         return entry
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 # ---------------------------------------------------------------------- entry points

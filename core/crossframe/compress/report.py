@@ -12,21 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from crossframe.checkpoint import json_default
 from crossframe.config.loading import atomic_write_text
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 SCHEMA_VERSION = 1
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 class Report:
@@ -73,7 +64,7 @@ class Report:
     def write(self) -> None:
         """Write report.json and report.md atomically."""
         self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        atomic_write_text(self.run_dir / REPORT_JSON, json.dumps(self.data, indent=2, default=_json_default) + "\n")
+        atomic_write_text(self.run_dir / REPORT_JSON, json.dumps(self.data, indent=2, default=json_default) + "\n")
         atomic_write_text(self.run_dir / REPORT_MD, self.markdown())
 
     # ------------------------------------------------------------------ rendering
