@@ -7,6 +7,8 @@ exact with a teacher; a teacher that cannot teach the student is a one-line ``Co
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,9 @@ def test_a_jax_teacher_improves_a_torch_student(teacher_run: Path, tmp_path: Pat
     plain = _student(tmp_path, None)
     taught = _student(tmp_path, {"teacher": str(teacher_run), "temperature": 4.0, "alpha": 0.7})
     assert taught["val/loss"] < plain["val/loss"] - 0.03, (taught, plain)
+    logged = [json.loads(line) for line in (tmp_path / "student-1" / "metrics.jsonl").read_text().splitlines()]
+    kd = [r["train/distill_loss"] for r in logged if "train/distill_loss" in r]
+    assert kd and all(math.isfinite(v) and v >= 0 for v in kd), logged[:3]  # KL is never negative
 
 
 @pytest.mark.parametrize("model", ["mlp", "gpt"])

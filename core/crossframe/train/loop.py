@@ -131,8 +131,9 @@ class Trainer:
             "train/lr": lr,
             "train/epoch": done / self.loader.steps_per_epoch,
         }
-        if "grad_norm" in host[0]:
-            logs["train/grad_norm"] = float(np.mean([h["grad_norm"] for h in host]))
+        for key in host[0]:  # grad_norm (with clipping), distill_loss (with a teacher), a plugin's extras
+            if key != "loss":
+                logs[f"train/{key}"] = float(np.mean([h[key] for h in host]))
         if steps > 0 and now > window[0]:
             logs["train/steps_per_sec"] = steps / (now - window[0])
             logs["train/samples_per_sec"] = logs["train/steps_per_sec"] * self.loader.batch_size
