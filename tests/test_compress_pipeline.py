@@ -145,6 +145,16 @@ def test_bad_compressor_name_is_one_line(trained: Path, capsys: pytest.CaptureFi
     assert "onnx-int8-dynamic" in capsys.readouterr().err
 
 
+def test_a_compressor_error_names_its_place_in_the_list(trained: Path, capsys: pytest.CaptureFixture) -> None:
+    from crossframe.cli.main import main
+
+    code = main(["compress", str(trained), "--set", "compress=[{name: quantize, bits: 8}, "
+                                                    "{name: prune, sparsity: 0.5, include: ['nosuch.*']}]"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err, err
+    assert err.startswith("error: compress.1: ") and "nosuch" in err, err
+
+
 class _HalfParams(BaseModel):
     scale: float = 0.5
 

@@ -55,7 +55,7 @@ from crossframe.compress.report import Report
 from crossframe.config.loading import atomic_write_text, dump_yaml, load_config, read_config_file
 from crossframe.config.schema import ComponentConfig, RunConfig
 from crossframe.config.validation import describe, validate_params
-from crossframe.errors import ConfigError, ExportError, UsageError
+from crossframe.errors import ConfigError, CrossframeError, ExportError, UsageError
 from crossframe.models import build_model, spec_from_json
 from crossframe.models.spec import ModelSpec, Params
 from crossframe.plugins import component
@@ -255,7 +255,11 @@ class Pipeline:
         compressor = comp.obj(params)
         context = CompressContext(stage.spec, stage.spec.name, dict(stage.spec.params), stage.weights,
                                   dict(stage.masks), self.cfg.seed)
-        result: CompressResult = compressor.apply(context)
+        try:
+            result: CompressResult = compressor.apply(context)
+        except CrossframeError as exc:  # the compressor names its param; say which step of the list it was
+            message = str(exc)
+            raise type(exc)(message if message.startswith(where) else f"{where}: {message}") from None
         spec = stage.spec
         if result.model_params is not None:
             spec = build_model(stage.spec.name, result.model_params, stage.spec.data_info)
