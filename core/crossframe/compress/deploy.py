@@ -12,6 +12,8 @@ name                   backends    what it writes
                                    calibration on ``calibration_batches`` training batches)
 ``tflite-int8``        tensorflow  ``model.int8.tflite``: TFLite dynamic-range quantisation
                                    (``tf.lite.Optimize.DEFAULT``) of the ``saved-model`` export
+``torch-int8``         torch       ``model.int8.pt2``: torchao ``quantize_`` (int8 weight-only) of
+                                   the torch module, ``torch.export``-ed, saved without pickle
 =====================  ==========  ===========================================================
 
 Each is verified against the float model on validation batches with a looser tolerance than a
@@ -42,7 +44,7 @@ class DeployParams(BaseModel):
     calibration_batches: PositiveInt = Field(8, description="training batches used to calibrate (static only)")
 
 
-DEFAULT_TOLERANCE = {"onnx-int8-dynamic": 0.1, "onnx-int8-static": 0.15, "tflite-int8": 0.1}
+DEFAULT_TOLERANCE = {"onnx-int8-dynamic": 0.1, "onnx-int8-static": 0.15, "tflite-int8": 0.1, "torch-int8": 0.1}
 
 
 @dataclass
@@ -56,6 +58,8 @@ class DeployRequest:
     export: Callable[[str, Path], Path]
     #: ``x`` arrays of training batches for calibration
     calibration: Callable[[int], list[np.ndarray]]
+    #: ``export_request(directory)``: the stage as an :class:`~crossframe.export.base.ExportRequest` (torch-int8)
+    export_request: Callable[[Path], Any] | None = None
 
 
 @dataclass
@@ -104,6 +108,20 @@ def _tflite_int8(req: DeployRequest) -> DeployArtifact:
     return DeployArtifact("tflite", out, saved, {"quantization": "dynamic-range int8 (tf.lite.Optimize.DEFAULT)"})
 
 
+def _torch_int8(req: DeployRequest) -> DeployArtifact:
+    from crossframe.errors import ExportError
+
+    request = req.export_request(req.out_dir) if req.export_request else None
+    if request is None or request.backend != "torch":
+        backend = getattr(request, "backend", "?")
+        raise ExportError(f"torch-int8: quantises the torch backend's module, but this run's backend is '{backend}' "
+                          "(pass --backend torch, or use onnx-int8-dynamic for any backend)")
+    from crossframe_torch.quantize import write_int8
+
+    path, extra = write_int8(request, tolerance=float(req.params.tolerance or DEFAULT_TOLERANCE["torch-int8"]))
+    return DeployArtifact("torch-int8", path, None, extra)
+
+
 def tflite_predictor(path: Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     """A function running the TFLite file at ``path`` (input resized when the batch shape changes)."""
     import tensorflow as tf
@@ -127,9 +145,13 @@ def tflite_predictor(path: Path, threads: int = 0) -> Callable[[np.ndarray], np.
 
 
 def predictor(artifact: DeployArtifact, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
-    """A function running a deployment artefact on a numpy batch (ONNX Runtime or the TFLite interpreter)."""
+    """A function running a deployment artefact on a numpy batch (ONNX Runtime, TFLite, or torch for torch-int8)."""
     if artifact.format == "tflite":
         return tflite_predictor(artifact.path, threads)
+    if artifact.format == "torch-int8":
+        from crossframe_torch.quantize import load_int8
+
+        return load_int8(artifact.path, str(artifact.extra.get("input_dtype", "float32")))
     from crossframe.compress.ort_quant import ort_predictor
 
     return ort_predictor(artifact.path, threads)
@@ -140,6 +162,7 @@ DEPLOY: dict[str, Callable[[DeployRequest], DeployArtifact]] = {
     "onnx-int8-dynamic": _onnx_dynamic,
     "onnx-int8-static": _onnx_static,
     "tflite-int8": _tflite_int8,
+    "torch-int8": _torch_int8,
 }
 
 

@@ -369,7 +369,8 @@ class Pipeline:
                 artifact, _ = self._run_exporter(exporter, {}, stage, directory)
                 return Path(artifact.path)
 
-            req = deploy.DeployRequest(step.name, params, out_dir, fp32_export, self.calibration)
+            req = deploy.DeployRequest(step.name, params, out_dir, fp32_export, self.calibration,
+                                       lambda directory: self._request(stage, directory))
             made = deploy.DEPLOY[step.name](req)
             fmt, path, extra = made.format, made.path, dict(made.extra)
             if made.fp32_path is not None:
@@ -413,7 +414,8 @@ class Pipeline:
             "params": step.params, "source": str(stage.path) if stage.path else None, "verify": verify,
             "extra": {**{k: v for k, v in extra.items() if k != "verify"},
                       **{k: v for k, v in info.items() if k not in ("verify", "path", "size_bytes", "format")}},
-            "latency": self._latency(predict, stage) if fmt in ("onnx", "tflite") and self.options.latency else None,
+            "latency": self._latency(predict, stage) if fmt in ("onnx", "tflite", "torch-int8") and self.options.latency
+            else None,
             "seconds": time.perf_counter() - started,
         }
         runtime_b1 = (entry["latency"] or {}).get("runtime", {}).get("batch_1", {})
