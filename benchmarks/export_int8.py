@@ -1,8 +1,9 @@
-"""Deployment int8: ONNX Runtime int8 against the native eager float32 torch model, on CPU.
+"""Deployment int8: ONNX Runtime int8 and torchao int8 against the native eager float32 torch model, on CPU.
 
 Two models, each trained here with ``crossframe.run`` on the torch backend and then exported by
 the compress/export pipeline (``crossframe.compress.pipeline.export_run``), exactly as
-``crossframe export RUN_DIR --format onnx-int8-dynamic --format onnx-int8-static`` does:
+``crossframe export RUN_DIR --format onnx-int8-dynamic --format onnx-int8-static --format torch-int8`` does
+(``torch-int8``: torchao int8 weight-only of the torch module, a ``torch.export`` .pt2 run by torch):
 
 - the digits MLP (64 -> 256 -> 128 -> 10, scikit-learn's 8x8 digits);
 - a small GPT (4 layers, d_model 128, byte tokens, sequence 128) on Python standard-library source.
@@ -12,7 +13,7 @@ both sides (``torch.set_num_threads(1)``, ONNX Runtime ``intra_op_num_threads=1`
 
 size ratio
     bytes of the trained float32 checkpoint (``model.safetensors``, the canonical weights) over the
-    bytes of the int8 ``.onnx`` file. Goal: at least 3.5x smaller.
+    bytes of the int8 file (``.onnx``; ``.pt2`` for torch-int8). Goal: at least 3.5x smaller.
 latency ratio (batch 1)
     the median (p50) latency of the torch eager model's ``predict`` (the backend's own inference
     path: numpy in, numpy out) over the p50 of the ONNX Runtime int8 session, at batch 1 (one
@@ -35,10 +36,10 @@ from typing import Any
 
 from benchmarks.common import markdown_table, pick, smoke
 
-TITLE = "Deployment int8: ONNX Runtime int8 vs native eager fp32 torch (CPU, 1 thread)"
+TITLE = "Deployment int8: ONNX Runtime / torchao int8 vs native eager fp32 torch (CPU, 1 thread)"
 
 SEED = 0
-METHODS = ("onnx-int8-dynamic", "onnx-int8-static")
+METHODS = ("onnx-int8-dynamic", "onnx-int8-static", "torch-int8")
 
 
 def mlp_config(output_dir: Path, quick: bool) -> dict[str, Any]:

@@ -6,7 +6,9 @@ The run's canonical weights are loaded into the backend's own ``nn.Module`` (bui
 float activations, ``dynamic`` also quantises activations per token at run time), and the tensor
 subclasses torchao puts in place are unwrapped into plain tensors (int8 data, float scales) so
 ``torch.export`` writes them as raw bytes. The program is exported with a dynamic batch axis
-(and sequence axis for token models) and saved with ``torch.export.save``.
+(and sequence axis for token models) and saved with ``torch.export.save``, without the per-node
+source tracebacks (:data:`DROPPED_META`). Embedding tables (and a head tied to them) stay float32:
+``quantize_`` replaces ``nn.Linear`` weights only.
 
 No pickle of arbitrary objects: :func:`check_archive` refuses a ``.pt2`` whose weights or
 constants are stored through pickle, or whose sample inputs do not load with
@@ -40,6 +42,8 @@ SCHEMES = {"weight-only": "Int8WeightOnlyConfig", "dynamic": "Int8DynamicActivat
 #: the scheme ``torch-int8`` uses unless told otherwise (faster and closer to fp32 on CPU; see docs/compress.md)
 DEFAULT_SCHEME = "weight-only"
 FILE = "model.int8.pt2"
+#: node metadata not written to the .pt2 (tracebacks with this machine's source paths; the torch function called)
+DROPPED_META = ("stack_trace", "torch_fn")
 
 
 def _torchao() -> Any:
@@ -140,6 +144,9 @@ def write_int8(request: ExportRequest, scheme: str = DEFAULT_SCHEME,
     try:
         with _quiet(), torch.no_grad(), atomic_output(path) as tmp:
             program = torch.export.export(module, (torch.from_numpy(x),), dynamic_shapes=dynamic_shapes(request))
+            for node in program.graph.nodes:  # debugging aids only (source paths), a third of the graph's JSON
+                for key in DROPPED_META:
+                    node.meta.pop(key, None)
             torch.export.save(program, str(tmp))
             check_archive(Path(tmp))
     except ExportError:
