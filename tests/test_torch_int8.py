@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("torch")
 pytest.importorskip("torchao")
@@ -103,10 +105,18 @@ def test_mlp_through_the_cli_reloads_in_a_fresh_process(mlp_run: Path, tmp_path:
     assert _rel(got, _fp32(mlp_run, x)) <= 0.1
 
 
-def test_gpt_other_batch_and_sequence_sizes_from_disk(gpt_run: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def gpt_entry(gpt_run: Path) -> dict[str, Any]:
+    """The report entry of the GPT's torch-int8 export (no latency measurement)."""
     from crossframe.compress.pipeline import Options, export_run
 
     _report, (entry,) = export_run(gpt_run, ["torch-int8"], options=Options(latency=False))
+    return entry
+
+
+def test_gpt_other_batch_and_sequence_sizes_from_disk(gpt_run: Path, gpt_entry: dict[str, Any],
+                                                      tmp_path: Path) -> None:
+    entry = gpt_entry
     assert entry["verify"]["passed"] and entry["verify"]["examples"] > 0
     traced = entry["extra"]["traced_shape"]
     assert all(c["shape"] != traced and c["max_rel_diff"] <= 0.1 for c in entry["extra"]["reload_check"])
@@ -142,3 +152,26 @@ def test_an_archive_holding_pickled_subclass_tensors_is_refused(tmp_path: Path) 
     torch.export.save(torch.export.export(module, (torch.randn(2, 16),)), str(path))
     with pytest.raises(ExportError, match="through pickle"):
         check_archive(path)
+
+
+@pytest.fixture(scope="module")
+def gpt_pair(gpt_run: Path, gpt_entry: dict[str, Any]) -> tuple[Any, Any]:
+    """(the reloaded int8 program, the fp32 torch model), both numpy in and out."""
+    from crossframe.checkpoint import load_checkpoint
+    from crossframe.compress.pipeline import Pipeline, _run_config
+    from crossframe_torch.quantize import load_int8
+
+    pipeline = Pipeline(_run_config(gpt_run, [], None), gpt_run)
+    stage = pipeline.start(load_checkpoint(gpt_run / "checkpoints"))
+    return load_int8(Path(gpt_entry["path"]), "int64"), pipeline._native_predictor(stage)
+
+
+@settings(max_examples=12, deadline=None)
+@given(batch=st.integers(1, 5), length=st.integers(1, 32), seed=st.integers(0, 2**16))
+def test_int8_gpt_tracks_fp32_at_any_batch_and_length(gpt_pair: tuple[Any, Any], batch: int, length: int,
+                                                      seed: int) -> None:
+    int8, fp32 = gpt_pair
+    x = np.random.default_rng(seed).integers(0, 256, size=(batch, length)).astype(np.int64)
+    got, ref = int8(x), fp32(x)
+    assert got.shape == ref.shape == (batch, length, ref.shape[-1])
+    assert _rel(got, ref) <= 0.1
