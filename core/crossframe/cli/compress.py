@@ -33,7 +33,8 @@ def compress_command(run_dir: str, backend: str | None, overrides: tuple[str, ..
 @click.command("export")
 @click.argument("run_dir", type=click.Path())
 @click.option("--format", "-f", "formats", multiple=True, required=True, metavar="NAME",
-              help="Exporter (onnx, onnx-int8-dynamic, onnx-int8-static, a native format, ...); repeatable.")
+              help="Exporter (onnx, onnx-int8-dynamic, onnx-int8-static, torch-int8, tflite-int8, native, ...); "
+                   "repeatable.")
 @click.option("--backend", "-b", help="Build the model on this backend instead of the run's own.")
 @click.option("--checkpoint", type=click.Path(), metavar="DIR",
               help="Export this checkpoint (checkpoints/step_N or compressed/<i>-<name>) instead of the final one.")
