@@ -86,8 +86,13 @@ def test_overrides_parse_values_as_yaml_and_reach_lists() -> None:
                            "loggers.0.name=csv", "train.compile=true", "name=my-run"])
     assert data == {"train": {"steps": 300, "clip_norm": 1.5, "compile": True},
                     "model": {"hidden": [8, 4]}, "loggers": [{"name": "csv"}], "name": "my-run"}
-    with pytest.raises(UsageError, match="index below 1"):
+    with pytest.raises(UsageError, match=r"'loggers.3' needs an index from 0 to 1 \(1 appends\)"):
         apply_overrides(data, ["loggers.3.name=x"])
+    apply_overrides(data, ["loggers.1.name=csv", "compress.0.name=prune", "compress.0.sparsity=0.5",
+                           "compress.1={name: quantize}", "export.0=onnx"])
+    assert data["loggers"] == [{"name": "csv"}, {"name": "csv"}]
+    assert data["compress"] == [{"name": "prune", "sparsity": 0.5}, {"name": "quantize"}]
+    assert data["export"] == ["onnx"]
 
 
 def test_backend_flag_and_resolution_fill_component_defaults() -> None:

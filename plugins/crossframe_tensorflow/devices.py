@@ -2,20 +2,43 @@
 
 This is the one module of the package that imports tensorflow; the others take ``tf`` from
 here, so TensorFlow's C++ logging is quietened before the first import however the package is
-entered. (TF 2.21 still prints its one-line oneDNN notice before its log settings are read;
-only ``TF_ENABLE_ONEDNN_OPTS=0`` removes that, and we do not set it: see
-``docs/backend-tensorflow.md``.)
+entered. TF 2.21 prints its oneDNN notice (and absl's "log messages before InitializeLog" line)
+at import time whatever ``TF_CPP_MIN_LOG_LEVEL`` says, so the import runs with the process's
+stderr pointed at /dev/null unless ``--debug`` / ``CROSSFRAME_DEBUG=1``: a one-line error stays one line.
+Python exceptions from the import are raised as usual. ``TF_ENABLE_ONEDNN_OPTS=0`` would also
+remove the notice but changes kernels, so it is not set: see ``docs/backend-tensorflow.md``.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from types import ModuleType
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before the first `import tensorflow`
 
-import tensorflow as tf
 
-from crossframe.errors import CapabilityError
+def _import_tensorflow_quietly() -> ModuleType:
+    """``import tensorflow`` with file descriptor 2 silenced for its import-time C++ notices."""
+    if os.environ.get("CROSSFRAME_DEBUG", "") not in ("", "0") or "--debug" in sys.argv:
+        import tensorflow
+
+        return tensorflow
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow
+
+        return tensorflow
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+tf = _import_tensorflow_quietly()
+
+from crossframe.errors import CapabilityError  # noqa: E402
 
 __all__ = ["available_devices", "compute_dtype", "tf", "tf_device"]
 

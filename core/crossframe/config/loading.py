@@ -81,7 +81,11 @@ def _parse_problem(exc: Exception) -> str:
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML: numbers, lists, booleans)."""
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML: numbers, lists, booleans).
+
+    A numeric part indexes a list; the index one past the end appends, so ``compress.0.name=prune``
+    starts a ``compress`` list in a config that has none.
+    """
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -98,26 +102,33 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
                 continue
             child = node.get(part)
             if child is None:
-                child = node[part] = {}
+                child = node[part] = [] if parts[i + 1].isdigit() else {}
             elif not isinstance(child, (dict, list)):
                 raise UsageError(f"--set '{item}': '{'.'.join(parts[: i + 1])}' is a value, not a section")
             node = child
         if isinstance(node, list):
-            index = int(_list_index(node, parts[-1], key))
-            node[index] = value
+            index = _list_index(node, parts[-1], key)
+            if index == len(node):
+                node.append(value)
+            else:
+                node[index] = value
         else:
             node[parts[-1]] = value
     return data
 
 
 def _list_index(items: list, part: str, where: str) -> int:
-    if not part.isdigit() or int(part) >= len(items):
-        raise UsageError(f"--set: '{where}' needs an index below {len(items)}")
+    """A list index from 0 to ``len(items)`` (which appends)."""
+    if not part.isdigit() or int(part) > len(items):
+        raise UsageError(f"--set: '{where}' needs an index from 0 to {len(items)} ({len(items)} appends)")
     return int(part)
 
 
 def _list_item(items: list, part: str, where: str) -> Any:
-    return items[_list_index(items, part, where)]
+    index = _list_index(items, part, where)
+    if index == len(items):
+        items.append({})
+    return items[index]
 
 
 def parse_config(data: Mapping[str, Any]) -> RunConfig:
