@@ -219,12 +219,25 @@ class Backend(ABC):
     #: the module (``"crossframe_torch.export"``) that implements this backend's exports: ``FORMATS``,
     #: ``export(request, format, options)`` and ``load(artifact)``; ``None``: the backend exports nothing
     export_module: str | None = None
+    #: the module (``"crossframe_torch.quantize"``) of this backend's native int8 deployment step:
+    #: ``STEP`` (``torch-int8``), ``FORMAT``, ``write_deployed(request, fp32_export, tolerance)`` returning
+    #: ``(path, fp32_path or None, extra)`` and ``load_deployed(path, extra, threads)``; ``None``: none
+    int8_module: str | None = None
 
-    def _exports(self) -> Any:
-        """The export module, imported on first use (it imports the framework's converters)."""
+    @staticmethod
+    def _plugin_module(name: str | None) -> Any:
+        """A module named by one of the attributes above, imported on first use (it imports converters)."""
         import importlib
 
-        return importlib.import_module(self.export_module) if self.export_module else None
+        return importlib.import_module(name) if name else None
+
+    def _exports(self) -> Any:
+        """The export module, imported on first use."""
+        return self._plugin_module(self.export_module)
+
+    def native_int8(self) -> Any:
+        """The native int8 deployment module (see :attr:`int8_module`), or ``None``."""
+        return self._plugin_module(self.int8_module)
 
     def export_formats(self) -> tuple[str, ...]:
         """Formats :meth:`export` writes (``onnx`` and the native ones, the default native first); none by default."""

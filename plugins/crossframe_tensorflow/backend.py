@@ -77,6 +77,7 @@ class TensorFlowBackend(Backend):
 
     name = "tensorflow"
     export_module = "crossframe_tensorflow.export"
+    int8_module = "crossframe_tensorflow.quantize"
     _replicas: distributed.Replicas | None = None  # set by init_distributed
 
     def framework_version(self) -> str:

@@ -116,7 +116,7 @@ def load(artifact: ExportArtifact) -> Callable[[np.ndarray], np.ndarray]:
             if artifact.format == "saved-model":
                 return _saved_model_runner(artifact.path, dtype)
             if artifact.format == "tflite":
-                return _tflite_runner(artifact.path, dtype)
+                return tflite_runner(artifact.path, dtype)
     except Exception as exc:
         raise export_failure("tensorflow", artifact.format, model, exc) from None
     raise CapabilityError(f"export: backend 'tensorflow' cannot load '{artifact.format}' artefacts")
@@ -135,10 +135,12 @@ def _saved_model_runner(path: Path, dtype: np.dtype) -> Callable[[np.ndarray], n
     return run
 
 
-def _tflite_runner(path: Path, dtype: np.dtype) -> Callable[[np.ndarray], np.ndarray]:
-    interpreter = tf.lite.Interpreter(model_path=str(path))
+def tflite_runner(path: Path, dtype: np.dtype | None = None, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """Run a ``.tflite`` file: inputs cast to ``dtype`` (default: the model's input type), resized per shape."""
+    interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads or None)
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
+    dtype = np.dtype(inp["dtype"]) if dtype is None else dtype
     shape: list[tuple[int, ...]] = [()]
 
     def run(x: np.ndarray) -> np.ndarray:

@@ -77,6 +77,7 @@ class TorchBackend(Backend):
 
     name = "torch"
     export_module = "crossframe_torch.export"
+    int8_module = "crossframe_torch.quantize"
 
     def framework_version(self) -> str:
         """torch's version."""

@@ -173,3 +173,22 @@ def write_int8(request: ExportRequest, scheme: str = DEFAULT_SCHEME,
              "int8_tensors": counts["int8_weights"], "tensors": counts["weights"],
              "pickle_free": True, "reload_check": checks}
     return path, extra
+
+
+# ---------------------------------------------------------------------- the deployment-step interface
+
+#: the export step this module makes (see ``Backend.int8_module``) and the format of its artefact
+STEP = "torch-int8"
+FORMAT = "torch-int8"
+
+
+def write_deployed(request: ExportRequest, fp32_export: Callable[[str, Path], Path],
+                   tolerance: float) -> tuple[Path, Path | None, dict[str, Any]]:
+    """``torch-int8`` as a deployment step: :func:`write_int8` (no separate float32 file is needed)."""
+    path, extra = write_int8(request, tolerance=tolerance)
+    return path, None, extra
+
+
+def load_deployed(path: Path, extra: dict[str, Any], threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """Run a ``torch-int8`` artefact (torch keeps its own thread setting, so ``threads`` is not used)."""
+    return load_int8(path, str(extra.get("input_dtype", "float32")))

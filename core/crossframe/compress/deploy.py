@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-from crossframe.config.loading import atomic_write_bytes
 from crossframe.config.validation import validate_params
 
 
@@ -90,68 +89,38 @@ def _onnx_static(req: DeployRequest) -> DeployArtifact:
                                               "calibration_batches": len(batches)})
 
 
-def _tflite_int8(req: DeployRequest) -> DeployArtifact:
+#: native deployment step -> the backend whose own tool makes it (its ``Backend.int8_module``)
+NATIVE_STEPS = {"tflite-int8": "tensorflow", "torch-int8": "torch"}
+#: artefact format of a native step -> that backend (to run the artefact)
+NATIVE_FORMATS = {"tflite": "tensorflow", "torch-int8": "torch"}
+
+
+def _native_module(backend: str) -> Any:
+    from crossframe.train.runner import make_backend
+
+    return make_backend(backend).native_int8()
+
+
+def _native_int8(req: DeployRequest) -> DeployArtifact:
+    """``tflite-int8`` / ``torch-int8``: the owning backend's own quantiser, through its ``int8_module``."""
     from crossframe.errors import ExportError
 
-    saved = req.export("saved-model", req.out_dir / "fp32")
-    import tensorflow as tf
-
-    out = req.out_dir / "model.int8.tflite"
-    try:
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        data = converter.convert()
-    except Exception as exc:  # the converter raises many kinds; one line names the step
-        raise ExportError(f"tflite-int8: the TFLite converter failed on '{saved.name}': "
-                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    atomic_write_bytes(out, data)
-    return DeployArtifact("tflite", out, saved, {"quantization": "dynamic-range int8 (tf.lite.Optimize.DEFAULT)"})
-
-
-def _torch_int8(req: DeployRequest) -> DeployArtifact:
-    from crossframe.errors import ExportError
-
+    owner = NATIVE_STEPS[req.name]
     request = req.export_request(req.out_dir) if req.export_request else None
-    if request is None or request.backend != "torch":
-        backend = getattr(request, "backend", "?")
-        raise ExportError(f"torch-int8: quantises the torch backend's module, but this run's backend is '{backend}' "
-                          "(pass --backend torch, or use onnx-int8-dynamic for any backend)")
-    from crossframe_torch.quantize import write_int8
-
-    path, extra = write_int8(request, tolerance=float(req.params.tolerance or DEFAULT_TOLERANCE["torch-int8"]))
-    return DeployArtifact("torch-int8", path, None, extra)
-
-
-def tflite_predictor(path: Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
-    """A function running the TFLite file at ``path`` (input resized when the batch shape changes)."""
-    import tensorflow as tf
-
-    interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads or None)
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    dtype = np.dtype(inp["dtype"])
-    shape: list[tuple[int, ...]] = [()]
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=dtype)
-        if shape[0] != x.shape:
-            interpreter.resize_tensor_input(inp["index"], list(x.shape), strict=False)
-            interpreter.allocate_tensors()
-            shape[0] = x.shape
-        interpreter.set_tensor(inp["index"], x)
-        interpreter.invoke()
-        return np.array(interpreter.get_tensor(out["index"]), dtype=np.float32, copy=True)
-
-    return predict
+    backend = getattr(request, "backend", "?")
+    module = _native_module(backend) if request is not None else None
+    if module is None or req.name != module.STEP:
+        raise ExportError(f"{req.name}: quantises the {owner} backend's module, but this run's backend is "
+                          f"'{backend}' (pass --backend {owner}, or use onnx-int8-dynamic for any backend)")
+    tolerance = float(req.params.tolerance or DEFAULT_TOLERANCE[req.name])
+    path, fp32_path, extra = module.write_deployed(request, req.export, tolerance)
+    return DeployArtifact(module.FORMAT, path, fp32_path, extra)
 
 
 def predictor(artifact: DeployArtifact, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
-    """A function running a deployment artefact on a numpy batch (ONNX Runtime, TFLite, or torch for torch-int8)."""
-    if artifact.format == "tflite":
-        return tflite_predictor(artifact.path, threads)
-    if artifact.format == "torch-int8":
-        from crossframe_torch.quantize import load_int8
-
-        return load_int8(artifact.path, str(artifact.extra.get("input_dtype", "float32")))
+    """A function running a deployment artefact on a numpy batch (ONNX Runtime, or the owning backend's runner)."""
+    if artifact.format in NATIVE_FORMATS:
+        return _native_module(NATIVE_FORMATS[artifact.format]).load_deployed(artifact.path, artifact.extra, threads)
     from crossframe.compress.ort_quant import ort_predictor
 
     return ort_predictor(artifact.path, threads)
@@ -161,8 +130,8 @@ def predictor(artifact: DeployArtifact, threads: int = 0) -> Callable[[np.ndarra
 DEPLOY: dict[str, Callable[[DeployRequest], DeployArtifact]] = {
     "onnx-int8-dynamic": _onnx_dynamic,
     "onnx-int8-static": _onnx_static,
-    "tflite-int8": _tflite_int8,
-    "torch-int8": _torch_int8,
+    "tflite-int8": _native_int8,
+    "torch-int8": _native_int8,
 }
 
 
