@@ -212,6 +212,17 @@ class Backend(ABC):
         rows of every micro-batch); the default is one."""
         return 1
 
+    def launch_workers(self, job: Any) -> None:
+        """Start and watch the worker processes of a :class:`crossframe.distributed.launch.Job` on this node.
+
+        The default starts them as subprocesses with the ``CROSSFRAME_*`` variables and stops them all,
+        with one DistributedError line, when one fails; a backend overrides it to use its framework's
+        own launcher (torch: the elastic launcher behind ``torchrun``).
+        """
+        from crossframe.distributed.launch import run_local
+
+        run_local(job)
+
     def shutdown_distributed(self) -> None:
         """Leave the multi-worker job (destroy process groups and the like); the default does nothing."""
         return None

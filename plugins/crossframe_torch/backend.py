@@ -99,6 +99,10 @@ class TorchBackend(Backend):
         """Join the process group: gloo on CPU, nccl on CUDA, timeout ``world.collective_timeout_s``."""
         distributed.init(world, device)
 
+    def launch_workers(self, job: Any) -> None:
+        """Run the job's workers under torch's elastic launcher (what ``torchrun`` runs)."""
+        distributed.launch_workers(job)
+
     def shutdown_distributed(self) -> None:
         """Destroy the process group."""
         distributed.shutdown()

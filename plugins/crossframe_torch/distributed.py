@@ -17,7 +17,11 @@ counted tokens (:func:`mean_over_ranks`), as one process would.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from crossframe.backend import TrainSetup, WorldInfo
+from crossframe.distributed.launch import GRACE_S, POLL_S, Job, failure_line, first_failure
 from crossframe.errors import CapabilityError, DistributedError
 from crossframe.models.spec import Params
 from crossframe_torch.models import to_canonical, to_native
@@ -184,3 +189,57 @@ def load_sharded(state: Any, weights: Params, optimizer_state: Params | None) ->
                 if key != "step" and isinstance(value, torch.Tensor) and not isinstance(value, DTensor):
                     slots[key] = distribute_tensor(value.contiguous(), param.device_mesh, param.placements)
     return state
+
+
+# ---------------------------------------------------------------------- launching: torch's elastic launcher
+
+
+@contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    """Set variables for the duration (torch's agent hands its environment to the workers)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def launch_workers(job: Job) -> None:
+    """Run the workers under torch's elastic launcher (what ``torchrun`` runs) with a static rendezvous.
+
+    Equivalent to ``torchrun --nproc-per-node N --nnodes M --node-rank K --master-addr A
+    --master-port P -m crossframe run CONFIG`` with ``CROSSFRAME_WORKER=1``; no restarts, and a
+    failed worker stops the others within the agent's shutdown timeout.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # only the launcher needs these
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=job.nnodes, max_nodes=job.nnodes, nproc_per_node=job.nproc,
+        run_id=f"crossframe-{job.master_port}", rdzv_backend="static",
+        rdzv_endpoint=f"{job.master_addr}:{job.master_port}",
+        rdzv_configs={"rank": job.node_rank, "timeout": int(max(job.timeout_s, 30))},
+        max_restarts=0, monitor_interval=POLL_S, start_method="spawn", shutdown_timeout=int(GRACE_S))
+    quiet_loggers = [logging.getLogger(n) for n in ("torch.distributed.elastic", "torch.distributed.launcher")]
+    levels = [lg.level for lg in quiet_loggers]
+    for lg in quiet_loggers:
+        lg.setLevel(logging.CRITICAL)  # the one-line error below replaces the agent's failure report
+    try:
+        with _environ(job.env):
+            elastic_launch(config, sys.executable)(*job.args)
+    except ChildFailedError as exc:
+        failed = {r: (f.exitcode, float(f.timestamp)) for r, f in exc.failures.items()}
+        rank = first_failure(job, failed)
+        raise DistributedError(failure_line(job, rank, failed[rank][0])) from None
+    except Exception as exc:  # rendezvous failures and the like
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise DistributedError(f"launch: torch's elastic launcher failed at {job.master_addr}:{job.master_port}: "
+                               f"{line}") from None
+    finally:
+        for lg, level in zip(quiet_loggers, levels, strict=True):
+            lg.setLevel(level)

@@ -4,10 +4,11 @@ When ``launch.nproc_per_node > 1`` or ``launch.nnodes > 1``, the process the use
 train; it starts ``nproc_per_node`` workers on this machine, each running ``python -m crossframe
 run`` on the resolved config with ``CROSSFRAME_WORKER=1`` (so it trains instead of launching):
 
-- torch backend: torch's elastic launcher (the machinery behind ``torchrun``) with a static
-  rendezvous at ``master_addr:master_port``; workers read torchrun's ``RANK``/``WORLD_SIZE``/...
-- other backends: worker subprocesses started here with the ``CROSSFRAME_*`` variables; the
-  framework's own initialisation (``jax.distributed``, ``TF_CONFIG``) connects them.
+- by default (``Backend.launch_workers``): worker subprocesses started here with the
+  ``CROSSFRAME_*`` variables (:func:`run_local`); the framework's own initialisation
+  (``jax.distributed``, ``TF_CONFIG``) connects them.
+- a backend may launch through its framework's own launcher instead: the torch backend uses
+  torch's elastic launcher (the machinery behind ``torchrun``, in ``crossframe_torch.distributed``).
 - ``launch.launcher: ray``: the same workers placed on a Ray cluster (:mod:`crossframe.distributed.ray`).
 
 Watchdog: when a worker exits non-zero, the others are terminated (SIGTERM, then SIGKILL after
@@ -17,15 +18,13 @@ error line. Rank 0 writes the run directory; the launcher only reads its final c
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +111,7 @@ def launch(cfg: Any, run_dir: Path, checkpoint: Any, quiet: bool) -> Any:
     from crossframe.train.runner import prepare_backend
 
     check_launch(cfg)
-    prepare_backend(cfg)  # the backend must support the strategy: fail here, not in every worker
+    backend, _ = prepare_backend(cfg)  # the backend must support the strategy: fail here, not in every worker
     _prepare_data(cfg)
     with tempfile.TemporaryDirectory(prefix="crossframe-launch-") as tmp:
         job = prepare_job(cfg, run_dir, checkpoint, quiet, Path(tmp))
@@ -120,10 +119,8 @@ def launch(cfg: Any, run_dir: Path, checkpoint: Any, quiet: bool) -> Any:
             from crossframe.distributed.ray import run_on_ray
 
             run_on_ray(job, gpus_per_worker=1.0 if cfg.device == "gpu" else 0.0)
-        elif cfg.backend == "torch":
-            run_torch_elastic(job)
         else:
-            run_local(job)
+            backend.launch_workers(job)
     return finished_result(run_dir, cfg.launch.node_rank == 0, cfg.train.steps or 0)
 
 
@@ -210,56 +207,3 @@ def stop_all(procs: Any, grace_s: float = GRACE_S) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-# ---------------------------------------------------------------------------------------- torch elastic
-
-@contextmanager
-def _environ(values: Mapping[str, str]) -> Iterator[None]:
-    """Set variables for the duration (torch's agent hands its environment to the workers)."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
-
-
-def run_torch_elastic(job: Job) -> None:
-    """Run the workers under torch's elastic launcher (what ``torchrun`` runs) with a static rendezvous.
-
-    Equivalent to ``torchrun --nproc-per-node N --nnodes M --node-rank K --master-addr A
-    --master-port P -m crossframe run CONFIG`` with ``CROSSFRAME_WORKER=1``; no restarts, and a
-    failed worker stops the others within the agent's shutdown timeout.
-    """
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    config = LaunchConfig(
-        min_nodes=job.nnodes, max_nodes=job.nnodes, nproc_per_node=job.nproc,
-        run_id=f"crossframe-{job.master_port}", rdzv_backend="static",
-        rdzv_endpoint=f"{job.master_addr}:{job.master_port}",
-        rdzv_configs={"rank": job.node_rank, "timeout": int(max(job.timeout_s, 30))},
-        max_restarts=0, monitor_interval=POLL_S, start_method="spawn", shutdown_timeout=int(GRACE_S))
-    quiet_loggers = [logging.getLogger(n) for n in ("torch.distributed.elastic", "torch.distributed.launcher")]
-    levels = [lg.level for lg in quiet_loggers]
-    for lg in quiet_loggers:
-        lg.setLevel(logging.CRITICAL)  # the one-line error below replaces the agent's failure report
-    try:
-        with _environ(job.env):
-            elastic_launch(config, sys.executable)(*job.args)
-    except ChildFailedError as exc:
-        failed = {r: (f.exitcode, float(f.timestamp)) for r, f in exc.failures.items()}
-        rank = first_failure(job, failed)
-        raise DistributedError(failure_line(job, rank, failed[rank][0])) from None
-    except Exception as exc:  # rendezvous failures and the like
-        line = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        raise DistributedError(f"launch: torch's elastic launcher failed at {job.master_addr}:{job.master_port}: "
-                               f"{line}") from None
-    finally:
-        for lg, level in zip(quiet_loggers, levels, strict=True):
-            lg.setLevel(level)
