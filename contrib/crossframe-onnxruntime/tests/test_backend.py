@@ -78,20 +78,11 @@ class TestOnnxRuntimeConformance(BackendConformance):
                     f"{_max_diff(got, weights[p.name]):.3g})")
 
     def test_eval_step_sums(self, impl):  # type: ignore[override]
-        """The kit's eval_step check (loss sum, count, confusion rows = truth) on an inference state."""
-        from crossframe.testing import reference
-
+        """The kit's eval_step check (it uses an inference state here), and int64 confusion counts."""
+        super().test_eval_step_sums(impl)
         setup = self.linear_setup("sgd")
         state = impl.inference_state(setup.spec, setup.weights)
-        batch = _batch(setup.spec.data_info, 24, 3)
-        host = impl.fetch(impl.eval_step(state, batch))
-        logits = setup.spec.forward(setup.weights, batch["x"])
-        assert int(host["count"]) == 24, f"eval_step count {host['count']}, expected 24"
-        want_loss = reference.linear_softmax_grads(setup.weights, batch["x"], batch["y"])[0] * 24
-        assert abs(float(host["loss_sum"]) - want_loss) <= 1e-4, f"loss_sum {host['loss_sum']}, ref {want_loss}"
-        want_cm = np.zeros((4, 4), np.int64)
-        np.add.at(want_cm, (batch["y"], logits.argmax(axis=1)), 1)
-        assert np.array_equal(np.asarray(host["confusion"]), want_cm), "confusion matrix (rows: truth) differs"
+        host = impl.fetch(impl.eval_step(state, _batch(setup.spec.data_info, 24, 3)))
         assert np.asarray(host["confusion"]).dtype == np.int64
 
     def test_checkpoint_save_and_load(self, impl, tmp_path: Path):  # type: ignore[override]

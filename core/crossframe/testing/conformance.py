@@ -253,9 +253,13 @@ class BackendConformance:
             assert diff <= self.atol, f"gpt: grad_accum=2 differs from one batch on '{name}' by {diff:.3g}"
 
     def test_eval_step_sums(self, impl: Backend) -> None:
-        """eval_step returns loss sum, count and confusion counts that agree with the reference."""
+        """eval_step returns loss sum, count and confusion counts that agree with the reference.
+
+        An inference-only backend (``can_train`` false) is checked on an :meth:`~Backend.inference_state`.
+        """
         setup = self.linear_setup("sgd")
-        state = impl.create_state(setup)
+        trains = impl.capabilities().can_train
+        state = impl.create_state(setup) if trains else impl.inference_state(setup.spec, setup.weights)
         batch = _batch(setup.spec.data_info, 24, 3)
         host = impl.fetch(impl.eval_step(state, batch))
         logits = setup.spec.forward(setup.weights, batch["x"])
