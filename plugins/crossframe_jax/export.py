@@ -16,10 +16,8 @@ Two jax2onnx 0.17 limits are worked around here, both checked by verification in
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import warnings
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from crossframe.errors import CapabilityError, CrossframeError
 from crossframe.export.base import ExportArtifact, ExportRequest
 from crossframe.export.failure import export_failure
 from crossframe.export.files import atomic_output
+from crossframe.export.quiet import quiet_converters
 from crossframe.export.verify import is_token_model, trace_example
 from crossframe_jax.models import load_canonical, make_forward
 
@@ -39,20 +38,8 @@ FORMATS = ("onnx", "stablehlo")
 FILES = {"onnx": "model.onnx", "stablehlo": "model.stablehlo"}
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence jax2onnx's and onnx_ir's advisory log lines and warnings while converting."""
-    loggers = [logging.getLogger(name) for name in ("jax2onnx", "onnx_ir")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+_quiet = functools.partial(quiet_converters, "jax2onnx", "onnx_ir")
+"""Silence jax2onnx's and onnx_ir's advisory log lines and warnings while converting."""
 
 
 def input_spec(request: ExportRequest) -> jax.ShapeDtypeStruct:

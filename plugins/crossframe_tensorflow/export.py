@@ -10,10 +10,9 @@ interpreter with the input resized to each batch.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from crossframe.errors import CapabilityError, CrossframeError
 from crossframe.export.base import ExportArtifact, ExportRequest
 from crossframe.export.failure import export_failure
 from crossframe.export.files import atomic_output
+from crossframe.export.quiet import quiet_converters
 from crossframe.export.verify import is_token_model, trace_example
 from crossframe_tensorflow.devices import tf
 from crossframe_tensorflow.models import build_model
@@ -32,18 +32,8 @@ FILES = {"onnx": "model.onnx", "saved-model": "saved_model", "tflite": "model.tf
 SIGNATURE = "serving_default"
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence tf2onnx's progress log and TensorFlow's deprecation warnings while converting."""
-    logger = logging.getLogger("tf2onnx")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
+_quiet = functools.partial(quiet_converters, "tf2onnx", level=logging.CRITICAL)
+"""Silence tf2onnx's progress log and TensorFlow's deprecation warnings while converting."""
 
 
 class Exportable(tf.Module):

@@ -7,10 +7,8 @@ axis up to ``max_seq_len`` for token models), so the artefacts run on any batch 
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import warnings
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from crossframe.errors import CapabilityError, CrossframeError
 from crossframe.export.base import ExportArtifact, ExportRequest
 from crossframe.export.failure import export_failure
 from crossframe.export.files import atomic_output
+from crossframe.export.quiet import quiet_converters
 from crossframe.export.verify import is_token_model, trace_example
 from crossframe_torch.models import build_module, load_canonical
 
@@ -28,18 +27,8 @@ FORMATS = ("onnx", "torch-export")
 FILES = {"onnx": "model.onnx", "torch-export": "model.pt2"}
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the exporters' advisory warnings and log lines (torchvision ops, pytree deprecations)."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
+_quiet = functools.partial(quiet_converters, "torch.onnx")
+"""Silence the exporters' advisory warnings and log lines (torchvision ops, pytree deprecations)."""
 
 
 def native_module(request: ExportRequest) -> torch.nn.Module:
