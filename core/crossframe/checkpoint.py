@@ -58,7 +58,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _save_tensors(tensors: dict[str, np.ndarray], path: Path) -> None:
+def save_tensors(tensors: dict[str, np.ndarray], path: Path) -> None:
+    """Write ``tensors`` as safetensors at ``path`` and sync it to disk (callers rename it into place)."""
     from safetensors.numpy import save_file
 
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path))
@@ -73,8 +74,8 @@ def save_checkpoint(root: Path, step: int, weights: dict[str, np.ndarray],
     final = root / f"step_{step}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step_{step}.", suffix=".tmp"))
     try:
-        _save_tensors(weights, tmp / MODEL_FILE)
-        _save_tensors(optimizer_state, tmp / OPTIMIZER_FILE)
+        save_tensors(weights, tmp / MODEL_FILE)
+        save_tensors(optimizer_state, tmp / OPTIMIZER_FILE)
         atomic_write_text(tmp / STATE_FILE, json.dumps({**state, "step": step}, indent=2, default=json_default))
         if final.exists():  # re-saving the same step (e.g. after a resume): swap the old one out
             old = root / f".step_{step}.old"

@@ -28,7 +28,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from typing import Any
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
-from crossframe.checkpoint import MODEL_FILE, STATE_FILE, Checkpoint, json_default, load_checkpoint
+from crossframe.checkpoint import MODEL_FILE, STATE_FILE, Checkpoint, json_default, load_checkpoint, save_tensors
 from crossframe.compress.base import CompressContext, CompressResult
 from crossframe.compress.measure import (
     evaluate_predictions,
@@ -56,6 +55,7 @@ from crossframe.config.loading import atomic_write_text, dump_yaml, load_config,
 from crossframe.config.schema import ComponentConfig, RunConfig
 from crossframe.config.validation import describe, validate_params
 from crossframe.errors import ConfigError, CrossframeError, ExportError, UsageError
+from crossframe.export.files import atomic_output
 from crossframe.models import build_model, spec_from_json
 from crossframe.models.spec import ModelSpec, Params
 from crossframe.plugins import component
@@ -92,35 +92,10 @@ class Options:
     verify_examples: int = 256
 
 
-def _save_tensors(tensors: dict[str, np.ndarray], path: Path) -> None:
-    from safetensors.numpy import save_file
-
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path))
-
-
 def _load_tensors(path: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     return load_file(str(path)) if path.is_file() else {}
-
-
-def _atomic_dir(final: Path, write: Callable[[Path], None]) -> None:
-    """Fill a temporary sibling of ``final`` with ``write`` and rename it into place."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
-    try:
-        write(tmp)
-        if final.exists():
-            old = final.parent / f".{final.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def component_list(value: Any, where: str) -> list[ComponentConfig]:
@@ -318,16 +293,17 @@ class Pipeline:
                 state["step"] = int(json.loads((source.path / STATE_FILE).read_text()).get("step", 0))
 
         def write(tmp: Path) -> None:
-            _save_tensors(stage.weights, tmp / MODEL_FILE)
+            save_tensors(stage.weights, tmp / MODEL_FILE)
             if stage.masks:
-                _save_tensors(stage.masks, tmp / MASKS_FILE)
+                save_tensors(stage.masks, tmp / MASKS_FILE)
             if result.stored:
-                _save_tensors(result.stored, tmp / STORED_FILE)
+                save_tensors(result.stored, tmp / STORED_FILE)
             atomic_write_text(tmp / CONFIG_FILE, dump_yaml(cfg))
             atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2, default=json_default))
 
         assert stage.path is not None
-        _atomic_dir(stage.path, write)
+        with atomic_output(stage.path, directory=True) as tmp:
+            write(tmp)
 
     # ------------------------------------------------------------------ export
 
@@ -342,10 +318,8 @@ class Pipeline:
                              self.device, self.cfg.precision)
 
     def _run_exporter(self, name: str, params: dict[str, Any], stage: Stage, out_dir: Path) -> tuple[Any, dict]:
-        try:
-            from crossframe.export import export_model
-        except ImportError:
-            raise ExportError("export: crossframe.export.export_model is not available in this install") from None
+        from crossframe.export import export_model
+
         out_dir.mkdir(parents=True, exist_ok=True)
         artifact, info = export_model(name, params, self._request(stage, out_dir))
         return artifact, dict(info or {})
