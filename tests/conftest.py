@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
+from crossframe.threads import POOL_VARIABLES, thread_environment
+
 settings.register_profile("ci", deadline=None, max_examples=25,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.load_profile("ci")
+
+# One intra-op thread per test process, set before any framework is imported: pytest-xdist runs
+# one worker per core, and a second thread per worker would only wait at barriers (crossframe.threads).
+os.environ.update({k: v for k, v in thread_environment(1).items()
+                   if k in (*POOL_VARIABLES, "TF_NUM_INTEROP_THREADS", "XLA_FLAGS")})
+# MFU peaks are cached per machine; tests keep theirs apart from the user's cache.
+os.environ.setdefault("CROSSFRAME_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"crossframe-tests-{os.getuid()}"))
 
 for _flag in ("CROSSFRAME_STRICT_PLUGINS", "CROSSFRAME_DISABLE_PLUGIN_AUTOLOAD", "CROSSFRAME_PLUGINS",
               "CROSSFRAME_DISABLE_PLUGINS"):

@@ -176,6 +176,16 @@ class Backend(ABC):
         """A state for :meth:`predict` only (by default a training state with plain SGD)."""
         return self.create_state(TrainSetup(spec, weights, device=device, precision=precision))  # type: ignore[arg-type]
 
+    def set_threads(self, threads: int) -> None:
+        """Use ``threads`` intra-op CPU threads (and one inter-op thread) from now on.
+
+        Called once, right after the backend is created, with the run's thread count (see
+        :mod:`crossframe.threads`; the environment already holds it for frameworks not yet
+        imported). The default does nothing; a backend whose framework can change its pools at
+        run time does so here. It must not fail when the pools can no longer change.
+        """
+        return None
+
     def measure_peak_flops(self, device: str, precision: str) -> float:
         """The device's practical matmul peak in FLOP/s, measured by a short probe (for MFU).
 

@@ -121,8 +121,10 @@ def prune(root: Path, keep: int) -> None:
 
 
 def find_checkpoint(path: Path) -> Path:
-    """Resolve a run directory, a ``checkpoints`` directory or a ``step_N`` directory."""
-    path = Path(path)
+    """Resolve a run directory (``NAME@latest`` too), a ``checkpoints`` directory or a ``step_N`` directory."""
+    from crossframe.rundirs import resolve_run_dir
+
+    path = resolve_run_dir(path)
     if (path / STATE_FILE).is_file():
         return path
     for root in (path / "checkpoints", path):

@@ -16,6 +16,7 @@ shape and kept on the state, so batches with and without masks run the same trac
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,6 +98,13 @@ class TensorFlowBackend(Backend):
                    "tpu": "no TPU visible to TensorFlow: needs a TPU VM and a TPU build of TensorFlow",
                    "fully_sharded": "tf.distribute mirrors variables, it does not shard them; use data_parallel"},
         )
+
+    def set_threads(self, threads: int) -> None:
+        """TensorFlow's intra-op pool size, and one inter-op thread, if its runtime has not started yet
+        (afterwards the pools are fixed; the environment set before import already holds the count)."""
+        with contextlib.suppress(RuntimeError):
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
 
     def measure_peak_flops(self, device: str, precision: str) -> float:
         """Matmul FLOP/s of TensorFlow on ``device`` at ``precision`` (a short probe, for MFU)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +107,12 @@ class TorchBackend(Backend):
     def shutdown_distributed(self) -> None:
         """Destroy the process group."""
         distributed.shutdown()
+
+    def set_threads(self, threads: int) -> None:
+        """``torch.set_num_threads``; one inter-op thread where torch still allows the change."""
+        torch.set_num_threads(threads)
+        with contextlib.suppress(RuntimeError):  # only allowed before the first parallel op
+            torch.set_num_interop_threads(1)
 
     def measure_peak_flops(self, device: str, precision: str) -> float:
         """Matmul FLOP/s of torch on ``device`` at ``precision`` (a short probe, for MFU)."""

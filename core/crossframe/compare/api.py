@@ -90,6 +90,7 @@ def _row(outcome: Any) -> dict[str, Any]:
         "loss_curve": measure.loss_curve(records),
         "export": measure.export_figures(run_dir),
         "timings": timings,
+        "load": outcome.load,
     }
 
 
@@ -110,20 +111,26 @@ def compare(
     progress: bool = False,
     env: Mapping[str, str] | None = None,
     timeout_s: float | None = None,
+    threads: int | str | None = None,
 ) -> dict[str, Any]:
     """Run ``config`` on each of ``backends`` and return the results (the content of ``results.json``).
 
     ``out`` replaces the config's ``output_dir`` (the report goes to ``<out>/compare/``);
     ``steps`` replaces ``train.steps``; ``env`` is added to each child's environment;
-    ``progress`` shows a live display on stderr. A backend that is missing, runs out of memory
+    ``progress`` shows a live display on stderr. Every backend gets the same CPU ``threads``
+    (a count, or ``auto``, resolved once here; default: the config's ``threads``), and the
+    machine's load during each run is recorded; a run that had to share its cores is flagged.
+    A backend that is missing, runs out of memory
     or fails is a row with its status and one-line error; the others still run. Raises
     :class:`~crossframe.errors.CrossframeError` (one line) for a bad config or arguments.
     """
     from crossframe import __version__
+    from crossframe.compare.load import LoadMeter
     from crossframe.compare.report import write_reports
     from crossframe.compare.runner import ProgressDisplay, run_child
     from crossframe.compare.schema import SCHEMA_VERSION, validate_results
     from crossframe.config.loading import config_to_dict, load_config
+    from crossframe.threads import available_cores, choose_threads, thread_environment
 
     started = time.perf_counter()
     names = parse_backends(backends)
@@ -134,6 +141,8 @@ def compare(
     if out is not None:  # a plain string field: set directly rather than through YAML-parsed overrides
         cfg = cfg.model_copy(update={"output_dir": str(out)})
     compare_dir = Path(cfg.output_dir) / COMPARE_DIR
+    choice = choose_threads(cfg.threads if threads is None else threads)
+    cfg = cfg.model_copy(update={"threads": choice.threads})
     shared = config_to_dict(cfg)
     data_s = _prepare_data(cfg, shared)
     display = ProgressDisplay(names, enabled=progress)
@@ -142,7 +151,8 @@ def compare(
         for name in names:
             child_config = {**shared, "backend": name, "name": name, "output_dir": str(compare_dir / "runs")}
             outcome = run_child(name, child_config, compare_dir / "work" / name, compare_dir / "runs" / name,
-                                progress=display, env=dict(env or {}), timeout_s=timeout_s)
+                                progress=display, env={**thread_environment(choice.threads), **(env or {})},
+                                timeout_s=timeout_s, meter=LoadMeter(choice.threads, available_cores()))
             display.finish(name, outcome.result.get("status", "crashed"))
             outcomes.append(outcome)
     finally:
@@ -162,6 +172,8 @@ def compare(
         "loss_divergence": loss_divergence(curves),
         "overhead": {},
         "machine": machine(),
+        "threads": {"per_backend": choice.threads, "reason": choice.reason},
+        "contended": [r["backend"] for r in rows if (r.get("load") or {}).get("contended")],
     }
     results["overhead"] = {  # filled last so the report writing is inside the total
         "data_prepare_s": data_s,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crossframe.compare.load import LoadMeter
 from crossframe.config.loading import atomic_write_text
 
 #: called with (backend, phase, step, total) as a child advances
@@ -34,6 +35,7 @@ class ChildOutcome:
     result: dict[str, Any]
     wall_s: float
     log: Path
+    load: dict[str, Any] | None = None  # the machine's load during the run (crossframe.compare.load)
 
 
 def _last_line(path: Path) -> str:
@@ -76,11 +78,12 @@ def child_environment(env: dict[str, str] | None = None) -> dict[str, str]:
 
 def run_child(backend: str, config: dict[str, Any], work: Path, run_dir: Path,
               progress: ProgressFn | None = None, env: dict[str, str] | None = None,
-              timeout_s: float | None = None) -> ChildOutcome:
+              timeout_s: float | None = None, meter: LoadMeter | None = None) -> ChildOutcome:
     """Run ``backend`` on ``config`` in a fresh ``python -m crossframe.compare.child`` process.
 
     ``run_dir`` (where the child's run will land) is removed first so the run gets exactly that
-    name; ``work`` receives the request, the result and the child's log.
+    name; ``work`` receives the request, the result and the child's log. ``meter`` records the
+    machine's load while the child runs.
     """
     work.mkdir(parents=True, exist_ok=True)
     if run_dir.exists():
@@ -91,6 +94,8 @@ def run_child(backend: str, config: dict[str, Any], work: Path, run_dir: Path,
                                            "spawned_at": time.time()}, indent=2))
     phase = {"name": "start", "total": 0}
     started = time.perf_counter()
+    if meter is not None:
+        meter.start()
     with log_path.open("w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "crossframe.compare.child", str(request)],
                                 stdout=subprocess.PIPE, stderr=log, text=True, env=child_environment(env))
@@ -125,6 +130,7 @@ def run_child(backend: str, config: dict[str, Any], work: Path, run_dir: Path,
                 progress(backend, "train", _metrics_step(metrics), phase["total"])
         reader.join(timeout=5)
     wall = time.perf_counter() - started
+    load = meter.stop() if meter is not None else None
     if result_path.is_file():
         result = json.loads(result_path.read_text())
     else:
@@ -137,7 +143,7 @@ def run_child(backend: str, config: dict[str, Any], work: Path, run_dir: Path,
                   "error": f"the {backend} process {why} without a result" + (f": {last}" if last else "")}
     if progress:
         progress(backend, "done", phase["total"], phase["total"])
-    return ChildOutcome(backend, result, wall, log_path)
+    return ChildOutcome(backend, result, wall, log_path, load)
 
 
 class ProgressDisplay:

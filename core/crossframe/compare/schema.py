@@ -41,6 +41,9 @@ RESULTS_SCHEMA: dict[str, Any] = {
         "overhead": {"$ref": "#/$defs/overhead"},
         "machine": {"type": "object"},
         "files": {"type": "object", "additionalProperties": {"type": "string"}},
+        "threads": {"type": "object", "required": ["per_backend", "reason"], "additionalProperties": False,
+                    "properties": {"per_backend": {"type": "integer", "minimum": 1}, "reason": {"type": "string"}}},
+        "contended": {"type": "array", "items": {"type": "string"}},
     },
     "$defs": {
         "backend": {
@@ -83,9 +86,17 @@ RESULTS_SCHEMA: dict[str, Any] = {
                 "timings": {
                     "type": "object", "additionalProperties": False,
                     "properties": {"process_start_s": NUM, "backend_load_s": NUM, "data_s": NUM, "parity_s": NUM,
-                                   "run_wall_s": NUM, "child_wall_s": NUM},
+                                   "run_wall_s": NUM, "child_wall_s": NUM, "finish_s": NUM},
                 },
+                "load": {"$ref": "#/$defs/load"},
             },
+        },
+        "load": {
+            "type": ["object", "null"], "required": ["threads", "cores", "other_cores", "contended", "why"],
+            "additionalProperties": False,
+            "properties": {"threads": {"type": "integer", "minimum": 1}, "cores": {"type": "integer", "minimum": 1},
+                           "load_avg_start": NUM, "load_avg_end": NUM, "child_cpu_cores": NUM,
+                           "other_cores": NUM, "contended": {"type": "boolean"}, "why": STR},
         },
         "export": {
             "type": "object", "required": ["format"], "additionalProperties": False,

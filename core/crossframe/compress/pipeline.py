@@ -59,6 +59,7 @@ from crossframe.export.files import atomic_output
 from crossframe.models import build_model, spec_from_json
 from crossframe.models.spec import ModelSpec, Params
 from crossframe.plugins import component
+from crossframe.rundirs import resolve_run_dir
 
 #: keys of a compress step that the pipeline reads itself (the compressor's schema never sees them)
 FINETUNE_KEYS = ("finetune_steps", "finetune_lr")
@@ -465,7 +466,7 @@ def compress_run(run_dir: str | os.PathLike, overrides: Iterable[str] = (), *, b
     Returns the report and how many of its steps this call added. With ``export`` the export
     list runs too.
     """
-    run_dir = Path(run_dir)
+    run_dir = resolve_run_dir(run_dir)
     cfg = _run_config(run_dir, overrides, backend)
     if config is not None:
         steps, exports = _steps_from_file(config, "compress"), _steps_from_file(config, "export")
@@ -486,7 +487,7 @@ def export_run(run_dir: str | os.PathLike, formats: Sequence[str], *, backend: s
 
     ``checkpoint`` picks another (a ``checkpoints/step_N`` or ``compressed/<i>-<name>`` directory).
     """
-    run_dir = Path(run_dir)
+    run_dir = resolve_run_dir(run_dir)
     cfg = _run_config(run_dir, overrides, backend)
     if not formats:
         raise UsageError("export: name at least one --format (e.g. --format onnx)")

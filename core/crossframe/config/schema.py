@@ -145,6 +145,9 @@ class RunConfig(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     strategy: Literal["single", "data_parallel", "fully_sharded"] = "single"
     seed: int = 0
+    threads: PositiveInt | Literal["auto"] = Field(
+        "auto", description="CPU threads for the framework's ops: a count >= 1, or auto (idle cores; see "
+                            "crossframe.threads)")
     output_dir: str = "runs"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="mlp"))

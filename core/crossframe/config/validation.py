@@ -48,7 +48,8 @@ def describe(exc: ValidationError, model: Any, prefix: str = "") -> str:
     err = exc.errors()[0]
     loc = tuple(err["loc"])
     # pydantic appends the tag of a failed union member ('function-after[...]') to loc: drop it
-    loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"int", "float", "str"})))
+    loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"int", "float", "str", "bool"}
+                                                        or p.startswith("constrained-") or p.startswith("literal"))))
     path = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc)
     if err["type"] == "extra_forbidden":
         owner = _model_at(model, loc[:-1])

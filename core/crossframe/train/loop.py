@@ -23,7 +23,7 @@ from crossframe.config.schema import RunConfig
 from crossframe.errors import RunError
 from crossframe.metrics import EvalTotals, loss
 from crossframe.models.spec import ModelSpec
-from crossframe.perf import peak_host_memory_mb
+from crossframe.perf import peak_host_memory_mb, raise_peak
 from crossframe.train.early_stopping import EarlyStopping
 from crossframe.train.progress import Progress
 
@@ -57,6 +57,8 @@ class Run:
     last_checkpoint: Path | None = None
     flops_per_step: float | None = None  # model FLOPs of one optimizer step, when known
     peak_flops: float | None = None  # the device's measured matmul peak
+    peak_source: str | None = None  # where peak_flops comes from (see crossframe.perf.Peak)
+    peak_key: str | None = None  # the peak cache's key for this framework, device, precision and threads
     world: WorldInfo | None = None  # this process's place in a multi-worker job (None: one process)
 
     @property
@@ -141,13 +143,24 @@ class Trainer:
             if tokens:
                 logs["train/tokens_per_sec"] = logs["train/steps_per_sec"] * tokens
             if self.run.flops_per_step and self.run.peak_flops:
-                logs["train/mfu"] = self.run.flops_per_step * logs["train/steps_per_sec"] / self.run.peak_flops
+                logs["train/mfu"] = self._mfu(self.run.flops_per_step * logs["train/steps_per_sec"])
         if not math.isfinite(logs["train/loss"]):
             raise RunError(f"train loss became {logs['train/loss']} by step {done}; "
                            "lower train.optimizer.lr or set train.clip_norm")
         self._emit(done, logs)
         self.progress.update(done, logs)
         return logs, (now, done)
+
+    def _mfu(self, achieved: float) -> float:
+        """Achieved over peak FLOP/s, in (0, 1]: a window faster than the probed peak proves the probe
+        low (it ran under load), so the achieved rate becomes the peak, here and in the cache."""
+        run = self.run
+        assert run.peak_flops is not None
+        if achieved > run.peak_flops:
+            run.peak_flops, run.peak_source = achieved, "observed"
+            if run.peak_key and run.is_main:
+                raise_peak(run.peak_key, achieved, "observed")
+        return achieved / run.peak_flops
 
     def _emit(self, step: int, metrics: dict[str, Any]) -> None:
         for logger in self.loggers:

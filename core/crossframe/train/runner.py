@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,8 +19,10 @@ from crossframe.config.validation import validate_params
 from crossframe.errors import CapabilityError, ConfigError, RunError, one_of
 from crossframe.metrics import DEFAULT_METRICS
 from crossframe.models import build_model
-from crossframe.perf import flops_per_step
+from crossframe.perf import device_peak, flops_per_step, peak_key
 from crossframe.plugins import component, get_plugin_manager
+from crossframe.rundirs import LATEST_SUFFIX
+from crossframe.threads import ThreadChoice, apply_thread_environment, available_cores, choose_threads
 from crossframe.train.data import load_training_data
 from crossframe.train.distill import load_teacher
 from crossframe.train.early_stopping import EarlyStopping
@@ -128,6 +131,9 @@ def run(
         chosen = os.environ.get(RUN_DIR_ENV) if worker else None  # the launcher picked it for all ranks
         run_dir = Path(chosen) if chosen else _unique_dir(Path(cfg.output_dir) / _run_name(cfg))
     assert run_dir is not None
+    threads = _set_threads(cfg, worker)
+    if not worker and not quiet:
+        _announce(run_dir, threads, resumed=checkpoint is not None)
     if not worker and (cfg.launch.nproc_per_node > 1 or cfg.launch.nnodes > 1):
         from crossframe.distributed.launch import launch
 
@@ -140,9 +146,37 @@ def run(
         raise
 
 
+def _set_threads(cfg: RunConfig, worker: bool) -> ThreadChoice:
+    """Choose the run's CPU thread count and set it in the environment before a framework loads.
+
+    A launcher divides ``auto`` between the workers it starts on this machine (they inherit the
+    environment); a worker keeps what its launcher set unless the config names a count.
+    """
+    if worker and cfg.threads == "auto" and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return ThreadChoice(int(os.environ["OMP_NUM_THREADS"]), "set by the launcher")
+    choice = choose_threads(cfg.threads)
+    local = cfg.launch.nproc_per_node if not worker else 1
+    if cfg.threads == "auto" and local > 1:
+        choice = ThreadChoice(max(1, choice.threads // local), f"{choice.reason}, shared by {local} workers")
+    apply_thread_environment(choice.threads)
+    return choice
+
+
+def _announce(run_dir: Path, threads: ThreadChoice, resumed: bool) -> None:
+    """Say where the run writes, before anything slow happens (stderr, so stdout stays parseable)."""
+    verb = "resuming in" if resumed else "run directory:"
+    note = ""
+    if not resumed and run_dir.name != run_dir.name.rsplit("-", 1)[0] and run_dir.with_name(
+            run_dir.name.rsplit("-", 1)[0]).is_dir():
+        note = f" ({run_dir.with_name(run_dir.name.rsplit('-', 1)[0])} exists; '{LATEST_SUFFIX}' names the newest)"
+    print(f"{verb} {run_dir}{note}  threads: {threads.threads} ({threads.reason})", file=sys.stderr, flush=True)
+
+
 def prepare_backend(cfg: RunConfig, training: bool = True) -> tuple[Backend, str]:
     """The configured backend and the device it will use, checked against its capabilities."""
     backend = make_backend(cfg.backend)
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # chosen by _set_threads (or the user)
+        backend.set_threads(int(os.environ["OMP_NUM_THREADS"]))
     caps = backend.capabilities()
     if cfg.device not in ("auto", *caps.devices):
         check_capabilities(cfg, caps, cfg.device, cfg.model.name, training)
@@ -215,7 +249,11 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     tokens_per_step = getattr(loader, "tokens_per_step", None)
     if tokens_per_step:
         run.flops_per_step = flops_per_step(spec, tokens_per_step)
-        run.peak_flops = backend.measure_peak_flops(device, cfg.precision) if run.flops_per_step else None
+        if run.flops_per_step:
+            threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or available_cores()
+            peak = device_peak(peak_key(f"{cfg.backend}-{backend.framework_version()}", device, cfg.precision,
+                                        threads), lambda: backend.measure_peak_flops(device, cfg.precision))
+            run.peak_flops, run.peak_source, run.peak_key = peak.flops, peak.source, peak.key
         if run.peak_flops and world is not None:
             run.peak_flops *= world.world_size * replicas  # every replica's device works on the global step
     loggers: list[Any] = []
