@@ -20,6 +20,7 @@ from crossframe.sampling import generate_by_recompute, make_sampler
 
 jax = pytest.importorskip("jax")
 pytest.importorskip("optax")
+from crossframe.testing.tolerance import network_tolerance, sgd_weight_tolerance  # noqa: E402
 from crossframe_jax.backend import JaxBackend  # noqa: E402
 
 BACKEND = JaxBackend()
@@ -111,17 +112,23 @@ def test_masked_grad_accumulation_equals_one_batch() -> None:
     spec = gpt_spec()
     weights = spec.init(2)
     batches = [lm_batch(8, 8, 60 + i) for i in range(3)]
+    lr, momentum = 0.1, 0.9  # SGD carries the reordered sums' rounding linearly (crossframe.testing.tolerance)
     runs = {}
     for k in (1, 2):
-        state = BACKEND.create_state(TrainSetup(spec, weights, "adamw", {"lr": 0.01, "weight_decay": 0.1},
+        state = BACKEND.create_state(TrainSetup(spec, weights, "sgd", {"lr": lr, "momentum": momentum,
+                                                                       "weight_decay": 0.1},
                                                 grad_accum=k, clip_norm=0.5))
-        state, run_losses = losses(state, batches)
+        state, run_losses = losses(state, batches, lr)
         runs[k] = (BACKEND.export_state(state)[0], run_losses)
     (w1, l1), (w2, l2) = runs[1], runs[2]
-    assert max(abs(a - b) for a, b in zip(l1, l2, strict=True)) <= 1e-6
+    depth, terms = 2 * spec.params["n_layer"] + 2, 8 * 8 * spec.params["d_model"]
+    assert max(abs(a - b) for a, b in zip(l1, l2, strict=True)) <= network_tolerance(depth, terms, max(l1))
+    # clipping to 0.5 bounds every step's gradient norm, so 0.5 bounds the gradients' size
+    allowed = sgd_weight_tolerance(lr, len(batches), network_tolerance(depth, terms, 0.5), momentum)
     worst = max(max_diff(w1[n], w2[n]) for n in w1)
-    print(f"grad_accum=2 vs 1: max |weight diff| after 3 adamw steps = {worst:.3g}")
-    assert worst <= 1e-5
+    print(f"grad_accum=2 vs 1: max |weight diff| after 3 sgd steps = {worst:.3g}, allowed {allowed:.3g}")
+    assert worst <= allowed
+    assert max(max_diff(w1[n], weights[n]) for n in w1) > 100 * allowed  # the weights did move
 
 
 def test_loss_and_eval_sums_match_the_reference_with_and_without_mask() -> None:

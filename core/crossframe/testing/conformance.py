@@ -20,6 +20,7 @@ from crossframe.errors import CapabilityError
 from crossframe.models import build_model
 from crossframe.models.spec import ModelSpec
 from crossframe.testing import reference
+from crossframe.testing.tolerance import network_tolerance, sgd_weight_tolerance
 
 #: tiny architectures the suite builds for each model a backend claims
 MODEL_CASES: dict[str, tuple[dict[str, Any], DataInfo]] = {
@@ -243,14 +244,21 @@ class BackendConformance:
             pytest.skip("backend does not claim 'gpt'")
         spec = self.spec("gpt")
         weights = spec.init(2)
-        states = [impl.create_state(TrainSetup(spec, weights, "adamw", {"lr": 0.01}, grad_accum=k)) for k in (1, 2)]
+        # SGD, because reordered sums round linearly through it; Adam would turn a key bias's gradient,
+        # zero in exact arithmetic and rounding noise in float32, into a full step (crossframe.testing.tolerance)
+        setups = [TrainSetup(spec, weights, "sgd", {"lr": 0.1, "momentum": 0.9}, grad_accum=k, clip_norm=1.0)
+                  for k in (1, 2)]
+        states = [impl.create_state(s) for s in setups]
         for i in range(2):
             batch = _batch(spec.data_info, 8, 60 + i)
-            states = [impl.train_step(s, batch, 0.01)[0] for s in states]
+            states = [impl.train_step(s, batch, 0.1)[0] for s in states]
         a, b = (impl.export_state(s)[0] for s in states)
+        seq, width = spec.data_info.input_shape[0], max(max(p.shape) for p in spec.table)
+        depth = 2 * int(spec.params.get("n_layer", 1)) + 2
+        allowed = max(self.atol, sgd_weight_tolerance(0.1, 2, network_tolerance(depth, 8 * seq * width, 1.0), 0.9))
         for name in a:
             diff = _max_diff(a[name], b[name])
-            assert diff <= self.atol, f"gpt: grad_accum=2 differs from one batch on '{name}' by {diff:.3g}"
+            assert diff <= allowed, f"gpt: grad_accum=2 differs from one batch on '{name}' by {diff:.3g}"
 
     def test_eval_step_sums(self, impl: Backend) -> None:
         """eval_step returns loss sum, count and confusion counts that agree with the reference.
