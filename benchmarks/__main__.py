@@ -32,7 +32,8 @@ from typing import Any
 import benchmarks
 from benchmarks.common import SMOKE_ENV, machine_info, markdown_table
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
+#: untracked (runs/ is ignored): a benchmark never overwrites a file in the repository
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "runs" / "benchmarks" / "results.json"
 NOT_BENCHMARKS = {"common"}
 #: ``*_step`` modules that cover several frameworks and skip a missing one themselves
 MULTI_FRAMEWORK = {"gpt_step"}
@@ -54,6 +55,16 @@ def missing_framework(name: str) -> str | None:
     return None if importlib.util.find_spec(framework) is not None else framework
 
 
+def is_tracked(path: Path) -> bool:
+    """Whether git tracks ``path`` (False outside a git checkout or without git)."""
+    try:
+        proc = subprocess.run(["git", "ls-files", "--error-unmatch", path.name], cwd=path.parent,
+                              capture_output=True, check=False)
+    except OSError:
+        return False
+    return proc.returncode == 0
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(
@@ -73,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="intra-op threads of the framework in the *_step benchmarks, the same for "
                              "crossframe and native (default: 1; 0: the framework's own choice)")
     args = parser.parse_args(argv)
+    if args.out.parent.is_dir() and is_tracked(args.out):
+        parser.exit(2, f"error: --out: '{args.out}' is tracked by git; benchmarks write to untracked files "
+                       f"(default {DEFAULT_OUT})\n")
     if args.smoke:
         args.quick = True
         os.environ[SMOKE_ENV] = "1"  # this process and every benchmark process it starts

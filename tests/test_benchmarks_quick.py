@@ -98,3 +98,17 @@ def test_bench_command_forwards_to_the_benchmarks(monkeypatch: pytest.MonkeyPatc
     assert main(["bench", "--help"]) == 0
     out = capfd.readouterr().out
     assert "python -m benchmarks" in out and "--smoke" in out
+
+
+def test_benchmarks_refuse_to_overwrite_a_tracked_file() -> None:
+    """The recorded results in the repository are a reference: a run may not write over them."""
+    root = Path(__file__).resolve().parents[1]
+    tracked = root / "benchmarks" / "results.json"
+    if subprocess.run(["git", "ls-files", "--error-unmatch", "benchmarks/results.json"], cwd=root,
+                      capture_output=True, check=False).returncode != 0:
+        pytest.skip("not a git checkout with benchmarks/results.json tracked")
+    before = tracked.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "startup", "--out", str(tracked)],
+                          cwd=root, capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and "is tracked by git" in proc.stderr
+    assert tracked.read_bytes() == before

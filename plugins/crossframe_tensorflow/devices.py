@@ -11,29 +11,46 @@ remove the notice but changes kernels, so it is not set: see ``docs/backend-tens
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from types import ModuleType
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before the first `import tensorflow`
 
 
-def _import_tensorflow_quietly() -> ModuleType:
-    """``import tensorflow`` with file descriptor 2 silenced for its import-time C++ notices."""
-    if os.environ.get("CROSSFRAME_DEBUG", "") not in ("", "0") or "--debug" in sys.argv:
-        import tensorflow
+def _debugging() -> bool:
+    return os.environ.get("CROSSFRAME_DEBUG", "") not in ("", "0") or "--debug" in sys.argv
 
-        return tensorflow
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for TensorFlow's C++ notices (not under ``--debug``).
+
+    Used around the import and around the first device query, where a build with CUDA support
+    on a machine without a GPU logs ``failed call to cuInit`` whatever ``TF_CPP_MIN_LOG_LEVEL`` says.
+    """
+    if _debugging():
+        yield
+        return
+    sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow
-
-        return tensorflow
+        yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def _import_tensorflow_quietly() -> ModuleType:
+    """``import tensorflow`` with file descriptor 2 silenced for its import-time C++ notices."""
+    with quiet_native_stderr():
+        import tensorflow
+
+    return tensorflow
 
 
 tf = _import_tensorflow_quietly()
@@ -47,7 +64,9 @@ _KINDS = {"cpu": "CPU", "gpu": "GPU", "tpu": "TPU"}
 
 def _found(kind: str) -> bool:
     """Whether TensorFlow sees a device of ``kind`` (``CPU``, ``GPU`` or ``TPU``)."""
-    if tf.config.list_physical_devices(kind):
+    with quiet_native_stderr():  # the first query initialises CUDA in a CUDA build
+        found = tf.config.list_physical_devices(kind)
+    if found:
         return True
     # A TPU shows up as a logical device once its system is initialised (TPU VMs, Cloud TPU).
     return kind == "TPU" and bool(tf.config.list_logical_devices("TPU"))
