@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 from pathlib import Path
@@ -100,13 +101,28 @@ def test_the_quickstart_is_the_stdlib_gpt() -> None:
 QUICKSTART_STEPS = 150
 
 
+@pytest.fixture(scope="session")
+def quickstart_store(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The quickstart's token store (its BPE trained once), shared by every test process of this session."""
+    from crossframe.train.data import load_source, token_store
+
+    base = tmp_path_factory.getbasetemp()
+    root = base if worker_id == "master" else base.parent  # xdist workers share the parent
+    with (root / "quickstart-store.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first process builds it; the others wait, then open it
+        cfg = crossframe.load_config(None).model_copy(update={"output_dir": str(root / "quickstart-runs")})
+        return Path(token_store(cfg, load_source(cfg)).directory)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_the_quickstart_beats_the_unigram_baseline(workdir: Path, backend: str) -> None:
-    overrides = [f"train.steps={QUICKSTART_STEPS}", "train.eval_every=0", "device=cpu"]
+def test_the_quickstart_beats_the_unigram_baseline(workdir: Path, backend: str, quickstart_store: Path) -> None:
+    overrides = [f"train.steps={QUICKSTART_STEPS}", "train.eval_every=0", "device=cpu",
+                 f"text.store={quickstart_store}"]
     result = crossframe.run(None, overrides, backend=backend, quiet=True)
     cfg = crossframe.load_config(None)
     assert result.steps == QUICKSTART_STEPS and result.run_dir.name == "quickstart"
-    store = TokenStore.open(next((workdir / "runs" / ".tokens").iterdir()))
+    store = TokenStore.open(quickstart_store)
     baseline = unigram_cross_entropy(store, cfg.text.max_eval_tokens)
     print(f"quickstart on {backend} at step {QUICKSTART_STEPS}: val loss {result.metrics['val/loss']:.3f} "
           f"nats/token, unigram baseline {baseline:.3f}")
