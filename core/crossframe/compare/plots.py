@@ -62,6 +62,12 @@ def loss_differences(results: dict[str, Any]) -> tuple[str, dict[str, list[tuple
 
 
 def loss_curves(results: dict[str, Any], path: Path) -> Path | None:
+    """Write :func:`loss_figure` to ``path`` (``None`` when no backend logged a loss)."""
+    fig = loss_figure(results)
+    return None if fig is None else _save(fig, path)
+
+
+def loss_figure(results: dict[str, Any]) -> Any:
     """Train loss against step, every backend overlaid; below, each backend's difference from the first.
 
     Backends that agree draw one curve on top of another, so the lower panel shows what the upper
@@ -99,10 +105,16 @@ def loss_curves(results: dict[str, Any], path: Path) -> Path | None:
         low.set_xlabel("step")
     else:
         ax.set_xlabel("step")
-    return _save(fig, path)
+    return fig
 
 
 def throughput_bars(results: dict[str, Any], path: Path) -> Path | None:
+    """Write :func:`throughput_figure` to ``path`` (``None`` when no backend has a figure)."""
+    fig = throughput_figure(results)
+    return None if fig is None else _save(fig, path)
+
+
+def throughput_figure(results: dict[str, Any]) -> Any:
     """Steady-state throughput per backend (tokens/s for language models, else samples/s).
 
     Horizontal bars on a log axis, so a backend a hundred times slower still shows; each bar is
@@ -129,7 +141,7 @@ def throughput_bars(results: dict[str, Any], path: Path) -> Path | None:
     ax.set_xlabel(f"{unit} (log scale)")
     ax.set_title(f"Training throughput ({unit}, median)")
     ax.grid(axis="x", alpha=0.3, which="both")
-    return _save(fig, path)
+    return fig
 
 
 def memory_bars(results: dict[str, Any], path: Path) -> Path | None:
