@@ -222,7 +222,8 @@ def sections(results: dict[str, Any]) -> list[Section]:
         Section("Loss-curve divergence", *divergence_rows(results), "train loss at the steps both backends logged"),
         Section("Where the time went", *overhead_rows(results),
                 "each backend's process: start (interpreter and imports), backend load, data, parity check, the "
-                "training run, and finish (memory readings, writing its result, exports, process exit); the parts "
+                "training run (with the config's compress and export steps), and finish (memory readings, writing its "
+                "result, the interpreter's exit and framework teardown); the parts "
                 f"add up to its wall time. Whole comparison {o['total_s']:.1f} s: training runs "
                 f"{o['backends_s']:.1f} s, the comparison's own work {o['overhead_s']:.1f} s (data preparation "
                 f"{o.get('data_prepare_s', 0.0):.2f} s in the parent, the parts above besides the runs, reports)."),
