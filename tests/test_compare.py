@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -230,4 +231,5 @@ def test_export_figures_from_the_real_pipeline(tmp_path: Path) -> None:
     assert onnx["format"] == "onnx" and onnx["size_bytes"] > 1000
     assert 0 < onnx["latency_p50_ms"] <= onnx["latency_p99_ms"]
     assert onnx["metric_after"] == pytest.approx(row["eval"]["val/accuracy"], abs=0.02)
-    assert "onnx: " in (tmp_path / "compare" / "report.md").read_text()
+    md = (tmp_path / "compare" / "report.md").read_text()
+    assert "## Export" in md and re.search(r"\| torch \| onnx \| onnx \| [\d,.]+ \| onnxruntime \|", md)

@@ -125,7 +125,19 @@ def data_prepare(config: str | None, overrides: tuple[str, ...]) -> None:
     if not isinstance(corpus, TextCorpus):
         raise ConfigError(f"data.name: '{cfg.data.name}' is not a text source; nothing to prepare")
     store = token_store(cfg, corpus)
-    click.echo(f"token store: {store.directory}  ({store!r})")
+    click.echo(describe_store(store))
+
+
+def describe_store(store: Any) -> str:
+    """One readable line about a token store: where, its vocabulary, and each split's documents and tokens."""
+    splits = "; ".join(f"{name} {split.n_docs:,} documents, {split.n_tokens:,} tokens"
+                       for name, split in store.splits.items())
+    return f"token store: {store.directory} (vocabulary {store.vocab_size:,}, {store.meta['dtype']}; {splits})"
+
+
+#: how ``crossframe plugins`` lists the int8 deployment exporters, which the compress pipeline runs itself
+#: (see :mod:`crossframe.compress.deploy`) rather than through the exporter registry
+INT8_KIND = "exporter (int8)"
 
 
 @click.command("plugins")
@@ -133,12 +145,15 @@ def data_prepare(config: str | None, overrides: tuple[str, ...]) -> None:
 @click.option("--traceback", "show_tb", is_flag=True, help="Show the traceback of failed plugins.")
 def plugins_command(as_json: bool, show_tb: bool) -> None:
     """List plugins: name, distribution, version, hooks, components and status."""
-    from crossframe.plugins import get_plugin_manager
+    from crossframe.compress.deploy import DEPLOY
+    from crossframe.plugins import CORE_PLUGIN, get_plugin_manager
 
     manager = get_plugin_manager()
     rows = []
     for record in list(manager.records.values()):
         provided = manager.provided_by(record.name) if record.status == "loaded" else {}
+        if record.name == CORE_PLUGIN and provided:
+            provided = {**provided, INT8_KIND: sorted(DEPLOY)}
         rows.append({
             "name": record.name, "distribution": record.distribution, "version": record.version,
             "module": record.module, "status": record.status, "error": record.error or None,
@@ -147,19 +162,15 @@ def plugins_command(as_json: bool, show_tb: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
+    from crossframe.tables import show_table
 
-    table = Table(title="crossframe plugins")
-    for column in ("name", "distribution", "hooks", "components", "status"):
-        table.add_column(column, overflow="fold")
+    table = []
     for row, record in zip(rows, manager.records.values(), strict=True):
         comps = "\n".join(f"{kind}: {', '.join(names)}" for kind, names in row["components"].items())
         dist = f"{row['distribution']} {row['version']}".strip()
-        status = record.describe_status()
         style = {"loaded": "green", "disabled": "yellow"}.get(record.status, "red")
-        table.add_row(row["name"], dist, "\n".join(row["hooks"]), comps, f"[{style}]{status}[/{style}]")
-    Console().print(table)
+        table.append([row["name"], dist, "\n".join(row["hooks"]), comps, (record.describe_status(), style)])
+    show_table("crossframe plugins", ["name", "distribution", "hooks", "components", "status"], table)
     if show_tb:
         for record in manager.failures:
             click.echo(f"--- {record.name}\n{record.traceback}", err=True)
@@ -188,16 +199,12 @@ def backends_command(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
+    from crossframe.tables import show_table
 
-    table = Table(title="crossframe backends")
-    for column in ("backend", "version", "devices", "precisions", "strategies", "models", "status"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(row["backend"], row.get("version", ""), *(", ".join(row.get(k, [])) for k in
-                      ("devices", "precisions", "strategies", "models")), row["status"])
-    Console().print(table)
+    columns = ["backend", "version", "devices", "precisions", "strategies", "models", "status"]
+    show_table("crossframe backends", columns, [
+        [row["backend"], row.get("version", ""), *(", ".join(row.get(k, [])) for k in
+         ("devices", "precisions", "strategies", "models")), row["status"]] for row in rows])
 
 
 @click.group("config")

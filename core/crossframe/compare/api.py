@@ -67,8 +67,8 @@ def _row(outcome: Any) -> dict[str, Any]:
     run_dir = Path(res["run_dir"]) if res.get("run_dir") else None
     records = measure.read_metrics(run_dir / "metrics.jsonl") if run_dir else []
     host = res.get("peak_host_mb")
-    timings = {k: float(v) for k, v in (res.get("timings") or {}).items() if v is not None}
-    timings["child_wall_s"] = outcome.wall_s
+    timings = wall_parts({k: float(v) for k, v in (res.get("timings") or {}).items() if v is not None},
+                         outcome.wall_s)
     parity = res.get("parity") or {"max_abs_diff": None}
     return {
         "backend": outcome.backend,
@@ -94,11 +94,36 @@ def _row(outcome: Any) -> dict[str, Any]:
     }
 
 
+#: the parts of one backend's process wall time, in the order they happen; they sum to ``child_wall_s``
+WALL_PARTS = ("process_start_s", "backend_load_s", "data_s", "parity_s", "run_wall_s", "finish_s")
+
+
+def wall_parts(timings: dict[str, float], wall_s: float) -> dict[str, float]:
+    """``timings`` with ``child_wall_s`` (the parent's clock) and ``finish_s``, the rest, so the parts add up.
+
+    ``finish_s`` is what follows the training run: peak-memory readings, writing the result and
+    the interpreter's exit (framework teardown). ``process_start_s`` is measured from the request's
+    timestamp, a moment before the parent's clock starts; if that makes the parts exceed the wall
+    time, the excess comes off ``process_start_s``, so the columns always sum to ``child_wall_s``.
+    """
+    out = {k: v for k, v in timings.items() if k not in ("child_wall_s", "finish_s")}
+    out["child_wall_s"] = wall_s
+    rest = wall_s - sum(out.get(k, 0.0) for k in WALL_PARTS[:-1])
+    if rest < 0 and "process_start_s" in out:
+        trim = min(-rest, out["process_start_s"])
+        out["process_start_s"] -= trim
+        rest += trim
+    out["finish_s"] = max(0.0, rest)
+    return out
+
+
 def machine() -> dict[str, Any]:
-    """Where the comparison ran."""
+    """Where the comparison ran: platform, Python, CPU model and cores."""
+    from crossframe.perf import cpu_model
+
     return {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count(),
             "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "processor": platform.processor() or platform.machine()}
+            "processor": platform.processor() or platform.machine(), "cpu_model": cpu_model()}
 
 
 def compare(

@@ -97,13 +97,22 @@ def strip_debug_info(path: Path) -> int:
     return before - path.stat().st_size
 
 
+def quiet_quantizer() -> Any:
+    """ONNX Runtime's quantiser without its advice ("Please consider to run pre-processing...", logged
+    on the root logger for every call): crossframe quantises its own exports, which need none."""
+    from crossframe.export.quiet import quiet_converters
+
+    return quiet_converters("", "onnxruntime")
+
+
 def quantize_dynamic(fp32: Path, out: Path, per_channel: bool = False) -> Path:
     """Write a dynamically quantised (int8 weights, dynamic uint8 activations) copy of ``fp32`` to ``out``."""
     quantization = _quant_module()
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        quantization.quantize_dynamic(str(fp32), str(out), per_channel=per_channel,
-                                      weight_type=quantization.QuantType.QInt8)
+        with quiet_quantizer():
+            quantization.quantize_dynamic(str(fp32), str(out), per_channel=per_channel,
+                                          weight_type=quantization.QuantType.QInt8)
     except Exception as exc:  # ORT raises plain exceptions for unsupported graphs
         raise ExportError(f"onnx-int8-dynamic: quantize_dynamic failed on '{fp32.name}': "
                           f"{type(exc).__name__}: {exc}") from None
@@ -152,12 +161,13 @@ def quantize_static(fp32: Path, out: Path, batches: Iterable[np.ndarray], per_ch
     if not nodes:
         raise ExportError(f"onnx-int8-static: '{fp32.name}' has no MatMul, Gemm or Conv with a weight to quantise")
     try:
-        quantization.quantize_static(
-            model, str(out), reader, quant_format=quantization.QuantFormat.QDQ, per_channel=per_channel,
-            op_types_to_quantize=list(STATIC_OPS), nodes_to_quantize=nodes,
-            activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8,
-            calibrate_method=quantization.CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        with quiet_quantizer():
+            quantization.quantize_static(
+                model, str(out), reader, quant_format=quantization.QuantFormat.QDQ, per_channel=per_channel,
+                op_types_to_quantize=list(STATIC_OPS), nodes_to_quantize=nodes,
+                activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8,
+                calibrate_method=quantization.CalibrationMethod.MinMax,
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     except ExportError:
         raise
     except Exception as exc:
