@@ -94,6 +94,20 @@ def save_checkpoint(root: Path, step: int, weights: dict[str, np.ndarray],
     return final
 
 
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Delete the ``.step_N.*.tmp`` / ``.step_N.old`` directories a killed save left under ``root``.
+
+    Only one process writes a run's checkpoints, so at the start of a run none is in progress.
+    Returns what was removed.
+    """
+    if not root.is_dir():
+        return []
+    stale = [p for p in root.glob(".step_*") if p.is_dir() and p.name.endswith((".tmp", ".old"))]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
 def json_default(value: Any) -> Any:
     """``json.dumps(default=...)``: numpy scalars and arrays as numbers and lists, anything else
     (paths, a plugin compressor's summary objects) as its string form."""

@@ -70,6 +70,12 @@ class DistributedError(CrossframeError):
     exit_code = 1
 
 
+class Interrupted(CrossframeError):
+    """A run stopped by Ctrl-C or SIGTERM; the message says whether a checkpoint was written."""
+
+    exit_code = 130
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ``"; did you mean 'x'?"`` for the closest choice, or an empty string."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

@@ -56,7 +56,7 @@ def build_cli(disabled: Sequence[str] = (), keep_plugins: bool = False) -> click
 
 def main(argv: Sequence[str] | None = None, keep_plugins: bool = False) -> int:
     """Run the CLI; returns (and, as a script, exits with) the exit code."""
-    from crossframe.errors import CrossframeError
+    from crossframe.errors import CrossframeError, Interrupted
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug, disabled = _pre_parse(args)
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None, keep_plugins: bool = False) -> int:
     except CrossframeError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(str(exc) if isinstance(exc, Interrupted) else f"error: {exc}", err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code

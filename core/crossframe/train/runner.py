@@ -24,6 +24,7 @@ from crossframe.train.data import load_training_data
 from crossframe.train.distill import load_teacher
 from crossframe.train.early_stopping import EarlyStopping
 from crossframe.train.loop import Run, Trainer
+from crossframe.train.observers import Observers, close_loggers
 from crossframe.train.progress import Progress
 
 CONFIG_FILE = "config.yaml"
@@ -220,25 +221,25 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
             run.peak_flops *= world.world_size * replicas  # every replica's device works on the global step
     loggers: list[Any] = []
     progress = Progress(total, start, f"{cfg.backend}:{cfg.model.name}", enabled=False)
+    observers = Observers(plugins.hook, loggers)  # a hook or logger that raises is disabled, not fatal
     try:  # on_run_end always comes before the loggers close, so they can record how the run ended
         if main:
             _make_loggers(cfg, run_dir, loggers)
         progress = Progress(total, start, f"{cfg.backend}:{cfg.model.name}", enabled=main and not quiet)
-        trainer = Trainer(run, state, loader, data.val, schedule, metric_fns, loggers, plugins.hook, progress, early)
-        plugins.hook.on_run_start(run=run)
+        trainer = Trainer(run, state, loader, data.val, schedule, metric_fns, loggers, observers, progress, early)
+        observers.call("on_run_start", run=run)
         status = trainer.fit()
-        plugins.hook.on_run_end(run=run, status=status, metrics=run.last_eval)
+        observers.call("on_run_end", run=run, status=status, metrics=run.last_eval)
     except KeyboardInterrupt:
-        plugins.hook.on_run_end(run=run, status="interrupted", metrics=run.last_eval)
+        observers.call("on_run_end", run=run, status="interrupted", metrics=run.last_eval)
         raise
     except Exception:
         run.status = "failed"
-        plugins.hook.on_run_end(run=run, status="failed", metrics=run.last_eval)
+        observers.call("on_run_end", run=run, status="failed", metrics=run.last_eval)
         raise
     finally:
         progress.close()
-        for logger in loggers:
-            logger.close()
+        close_loggers(loggers)
     metrics = {k: v for k, v in run.last_eval.items() if k != "step"}
     run_world = getattr(run, "world", None)
     if (cfg.compress or cfg.export) and (run_world is None or run_world.is_main):
