@@ -49,7 +49,7 @@ def build_cli(disabled: Sequence[str] = (), keep_plugins: bool = False) -> click
     manager = get_plugin_manager() if keep_plugins and not disabled else configure(disabled=disabled)
     manager.call_guarded("register_commands", cli=cli)
     for record in manager.failures:
-        what = "failed" if record.status == "failed" else f"is {record.status}"
+        what = {"failed": "failed", "conflict": "conflicts"}.get(record.status, f"is {record.status}")
         click.echo(f"crossframe: plugin '{record.name}' {what} and was skipped: {record.error}", err=True)
     return cli
 

@@ -132,7 +132,7 @@ class Trainer:
             if signals.received is not None:  # during the final eval or save: it finished first
                 raise RunInterrupted(run.run_dir, run.step, run.last_checkpoint, signals.received)
         if self.observers.fatal is not None:  # strict plugins: checkpointed above, now stop
-            raise self.observers.fatal
+            raise RunError(f"{self.observers.fatal}; checkpoint written to '{run.last_checkpoint}'")
         return run.status
 
     def _log(self, pending: list[dict[str, Any]], lr: float,

@@ -78,13 +78,9 @@ class Observers:
                 self._failed(plugin_of(logger), f"logger {type(logger).__name__}.log_metrics", exc)
 
     def _failed(self, plugin: str, where: str, exc: Exception) -> None:
-        from crossframe.plugins import get_plugin_manager
-
         self.disabled.add(plugin)
         why = f"{where} raised {type(exc).__name__}: {_bounded(str(exc))}"
-        record = get_plugin_manager().records.get(plugin)
-        if record is not None:
-            record.status, record.error = "failed", why
+        mark_failed(plugin, why)
         if self._is_strict():
             if self.fatal is None:
                 self.fatal = RunError(f"plugin '{plugin}': {why}; the run stopped "
@@ -95,14 +91,24 @@ class Observers:
         self.say(f"crossframe: plugin '{plugin}' {why}; it is disabled for the rest of this run")
 
 
+def mark_failed(plugin: str, why: str) -> None:
+    """Record in the plugin manager that ``plugin`` failed (``crossframe plugins`` lists it so)."""
+    from crossframe.plugins import get_plugin_manager
+
+    record = get_plugin_manager().records.get(plugin)
+    if record is not None:
+        record.status, record.error = "failed", why
+
+
 def close_loggers(loggers: list[Any], say: Say = _stderr) -> None:
     """Close every logger; one that raises is reported by plugin and the others still close."""
     for logger in loggers:
         try:
             logger.close()
         except Exception as exc:
-            say(f"crossframe: plugin '{plugin_of(logger)}' logger {type(logger).__name__}.close raised "
-                f"{type(exc).__name__}: {_bounded(str(exc))}")
+            why = f"logger {type(logger).__name__}.close raised {type(exc).__name__}: {_bounded(str(exc))}"
+            mark_failed(plugin_of(logger), why)
+            say(f"crossframe: plugin '{plugin_of(logger)}' {why}")
 
 
 def _bounded(text: str, limit: int = 200) -> str:
