@@ -47,9 +47,12 @@ class DataError(CrossframeError):
 
 
 class CheckpointError(CrossframeError):
-    """A checkpoint is missing, incomplete or does not match the model."""
+    """A checkpoint (or export) given as input is missing, unreadable, or does not match the model.
 
-    exit_code = 1
+    Bad input, so exit 2; failing to *write* one is a :class:`RunError` (exit 1).
+    """
+
+    exit_code = 2
 
 
 class RunError(CrossframeError):

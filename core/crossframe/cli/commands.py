@@ -213,6 +213,10 @@ def config_show(config: str | None, backend: str | None, overrides: tuple[str, .
     from crossframe.config.loading import config_to_dict, dump_yaml, load_config
 
     resolved = load_config(config, overrides, backend=backend)
+    if resolved.compress or resolved.export:  # validated exactly as `crossframe run` does before training
+        from crossframe.compress.pipeline import check_steps
+
+        check_steps(resolved.compress, resolved.export)
     if as_json:
         click.echo(json.dumps(config_to_dict(resolved), indent=2))
     else:

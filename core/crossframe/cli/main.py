@@ -6,6 +6,7 @@ Both are read before the group is built, since plugins contribute commands.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,8 @@ import click
 from crossframe import __version__
 
 EXIT_USAGE = 2
+#: OS errors that describe the machine, not a bug: reported in one line (exit 1), no traceback
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EMFILE}
 
 
 def _pre_parse(argv: list[str]) -> tuple[bool, list[str]]:
@@ -84,6 +87,12 @@ def main(argv: Sequence[str] | None = None, keep_plugins: bool = False) -> int:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
+    except OSError as exc:  # a full disk or a permission problem: one line naming the file
+        if debug or exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f" ('{exc.filename}')" if exc.filename else ""
+        click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        return 1
 
 
 def entry() -> None:

@@ -122,6 +122,10 @@ def run(
                 raise ConfigError(f"--resume: '{run_dir}' has no {CONFIG_FILE}; pass the config file too")
             config = saved
     cfg = load_config(config, overrides, backend=backend)
+    if cfg.compress or cfg.export:  # the whole config is checked before training, not after
+        from crossframe.compress.pipeline import check_steps
+
+        check_steps(cfg.compress, cfg.export)
     from crossframe.distributed.world import RUN_DIR_ENV, is_worker, record_failure
 
     worker = is_worker()
@@ -197,7 +201,7 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     early = EarlyStopping.from_config(cfg.train.early_stopping) if cfg.train.early_stopping else None
     start = 0
     if checkpoint is not None:
-        spec.check_weights(checkpoint.weights, f"checkpoint '{checkpoint.path}'")
+        spec.check_checkpoint(checkpoint.weights, checkpoint.optimizer_state, f"checkpoint '{checkpoint.path}'")
         state = backend.load_state(state, checkpoint.weights, checkpoint.optimizer_state or None)
         start = checkpoint.step
         if early and checkpoint.state.get("early_stopping"):
