@@ -58,10 +58,10 @@ def on_run_end(run, status, metrics):
 
 class BoomLogger:
     def __init__(self, params, run_dir):
-        pass
+        _maybe("__init__")
 
     def log_config(self, config):
-        pass
+        _maybe("log_config")
 
     def log_metrics(self, step, metrics):
         _maybe("log_metrics")
@@ -102,6 +102,16 @@ def test_a_hook_that_raises_is_reported_once_by_plugin_and_the_run_goes_on(
     assert main(["plugins", "--json"], keep_plugins=True) == 0
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert rows["raiser"]["status"] == "failed" and hook in rows["raiser"]["error"]
+
+
+@pytest.mark.parametrize("hook", ["__init__", "log_config"])
+def test_a_logger_that_cannot_start_is_one_line_naming_its_plugin(workdir: Path, site: Path, tiny, hook: str,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    make_distribution(site, "crossframe-raiser", "raiser", f"raiser_start{hook}", RAISES_IN.format(hook=hook))
+    assert main(["run", write_config(workdir, tiny), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "plugin 'raiser'" in err[0] and "RuntimeError: boom" in err[0], err
+    assert "Traceback" not in err[0]
 
 
 def test_a_hook_that_raises_is_called_no_more_after_its_failure(workdir: Path, site: Path, tiny,

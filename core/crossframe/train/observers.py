@@ -79,7 +79,7 @@ class Observers:
 
     def _failed(self, plugin: str, where: str, exc: Exception) -> None:
         self.disabled.add(plugin)
-        why = f"{where} raised {type(exc).__name__}: {_bounded(str(exc))}"
+        why = f"{where} raised {type(exc).__name__}: {bounded_line(str(exc))}"
         mark_failed(plugin, why)
         if self._is_strict():
             if self.fatal is None:
@@ -106,12 +106,12 @@ def close_loggers(loggers: list[Any], say: Say = _stderr) -> None:
         try:
             logger.close()
         except Exception as exc:
-            why = f"logger {type(logger).__name__}.close raised {type(exc).__name__}: {_bounded(str(exc))}"
+            why = f"logger {type(logger).__name__}.close raised {type(exc).__name__}: {bounded_line(str(exc))}"
             mark_failed(plugin_of(logger), why)
             say(f"crossframe: plugin '{plugin_of(logger)}' {why}")
 
 
-def _bounded(text: str, limit: int = 200) -> str:
+def bounded_line(text: str, limit: int = 200) -> str:
     """The first line of ``text``, cut to ``limit`` characters."""
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -15,7 +15,7 @@ from crossframe.checkpoint import Checkpoint, find_checkpoint, load_checkpoint
 from crossframe.config.loading import atomic_write_text, dump_yaml, load_config
 from crossframe.config.schema import RunConfig
 from crossframe.config.validation import validate_params
-from crossframe.errors import CapabilityError, ConfigError, RunError, one_of
+from crossframe.errors import CapabilityError, ConfigError, PluginError, RunError, one_of
 from crossframe.metrics import DEFAULT_METRICS
 from crossframe.models import build_model
 from crossframe.perf import flops_per_step
@@ -24,7 +24,7 @@ from crossframe.train.data import load_training_data
 from crossframe.train.distill import load_teacher
 from crossframe.train.early_stopping import EarlyStopping
 from crossframe.train.loop import Run, Trainer
-from crossframe.train.observers import Observers, close_loggers
+from crossframe.train.observers import Observers, bounded_line, close_loggers, plugin_of
 from crossframe.train.progress import Progress
 
 CONFIG_FILE = "config.yaml"
@@ -272,9 +272,18 @@ def _make_loggers(cfg: RunConfig, run_dir: Path, loggers: list[Any]) -> None:
             component("logger", "jsonl").schema, {}, "loggers"), run_dir))
     for i, lg in enumerate(cfg.loggers):
         comp = component("logger", lg.name, f"loggers.{i}.name")
-        loggers.append(comp.obj(validate_params(comp.schema, lg.params, f"loggers.{i}"), run_dir))
+        params = validate_params(comp.schema, lg.params, f"loggers.{i}")
+        try:  # a plugin's logger that cannot start is named, not a traceback
+            loggers.append(comp.obj(params, run_dir))
+        except Exception as exc:
+            raise PluginError(f"loggers.{i}: plugin '{comp.plugin}' logger '{lg.name}' failed to start: "
+                              f"{type(exc).__name__}: {bounded_line(str(exc))}") from None
     for logger in loggers:
-        logger.log_config(cfg.model_dump(mode="json"))
+        try:
+            logger.log_config(cfg.model_dump(mode="json"))
+        except Exception as exc:
+            raise PluginError(f"plugin '{plugin_of(logger)}' logger {type(logger).__name__}.log_config raised "
+                              f"{type(exc).__name__}: {bounded_line(str(exc))}") from None
 
 
 __all__ = ["RunResult", "check_capabilities", "find_checkpoint", "make_backend", "run"]
