@@ -186,3 +186,38 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(workdir: Path, 
             assert run_cli("--resume", f"runs/{name}") == 0
         assert not list((run_dir / "checkpoints").glob(".step_*")), "a killed save's temporary was left behind"
         assert_bit_identical(run_dir, workdir / "runs" / "ref")
+
+
+class SignalTwice:
+    """Sends SIGINT twice at the end of step ``at``: the second one must stop the run at once."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    @hookimpl
+    def on_step_end(self, run, step, batch, logs):
+        if step == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_second_signal_stops_at_once_and_the_previous_checkpoint_resumes(workdir: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("torch")
+    cfg = mlp_config("torch", checkpoint_every=2)
+    (workdir / "ref.json").write_text(json.dumps({**cfg, "name": "ref"}))
+    (workdir / "twice.json").write_text(json.dumps({**cfg, "name": "twice"}))
+    assert run_cli("ref.json") == 0
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    get_plugin_manager().register(SignalTwice(5), "signal-twice")
+    capsys.readouterr()
+    try:
+        assert run_cli("twice.json") == 130
+    finally:
+        get_plugin_manager().unregister("signal-twice")
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # handlers put back
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["interrupted: no checkpoint was written (any earlier checkpoint is intact)"]
+    assert load_checkpoint(workdir / "runs" / "twice").step == 4
+    assert run_cli("--resume", "runs/twice") == 0
+    assert_bit_identical(workdir / "runs" / "twice", workdir / "runs" / "ref")

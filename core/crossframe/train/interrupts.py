@@ -75,4 +75,4 @@ def describe_interrupt(exc: BaseException) -> str:
             return (f"{what} after step {exc.step}: checkpoint written to '{exc.checkpoint}'; "
                     f"continue with --resume {exc.run_dir}")
         return f"{what} after step {exc.step}: no checkpoint was written (run directory '{exc.run_dir}')"
-    return "interrupted: no checkpoint was written for the step in progress"
+    return "interrupted: no checkpoint was written (any earlier checkpoint is intact)"
