@@ -123,6 +123,7 @@ def test_signal_at_a_random_moment_then_resume_is_bit_identical(workdir: Path, b
     assert run_cli("ref.json") == 0
     rng = random.Random(f"{backend}-{model}")
     strays: list[int] = []
+    interrupted = 0
     previous = signal.signal(signal.SIGINT, lambda signum, frame: strays.append(signum))  # a late timer
     previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: strays.append(signum))
     try:
@@ -141,6 +142,7 @@ def test_signal_at_a_random_moment_then_resume_is_bit_identical(workdir: Path, b
             err = capsys.readouterr().err.strip().splitlines()
             run_dir = workdir / "runs" / name
             if code == 130:
+                interrupted += 1
                 assert len(err) == 1 and "checkpoint written to" in err[0] and f"--resume runs/{name}" in err[0], err
                 assert "Traceback" not in "".join(err)
                 step = load_checkpoint(run_dir).step
@@ -152,6 +154,7 @@ def test_signal_at_a_random_moment_then_resume_is_bit_identical(workdir: Path, b
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_term)
+    print(f"{backend}-{model}: {interrupted} of {attempt + 1} tries interrupted mid-run")  # the rest came too late
 
 
 def _child_env() -> dict[str, str]:
