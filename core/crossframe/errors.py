@@ -1,7 +1,8 @@
 """The error family: every expected failure carries one line a person can act on.
 
 The CLI prints ``str(error)`` without a traceback (``--debug`` shows one) and exits with
-``error.exit_code``: 2 for usage and configuration problems, 1 for a run that failed.
+``error.exit_code``: 2 for bad input (usage, configuration, a checkpoint that cannot be read),
+1 for a run that failed, 130 for an interrupted run (see docs/errors.md).
 """
 
 from __future__ import annotations

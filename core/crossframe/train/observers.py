@@ -53,11 +53,6 @@ class Observers:
             self.strict = get_plugin_manager().strict
         return self.strict
 
-    def has(self, hook_name: str) -> bool:
-        """Whether any enabled plugin implements ``hook_name``."""
-        return any(impl.plugin_name not in self.disabled
-                   for impl in getattr(self.hook, hook_name).get_hookimpls())
-
     def call(self, hook_name: str, **kwargs: Any) -> None:
         """Call each enabled implementation of ``hook_name`` (in pluggy's order: last registered first)."""
         for impl in reversed(getattr(self.hook, hook_name).get_hookimpls()):
