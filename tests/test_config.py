@@ -138,7 +138,7 @@ def test_presets_are_named_in_place_of_a_file(workdir: Path) -> None:
     ("train.optimizer={name: sgd, nesterov: true}", "train.optimizer: nesterov needs momentum > 0"),
     ("train.optimizer={name: adam, betas: [0.9, 1.5]}", "train.optimizer: betas must each be in [0, 1)"),
     ("train.schedule={name: linear, warmup_steps: 9, decay_steps: 3}", "decay_steps must be larger"),
-    ("name=bad name!", "name: string should match pattern"),
+    ("name=bad name!", "name: must be letters, digits"),
 ])
 def test_cross_field_rules_are_config_errors(override: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:

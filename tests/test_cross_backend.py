@@ -110,9 +110,9 @@ def test_eval_cli_reports_and_rejects_bad_input(workdir: Path, tiny, capsys: pyt
     assert main(["eval", str(trained.run_dir), "--json", "--split", "train"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["step"] == 5 and "train/accuracy" in out
-    assert main(["eval", str(workdir / "nowhere")]) == 1
+    assert main(["eval", str(workdir / "nowhere")]) == 2  # bad input (README: exit codes)
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no checkpoint found" in err[0]
+    assert len(err) == 1 and "nowhere' does not exist" in err[0]
 
 
 def test_backends_command_lists_every_backend(capsys: pytest.CaptureFixture) -> None:

@@ -1,7 +1,8 @@
 """The error family: every expected failure carries one line a person can act on.
 
 The CLI prints ``str(error)`` without a traceback (``--debug`` shows one) and exits with
-``error.exit_code``: 2 for usage and configuration problems, 1 for a run that failed.
+``error.exit_code``: 2 for bad input (usage, configuration, a checkpoint that cannot be read),
+1 for a run that failed, 130 for an interrupted run (see docs/errors.md).
 """
 
 from __future__ import annotations
@@ -47,9 +48,12 @@ class DataError(CrossframeError):
 
 
 class CheckpointError(CrossframeError):
-    """A checkpoint is missing, incomplete or does not match the model."""
+    """A checkpoint (or export) given as input is missing, unreadable, or does not match the model.
 
-    exit_code = 1
+    Bad input, so exit 2; failing to *write* one is a :class:`RunError` (exit 1).
+    """
+
+    exit_code = 2
 
 
 class RunError(CrossframeError):
@@ -68,6 +72,12 @@ class DistributedError(CrossframeError):
     """A multi-worker job could not start, or a worker died or timed out."""
 
     exit_code = 1
+
+
+class Interrupted(CrossframeError):
+    """A run stopped by Ctrl-C or SIGTERM; the message says whether a checkpoint was written."""
+
+    exit_code = 130
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -26,6 +26,10 @@ from crossframe.errors import PluginError, did_you_mean, one_of
 
 ENTRY_POINT_GROUP = "crossframe"
 CORE_PLUGIN = "crossframe"
+#: the statuses of a plugin that is not working (``crossframe plugins`` shows why)
+FAILED_STATES = ("failed", "incompatible", "conflict")
+#: the distribution of the first-party plugins, which a third party cannot displace
+FIRST_PARTY = "crossframe"
 
 #: component kind -> the registration hook that fills it
 KINDS: dict[str, str] = {
@@ -63,14 +67,14 @@ class PluginRecord:
     distribution: str = ""
     version: str = ""
     module: str = ""
-    status: str = "loaded"  # loaded | failed | incompatible | disabled
+    status: str = "loaded"  # loaded | failed | incompatible | conflict | disabled
     error: str = ""
     traceback: str = ""
     hooks: list[str] = field(default_factory=list)
 
     def describe_status(self) -> str:
         """``loaded``, ``disabled`` or ``failed: <why>`` for listings."""
-        return f"{self.status}: {self.error}" if self.status in ("failed", "incompatible") else self.status
+        return f"{self.status}: {self.error}" if self.status in FAILED_STATES else self.status
 
 
 def _env_list(name: str) -> list[str]:
@@ -91,6 +95,8 @@ class PluginManager:
         self.disabled = set(disabled) | set(_env_list("CROSSFRAME_DISABLE_PLUGINS"))
         self.records: dict[str, PluginRecord] = {}
         self._components: dict[str, dict[str, Component]] = {}
+        self._clashes: dict[str, dict[str, list[Component]]] = {}  # kind -> name -> every provider
+        self._qualified: dict[str, dict[str, Component]] = {}  # kind -> 'plugin:name' -> component
         self._loaded = False
 
     # ------------------------------------------------------------------ loading
@@ -106,26 +112,15 @@ class PluginManager:
         if _env_flag("CROSSFRAME_DISABLE_PLUGIN_AUTOLOAD"):
             return self
         allow = set(_env_list("CROSSFRAME_PLUGINS"))
-        seen: set[str] = set()
-        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name in seen:
-                continue
-            seen.add(ep.name)
-            dist = getattr(ep, "dist", None)
-            record = PluginRecord(
-                name=ep.name,
-                distribution=dist.metadata["Name"] if dist else "",
-                version=dist.version if dist else "",
-                module=ep.value,
-            )
-            if ep.name == CORE_PLUGIN:
-                print(f"crossframe: entry point '{ep.name}' from '{record.distribution}' ignored: "
-                      "the name is reserved for the core", file=sys.stderr)
-                continue
-            self.records[ep.name] = record
-            if ep.name in self.disabled or (allow and ep.name not in allow):
+        for ep, record, rival in self._entry_points():
+            self.records[record.name] = record
+            if ep.name in self.disabled or record.distribution in self.disabled or (allow and ep.name not in allow):
                 record.status = "disabled"
                 continue
+            if rival is not None:
+                self._fail(record, rival, status="conflict")
+                continue
+            dist = getattr(ep, "dist", None)
             why = incompatibility(dist, __version__)
             if why:
                 self._fail(record, why, status="incompatible")
@@ -139,6 +134,49 @@ class PluginManager:
                 continue
             self._register(ep.name, obj, record=record)
         return self
+
+    def _entry_points(self) -> list[tuple[Any, PluginRecord, str | None]]:
+        """Each ``crossframe`` entry point with its record, and why it clashes with another of the
+        same name (None if it does not).
+
+        Two distributions giving one entry-point name is never settled by install order: the
+        first-party one (distribution ``crossframe``) keeps it and the other is a conflict; between
+        two third parties, neither loads until one is disabled by its distribution name.
+        """
+        by_name: dict[str, list[tuple[Any, PluginRecord]]] = {}
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = getattr(ep, "dist", None)
+            record = PluginRecord(name=ep.name, distribution=dist.metadata["Name"] if dist else "",
+                                  version=dist.version if dist else "", module=ep.value)
+            if ep.name == CORE_PLUGIN:
+                print(f"crossframe: entry point '{ep.name}' from '{record.distribution}' ignored: "
+                      "the name is reserved for the core", file=sys.stderr)
+                continue
+            claims = by_name.setdefault(ep.name, [])
+            if all((r.distribution, r.module) != (record.distribution, record.module) for _, r in claims):
+                claims.append((ep, record))  # the same distribution seen twice on sys.path is one claim
+        out: list[tuple[Any, PluginRecord, str | None]] = []
+        for name, claims in by_name.items():
+            live = [(ep, r) for ep, r in claims if r.distribution not in self.disabled]
+            if len(live) <= 1:
+                out += [(ep, r, None) for ep, r in (live or claims[:1])]
+                continue
+            first_party = [(ep, r) for ep, r in live if r.distribution == FIRST_PARTY]
+            dists = " and ".join(f"'{r.distribution}'" for _, r in live)
+            for ep, record in live:
+                if first_party and record.distribution == FIRST_PARTY:
+                    out.append((ep, record, None))
+                    continue
+                keep = "crossframe's own plugin is kept" if first_party else "neither is loaded"
+                others = [r.distribution for _, r in live if r is not record]
+                key = f"{name}@{record.distribution}"
+                self.records[key] = record
+                record.name = key
+                choose = (f"silence this with --disable-plugin {record.distribution}" if first_party else
+                          f"choose with --disable-plugin {record.distribution} or --disable-plugin {others[0]}")
+                out.append((ep, record, f"entry point '{name}' is claimed by distributions {dists}; {keep}; "
+                                        f"{choose}"))
+        return out
 
     def register(self, plugin: Any, name: str) -> None:
         """Register an in-process plugin object (tests, notebooks, ``crossframe.testing``)."""
@@ -221,7 +259,7 @@ class PluginManager:
     def failures(self) -> list[PluginRecord]:
         """Plugins that failed to load or register."""
         self.load()
-        return [r for r in self.records.values() if r.status in ("failed", "incompatible")]
+        return [r for r in self.records.values() if r.status in FAILED_STATES]
 
     # ------------------------------------------------------------------ components
 
@@ -236,6 +274,8 @@ class PluginManager:
 
     def _collect(self, kind: str) -> dict[str, Component]:
         found: dict[str, Component] = {}
+        clashes: dict[str, list[Component]] = {}
+        qualified = self._qualified[kind] = {}
         caller = getattr(self.pm.hook, KINDS[kind])
         for impl in caller.get_hookimpls():  # registration order: the core first
             plugin = impl.plugin_name
@@ -254,13 +294,30 @@ class PluginManager:
             for comp in added:
                 if comp.schema is None and _is_schema(comp.obj):
                     comp.schema = comp.obj
+                qualified[f"{plugin}:{comp.name}"] = comp
                 if comp.name in found and found[comp.name].plugin != plugin:
-                    first = found[comp.name].plugin
-                    print(f"crossframe: {kind} '{comp.name}' from plugin '{plugin}' ignored: "
-                          f"already provided by '{first}'", file=sys.stderr)
+                    clashes.setdefault(comp.name, [found[comp.name]]).append(comp)
                     continue
                 found[comp.name] = comp
+        for name in clashes:  # never settled by load order: asking for it is an error naming all
+            found.pop(name)
+        self._clashes[kind] = clashes
         return found
+
+    def _clash_error(self, kind: str, name: str, providers: list[Component], where: str) -> PluginError:
+        def who(comp: Component) -> str:
+            record = self.records.get(comp.plugin)
+            dist = f"distribution '{record.distribution}'" if record and record.distribution else "no distribution"
+            return f"plugin '{comp.plugin}' ({dist})"
+
+        def first_party(comp: Component) -> bool:
+            record = self.records.get(comp.plugin)
+            return comp.plugin == CORE_PLUGIN or bool(record and record.distribution == FIRST_PARTY)
+
+        ranked = sorted(providers, key=lambda c: not first_party(c))  # crossframe's own first
+        named = " and ".join(who(c) for c in ranked)
+        return PluginError(f"{where}{kind} '{name}' is provided by {named}; choose one with "
+                           f"--disable-plugin {ranked[-1].plugin}, or name it '{ranked[0].plugin}:{name}'")
 
     def get(self, kind: str, name: str, field_name: str | None = None) -> Component:
         """The component ``name`` of ``kind``, or a one-line error listing what exists."""
@@ -268,6 +325,10 @@ class PluginManager:
         if name in available:
             return available[name]
         where = f"{field_name}: " if field_name else ""
+        if name in self._clashes.get(kind, {}):
+            raise self._clash_error(kind, name, self._clashes[kind][name], where)
+        if name in self._qualified.get(kind, {}):  # 'plugin:name' picks one of several providers
+            return self._qualified[kind][name]
         hint = did_you_mean(name, available)
         broken = [r.name for r in self.failures]
         extra = f" (plugins that failed to load: {', '.join(broken)})" if broken else ""
@@ -277,7 +338,8 @@ class PluginManager:
         """Component names by kind that ``plugin`` provides (calls every registration hook)."""
         out: dict[str, list[str]] = {}
         for kind in KINDS:
-            names = [c.name for c in self.components(kind).values() if c.plugin == plugin]
+            self.components(kind)
+            names = [c.name for c in self._qualified[kind].values() if c.plugin == plugin]
             if names:
                 out[kind] = sorted(names)
         return out

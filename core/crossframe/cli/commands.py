@@ -46,9 +46,11 @@ def run_command(config: str | None, backend: str | None, overrides: tuple[str, .
     extra += [f"{k if k == 'strategy' else 'launch.' + k}={v}" for k, v in launch.items() if v is not None]
     try:
         result = run(config, [*overrides, *extra], backend=backend, resume=resume, quiet=quiet)
-    except KeyboardInterrupt:
-        click.echo("interrupted: a checkpoint was written; continue with --resume RUN_DIR", err=True)
-        raise
+    except KeyboardInterrupt as exc:  # one line: whether (and where) a checkpoint was written; exit 130
+        from crossframe.errors import Interrupted
+        from crossframe.train.interrupts import describe_interrupt
+
+        raise Interrupted(describe_interrupt(exc)) from None
     if is_worker():
         return  # the launcher reports the job
     scalars = {k: v for k, v in result.metrics.items() if not isinstance(v, (list, dict)) and _scalar(v)}
@@ -222,6 +224,10 @@ def config_show(config: str | None, backend: str | None, overrides: tuple[str, .
     from crossframe.config.loading import config_to_dict, dump_yaml, load_config
 
     resolved = load_config(config, overrides, backend=backend)
+    if resolved.compress or resolved.export:  # validated exactly as `crossframe run` does before training
+        from crossframe.compress.pipeline import check_steps
+
+        check_steps(resolved.compress, resolved.export)
     if as_json:
         click.echo(json.dumps(config_to_dict(resolved), indent=2))
     else:

@@ -6,6 +6,7 @@ Both are read before the group is built, since plugins contribute commands.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,8 @@ import click
 from crossframe import __version__
 
 EXIT_USAGE = 2
+#: OS errors that describe the machine, not a bug: reported in one line (exit 1), no traceback
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EMFILE}
 
 
 def _pre_parse(argv: list[str]) -> tuple[bool, list[str]]:
@@ -49,14 +52,14 @@ def build_cli(disabled: Sequence[str] = (), keep_plugins: bool = False) -> click
     manager = get_plugin_manager() if keep_plugins and not disabled else configure(disabled=disabled)
     manager.call_guarded("register_commands", cli=cli)
     for record in manager.failures:
-        what = "failed" if record.status == "failed" else f"is {record.status}"
+        what = {"failed": "failed", "conflict": "conflicts"}.get(record.status, f"is {record.status}")
         click.echo(f"crossframe: plugin '{record.name}' {what} and was skipped: {record.error}", err=True)
     return cli
 
 
 def main(argv: Sequence[str] | None = None, keep_plugins: bool = False) -> int:
     """Run the CLI; returns (and, as a script, exits with) the exit code."""
-    from crossframe.errors import CrossframeError
+    from crossframe.errors import CrossframeError, Interrupted
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug, disabled = _pre_parse(args)
@@ -67,7 +70,7 @@ def main(argv: Sequence[str] | None = None, keep_plugins: bool = False) -> int:
     except CrossframeError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(str(exc) if isinstance(exc, Interrupted) else f"error: {exc}", err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
@@ -84,6 +87,12 @@ def main(argv: Sequence[str] | None = None, keep_plugins: bool = False) -> int:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
+    except OSError as exc:  # a full disk or a permission problem: one line naming the file
+        if debug or exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f" ('{exc.filename}')" if exc.filename else ""
+        click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        return 1
 
 
 def entry() -> None:

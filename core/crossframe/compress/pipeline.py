@@ -431,11 +431,32 @@ def _check_names(steps: Sequence[ComponentConfig], kind: str, field: str) -> Non
                               f"(available: {', '.join(sorted(available)) or 'none installed'})")
 
 
+def check_steps(compress: Sequence[ComponentConfig], export: Sequence[ComponentConfig]) -> None:
+    """Validate every compress and export step (names and params) before any work: one line, exit 2.
+
+    ``crossframe run`` calls this before training and ``crossframe config show`` when showing a config,
+    so a typo in ``compress:`` never costs a training run.
+    """
+    from crossframe.compress import deploy
+
+    _check_names(compress, "compressor", "compress")
+    _check_names(export, "exporter", "export")
+    for i, step in enumerate(compress):
+        where = f"compress.{i}"
+        own, _, _ = split_step(step, where)
+        validate_params(component("compressor", step.name, f"{where}.name").schema, own, where)
+    for i, step in enumerate(export):
+        where = f"export.{i}"
+        if step.name in deploy.DEPLOY:
+            deploy.parse_params(step.name, step.params, where)
+        else:
+            validate_params(component("exporter", step.name, f"{where}.name").schema, step.params, where)
+
+
 def run_pipeline(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint, compress: Sequence[ComponentConfig],
                  export: Sequence[ComponentConfig], options: Options | None = None) -> Report:
     """Compress from ``checkpoint`` with ``compress``, then export the result with ``export``; the report."""
-    _check_names(compress, "compressor", "compress")
-    _check_names(export, "exporter", "export")
+    check_steps(compress, export)
     pipeline = Pipeline(cfg, run_dir, options, training=_needs_training(compress))
     report = Report.open(run_dir, fresh=bool(compress))
     stage = pipeline.start(checkpoint)

@@ -43,16 +43,23 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Parse a YAML, TOML or JSON file (or name a built-in preset) into a dict; errors name the file."""
     preset = _preset(path)
     if preset is not None:
-        return yaml.safe_load(preset) or {}
+        return safe_load_bounded(preset, f"preset '{path}'") or {}
     path = Path(path)
     if not path.is_file():
         hint = did_you_mean(path.name, preset_names()) if not path.suffix else ""
         raise UsageError(f"config file '{path}' not found (built-in presets: {', '.join(preset_names())}){hint}")
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file '{path}': not UTF-8 text (byte {exc.start}); is it a binary file?") from None
+    except OSError as exc:
+        raise UsageError(f"config file '{path}' cannot be read: {exc.strerror or exc}") from None
+    if "\x00" in text:
+        raise ConfigError(f"config file '{path}': contains NUL bytes; is it a binary file?")
     suffix = path.suffix.lower()
     try:
         if suffix in {".yaml", ".yml"}:
-            data = yaml.safe_load(text)
+            data = safe_load_bounded(text, f"config file '{path}'")
         elif suffix == ".toml":
             try:
                 import tomllib
@@ -70,6 +77,47 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}': the top level must be a mapping of keys, got {type(data).__name__}")
     return data
+
+
+#: a YAML document may expand (through aliases) to at most this many values
+MAX_YAML_NODES = 100_000
+
+
+def safe_load_bounded(text: str, what: str) -> Any:
+    """``yaml.safe_load`` that refuses documents whose aliases expand past :data:`MAX_YAML_NODES`
+    values (a few hundred bytes can otherwise expand to billions) or refer to themselves."""
+    data = yaml.safe_load(text)
+    expanded_size(data, what)
+    return data
+
+
+def expanded_size(value: Any, what: str, limit: int = MAX_YAML_NODES) -> int:
+    """How many values ``value`` holds with shared parts counted each time they appear (memoised by
+    identity, so this costs the number of distinct nodes); :class:`ConfigError` past ``limit``."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ConfigError(f"{what}: a YAML alias refers to the value that contains it")
+        active.add(key)
+        children = list(node.keys()) + list(node.values()) if isinstance(node, dict) else node
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > limit:
+                raise ConfigError(f"{what}: YAML aliases expand to more than {limit} values; "
+                                  "write the values out or use fewer aliases")
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(value)
 
 
 def _parse_problem(exc: Exception) -> str:
@@ -91,7 +139,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         if not sep or not key.strip():
             raise UsageError(f"--set '{item}': expected KEY=VALUE, e.g. train.steps=300")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = safe_load_bounded(raw, f"--set '{key}'") if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         parts = key.strip().split(".")

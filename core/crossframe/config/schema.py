@@ -7,6 +7,7 @@ Components (``data``, ``model``, ``train.optimizer``, ``train.schedule``, ``logg
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import (
@@ -17,10 +18,14 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    field_validator,
     model_validator,
 )
 
 DEFAULT_STEPS = 1000
+#: the largest step or epoch budget accepted (a typo like 1e29 is an error, not a run that never ends)
+MAX_STEPS = 10**10
+_RUN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 
 
 class Strict(BaseModel):
@@ -73,8 +78,9 @@ class DistillConfig(Strict):
 class TrainConfig(Strict):
     """``train``: the loop's budget, batching, optimisation and intervals."""
 
-    steps: PositiveInt | None = Field(None, description=f"optimizer steps (or give epochs); {DEFAULT_STEPS} if neither")
-    epochs: PositiveInt | None = None
+    steps: PositiveInt | None = Field(None, le=MAX_STEPS,
+                                      description=f"optimizer steps (or give epochs); {DEFAULT_STEPS} if neither")
+    epochs: PositiveInt | None = Field(None, le=MAX_STEPS)
     batch_size: PositiveInt = 64
     grad_accum: PositiveInt = Field(1, description="micro-batches of batch_size per optimizer step")
     clip_norm: PositiveFloat | None = Field(None, description="global gradient-norm clip")
@@ -138,8 +144,8 @@ class LaunchConfig(Strict):
 class RunConfig(Strict):
     """The whole run. Defaults make ``RunConfig()`` a valid (if small) job."""
 
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$",
-                             description="run directory (letters, digits, . _ -); default <model>-<backend>-<time>")
+    name: str | None = Field(None, description="run directory inside output_dir (letters, digits, . _ -, not "
+                                               "starting with '.'); default <model>-<backend>-<time>")
     backend: str = "torch"
     device: Literal["auto", "cpu", "gpu", "tpu"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -161,3 +167,11 @@ class RunConfig(Strict):
                                           description="exporters run after training and compression")
     requires: list[str] = Field(default_factory=list,
                                 description="plugin distributions this config needs, e.g. 'crossframe-mlflow>=0.1'")
+
+    @field_validator("name")
+    @classmethod
+    def _name_stays_inside_output_dir(cls, value: str | None) -> str | None:
+        if value is not None and (not _RUN_NAME.match(value) or value.startswith(".")):
+            raise ValueError("must be letters, digits, '.', '_' or '-', not starting with '.' "
+                             "(it names a directory inside output_dir)")
+        return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 import types
 import typing
 from typing import Any
@@ -38,8 +39,14 @@ def _unwrap(annotation: Any) -> Any:
     return annotation if origin is not types.UnionType else None
 
 
+_SHORT = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxset = 2, 3, 3, 3, 3
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 40
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
+    """A bounded repr: only a prefix of a (possibly huge, alias-expanded) value is ever formatted."""
+    text = _SHORT.repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 

@@ -95,6 +95,38 @@ class ModelSpec:
                 raise CheckpointError(
                     f"{source}: '{name}' has shape {tuple(weights[name].shape)}, model expects {shape}")
 
+    def check_checkpoint(self, weights: Mapping[str, np.ndarray], optimizer_state: Mapping[str, np.ndarray],
+                         source: str) -> None:
+        """Raise :class:`CheckpointError` unless a loaded checkpoint fits this model exactly.
+
+        Beyond :meth:`check_weights`: every weight has the table's dtype (a float64 checkpoint is
+        refused, never cast silently), and each optimizer slot ``<slot>/<param>`` names a parameter
+        of the table and has its shape and dtype; ``step`` is one non-negative whole number.
+        """
+        self.check_weights(weights, source)
+        table = {p.name: p for p in self.table}
+        for name, param in table.items():
+            if np.asarray(weights[name]).dtype != np.dtype(param.dtype):
+                raise CheckpointError(f"{source}: '{name}' is {np.asarray(weights[name]).dtype}, model expects "
+                                      f"{param.dtype} (convert the checkpoint explicitly; it is not cast)")
+        for key, value in optimizer_state.items():
+            value = np.asarray(value)
+            if key == "step":
+                if value.size != 1 or not np.isfinite(value).all() or value.reshape(-1)[0] < 0 \
+                        or value.reshape(-1)[0] != np.floor(value.reshape(-1)[0]):
+                    raise CheckpointError(f"{source}: optimizer 'step' must be one whole number >= 0")
+                continue
+            slot, _, pname = key.partition("/")
+            param = table.get(pname)
+            if not slot or param is None:
+                raise CheckpointError(f"{source}: optimizer state '{key}' names no parameter of model '{self.name}'")
+            if tuple(value.shape) != param.shape:
+                raise CheckpointError(f"{source}: optimizer state '{key}' has shape {tuple(value.shape)}, "
+                                      f"model expects {param.shape}")
+            if value.dtype != np.dtype(param.dtype):
+                raise CheckpointError(f"{source}: optimizer state '{key}' is {value.dtype}, model expects "
+                                      f"{param.dtype} (it is not cast)")
+
     @property
     def low_rank(self) -> dict[str, int]:
         """Factorised dense layers: ``{layer prefix: rank}`` (empty for a full-rank model)."""

@@ -34,7 +34,7 @@ def evaluate(run: str | os.PathLike, overrides: Iterable[str] = (), *, backend: 
     cfg = load_config(saved, overrides, backend=backend)
     spec = spec_from_json(checkpoint.state["model"])
     impl, device = prepare_backend(cfg, training=False)
-    spec.check_weights(checkpoint.weights, f"checkpoint '{checkpoint.path}'")
+    spec.check_checkpoint(checkpoint.weights, {}, f"checkpoint '{checkpoint.path}'")
     state = impl.inference_state(spec, checkpoint.weights, device, cfg.precision)
     data = load_training_data(cfg)
     if split == "train":

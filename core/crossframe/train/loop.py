@@ -18,13 +18,15 @@ import numpy as np
 
 from crossframe import __version__
 from crossframe.backend import Backend, WorldInfo
-from crossframe.checkpoint import save_checkpoint
+from crossframe.checkpoint import remove_stale_temporaries, save_checkpoint
 from crossframe.config.schema import RunConfig
 from crossframe.errors import RunError
 from crossframe.metrics import EvalTotals, loss
 from crossframe.models.spec import ModelSpec
 from crossframe.perf import peak_host_memory_mb, raise_peak
 from crossframe.train.early_stopping import EarlyStopping
+from crossframe.train.interrupts import DeferredSignals, RunInterrupted
+from crossframe.train.observers import Observers
 from crossframe.train.progress import Progress
 
 
@@ -84,17 +86,26 @@ class Trainer:
         self.progress, self.early_stopping = progress, early_stopping
         cfg = run.config.train
         self.log_every, self.eval_every, self.ckpt_every = cfg.log_every, cfg.eval_every, cfg.checkpoint_every
+        # hooks and loggers that raise are disabled, not fatal (the runner passes its own Observers)
+        self.observers = hook if isinstance(hook, Observers) else Observers(hook, loggers)
+        self.observers.run = run
+        self._saved_step: int | None = None
+        if run.is_main:
+            remove_stale_temporaries(run.run_dir / "checkpoints")  # left by a killed save
 
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> str:
-        """Train until the budget is spent or something asks to stop; returns the status."""
+        """Train until the budget is spent or something asks to stop; returns the status.
+
+        SIGINT and SIGTERM are deferred past the running step (and any eval or save); then the
+        loop writes a checkpoint and raises :class:`~crossframe.train.interrupts.RunInterrupted`.
+        """
         run, backend, total = self.run, self.run.backend, self.run.total_steps
-        step_hook = self.hook.on_step_end if self.hook.on_step_end.get_hookimpls() else None
         pending: list[dict[str, Any]] = []
         window = (time.perf_counter(), run.step)
-        try:
-            while run.step < total and not run.should_stop:
+        with DeferredSignals() as signals:
+            while run.step < total and not run.should_stop and signals.received is None:
                 step = run.step
                 batch = self.loader.batch(step)
                 lr = self.schedule(step)
@@ -105,22 +116,25 @@ class Trainer:
                 if done % self.log_every == 0 or done == total:
                     logs, window = self._log(pending, lr, window)
                     pending = []
-                if step_hook is not None:
-                    step_hook(run=run, step=done, batch=batch, logs=logs)
+                self.observers.call("on_step_end", run=run, step=done, batch=batch, logs=logs)
                 if logs is None:
                     self.progress.update(done)
                 if self.eval_every and done % self.eval_every == 0 and done != total:
                     self.evaluate()
                 if self.ckpt_every and done % self.ckpt_every == 0 and done != total:
                     self.save()
-        except KeyboardInterrupt:
-            run.status = "interrupted"
+            if signals.received is not None:
+                run.status = "interrupted"
+                path = self.save() if self._saved_step != run.step else run.last_checkpoint
+                raise RunInterrupted(run.run_dir, run.step, path, signals.received)
+            run.status = "completed" if run.step >= total else "stopped"
+            if run.last_eval.get("step") != run.step:
+                self.evaluate()
             self.save()
-            raise
-        run.status = "completed" if run.step >= total else "stopped"
-        if run.last_eval.get("step") != run.step:
-            self.evaluate()
-        self.save()
+            if signals.received is not None:  # during the final eval or save: it finished first
+                raise RunInterrupted(run.run_dir, run.step, run.last_checkpoint, signals.received)
+        if self.observers.fatal is not None:  # strict plugins: checkpointed above, now stop
+            raise RunError(f"{self.observers.fatal}; checkpoint written to '{run.last_checkpoint}'")
         return run.status
 
     def _log(self, pending: list[dict[str, Any]], lr: float,
@@ -163,8 +177,7 @@ class Trainer:
         return achieved / run.peak_flops
 
     def _emit(self, step: int, metrics: dict[str, Any]) -> None:
-        for logger in self.loggers:
-            logger.log_metrics(step, metrics)
+        self.observers.log_metrics(step, metrics)
 
     # ------------------------------------------------------------------ eval and checkpoints
 
@@ -178,7 +191,7 @@ class Trainer:
         self._emit(run.step, metrics)
         scalars = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if np.ndim(v) == 0)
         self.progress.print(f"step {run.step}: {scalars}")
-        self.hook.on_eval_end(run=run, step=run.step, metrics=metrics)
+        self.observers.call("on_eval_end", run=run, step=run.step, metrics=metrics)
         if self.early_stopping and self.early_stopping.update(run.step, metrics):
             es = self.early_stopping
             self.progress.print(f"early stopping: {es.monitor} has not improved for {es.patience} evals "
@@ -207,6 +220,6 @@ class Trainer:
         }
         path = save_checkpoint(run.run_dir / "checkpoints", run.step, weights, opt_state, state,
                                run.config.train.keep_checkpoints)
-        run.last_checkpoint = path
-        self.hook.on_checkpoint_saved(run=run, step=run.step, path=path)
+        run.last_checkpoint, self._saved_step = path, run.step
+        self.observers.call("on_checkpoint_saved", run=run, step=run.step, path=path)
         return path

@@ -16,7 +16,7 @@ from crossframe.checkpoint import Checkpoint, find_checkpoint, load_checkpoint
 from crossframe.config.loading import atomic_write_text, dump_yaml, load_config
 from crossframe.config.schema import RunConfig
 from crossframe.config.validation import validate_params
-from crossframe.errors import CapabilityError, ConfigError, RunError, one_of
+from crossframe.errors import CapabilityError, ConfigError, PluginError, RunError, one_of
 from crossframe.metrics import DEFAULT_METRICS
 from crossframe.models import build_model
 from crossframe.perf import device_peak, flops_per_step, peak_key
@@ -27,6 +27,7 @@ from crossframe.train.data import load_training_data
 from crossframe.train.distill import load_teacher
 from crossframe.train.early_stopping import EarlyStopping
 from crossframe.train.loop import Run, Trainer
+from crossframe.train.observers import Observers, bounded_line, close_loggers, plugin_of
 from crossframe.train.progress import Progress
 
 CONFIG_FILE = "config.yaml"
@@ -124,6 +125,10 @@ def run(
                 raise ConfigError(f"--resume: '{run_dir}' has no {CONFIG_FILE}; pass the config file too")
             config = saved
     cfg = load_config(config, overrides, backend=backend)
+    if cfg.compress or cfg.export:  # the whole config is checked before training, not after
+        from crossframe.compress.pipeline import check_steps
+
+        check_steps(cfg.compress, cfg.export)
     from crossframe.distributed.world import RUN_DIR_ENV, is_worker, record_failure
 
     worker = is_worker()
@@ -230,7 +235,7 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     early = EarlyStopping.from_config(cfg.train.early_stopping) if cfg.train.early_stopping else None
     start = 0
     if checkpoint is not None:
-        spec.check_weights(checkpoint.weights, f"checkpoint '{checkpoint.path}'")
+        spec.check_checkpoint(checkpoint.weights, checkpoint.optimizer_state, f"checkpoint '{checkpoint.path}'")
         state = backend.load_state(state, checkpoint.weights, checkpoint.optimizer_state or None)
         start = checkpoint.step
         if early and checkpoint.state.get("early_stopping"):
@@ -258,25 +263,25 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
             run.peak_flops *= world.world_size * replicas  # every replica's device works on the global step
     loggers: list[Any] = []
     progress = Progress(total, start, f"{cfg.backend}:{cfg.model.name}", enabled=False)
+    observers = Observers(plugins.hook, loggers)  # a hook or logger that raises is disabled, not fatal
     try:  # on_run_end always comes before the loggers close, so they can record how the run ended
         if main:
             _make_loggers(cfg, run_dir, loggers)
         progress = Progress(total, start, f"{cfg.backend}:{cfg.model.name}", enabled=main and not quiet)
-        trainer = Trainer(run, state, loader, data.val, schedule, metric_fns, loggers, plugins.hook, progress, early)
-        plugins.hook.on_run_start(run=run)
+        trainer = Trainer(run, state, loader, data.val, schedule, metric_fns, loggers, observers, progress, early)
+        observers.call("on_run_start", run=run)
         status = trainer.fit()
-        plugins.hook.on_run_end(run=run, status=status, metrics=run.last_eval)
+        observers.call("on_run_end", run=run, status=status, metrics=run.last_eval)
     except KeyboardInterrupt:
-        plugins.hook.on_run_end(run=run, status="interrupted", metrics=run.last_eval)
+        observers.call("on_run_end", run=run, status="interrupted", metrics=run.last_eval)
         raise
     except Exception:
         run.status = "failed"
-        plugins.hook.on_run_end(run=run, status="failed", metrics=run.last_eval)
+        observers.call("on_run_end", run=run, status="failed", metrics=run.last_eval)
         raise
     finally:
         progress.close()
-        for logger in loggers:
-            logger.close()
+        close_loggers(loggers)
     metrics = {k: v for k, v in run.last_eval.items() if k != "step"}
     run_world = getattr(run, "world", None)
     if (cfg.compress or cfg.export) and (run_world is None or run_world.is_main):
@@ -305,9 +310,18 @@ def _make_loggers(cfg: RunConfig, run_dir: Path, loggers: list[Any]) -> None:
             component("logger", "jsonl").schema, {}, "loggers"), run_dir))
     for i, lg in enumerate(cfg.loggers):
         comp = component("logger", lg.name, f"loggers.{i}.name")
-        loggers.append(comp.obj(validate_params(comp.schema, lg.params, f"loggers.{i}"), run_dir))
+        params = validate_params(comp.schema, lg.params, f"loggers.{i}")
+        try:  # a plugin's logger that cannot start is named, not a traceback
+            loggers.append(comp.obj(params, run_dir))
+        except Exception as exc:
+            raise PluginError(f"loggers.{i}: plugin '{comp.plugin}' logger '{lg.name}' failed to start: "
+                              f"{type(exc).__name__}: {bounded_line(str(exc))}") from None
     for logger in loggers:
-        logger.log_config(cfg.model_dump(mode="json"))
+        try:
+            logger.log_config(cfg.model_dump(mode="json"))
+        except Exception as exc:
+            raise PluginError(f"plugin '{plugin_of(logger)}' logger {type(logger).__name__}.log_config raised "
+                              f"{type(exc).__name__}: {bounded_line(str(exc))}") from None
 
 
 __all__ = ["RunResult", "check_capabilities", "find_checkpoint", "make_backend", "run"]
