@@ -64,7 +64,7 @@ def _child_setup(cores: list[int]) -> Callable[[], None]:
 
 
 def start_workers(study_dir: Path, jobs: int, deadline_s: float | None) -> list[tuple[subprocess.Popen, Path]]:
-    """Start ``jobs`` worker processes on ``study_dir``; each writes its stderr to ``workers/K.log``."""
+    """Start ``jobs`` worker processes on ``study_dir``; each writes its output to ``workers/<pid>-K.log``."""
     cores = available_cores()
     threads = threads_per_job(jobs, len(cores))
     env = {**os.environ, **thread_env(threads)}
@@ -78,7 +78,7 @@ def start_workers(study_dir: Path, jobs: int, deadline_s: float | None) -> list[
         cmd = [sys.executable, "-m", "crossframe.tune.worker", str(study_dir), "--index", str(index)]
         if deadline_s is not None:
             cmd += ["--deadline-s", str(deadline_s)]
-        log = logs / f"{index}.log"
+        log = logs / f"{os.getpid()}-{index}.log"
         with open(log, "wb") as handle:
             proc = subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT,
                                     preexec_fn=_child_setup(mine))

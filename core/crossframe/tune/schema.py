@@ -18,6 +18,7 @@ tune:
 
 from __future__ import annotations
 
+import builtins
 import math
 from typing import Any, Literal
 
@@ -40,7 +41,7 @@ class Param(BaseModel):
     model_config = ConfigDict(extra="forbid")
     log_uniform: tuple[float, float] | None = None
     uniform: tuple[float, float] | None = None
-    int: tuple[int, int] | None = None
+    int: tuple[builtins.int, builtins.int] | None = None  # the class body's `int` is this field
     choice: list[Any] | None = Field(None, min_length=1)
     step: PositiveFloat | None = None
     log: bool = False
@@ -70,13 +71,17 @@ class Param(BaseModel):
         """``log_uniform``, ``uniform``, ``int`` or ``choice``."""
         return next(k for k in KINDS if getattr(self, k) is not None)
 
-    def probes(self) -> list[Any]:
-        """The values to check against the config schema: both ends of a range, or every choice."""
+    def probes(self) -> list[tuple[str, Any]]:
+        """``(what, value)`` pairs to check against the config schema: both ends of a range and, for a
+        float range, a value inside it (a float range over an integer field fails there), or every choice."""
         if self.choice is not None:
-            return list(self.choice)
+            return [("value", c) for c in self.choice]
         low, high = getattr(self, self.kind)
-        return [low, high] if low != high else [low]
-
+        out = [("low", low), ("high", high)]
+        if self.kind != "int" and high > low:
+            inside = math.sqrt(low * high) if self.kind == "log_uniform" else low + 0.382 * (high - low)
+            out.append(("value", inside if inside != round(inside) else inside + 1e-3 * (high - low)))
+        return out
 
 class TuneConfig(BaseModel):
     """The validated ``tune:`` section."""

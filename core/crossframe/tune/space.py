@@ -72,10 +72,9 @@ def check_space(base: dict[str, Any], space: dict[str, Param]) -> None:
     :class:`ConfigError` naming ``tune.space.<key>`` and the schema's complaint.
     """
     for key, param in space.items():
-        for value in param.probes():
+        for what, value in param.probes():
             try:
                 load_config(with_values(base, {key: value}))
             except CrossframeError as exc:
-                what = "value" if param.kind == "choice" else ("low" if value == param.probes()[0] else "high")
                 raise ConfigError(f"tune.space.{key}: {param.kind} {what} {value!r} is not allowed by the config "
                                   f"schema ({exc})") from None

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from crossframe.tune.space import grid
 STORAGE_FILE = "study.db"
 HEARTBEAT_S = 10
 GRACE_PERIOD_S = 60
+STORAGE_ATTEMPTS = 5
 SQLITE_BUSY_TIMEOUT_S = 120  # seconds a writer waits for another process's lock
 
 
@@ -39,12 +42,17 @@ def make_storage(url: str) -> Any:
     engine: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
-                                          grace_period=GRACE_PERIOD_S, failed_trial_callback=requeue)
-    except Exception as exc:  # sqlalchemy's errors for a bad URL, a missing driver, a refused connection
-        raise ConfigError(f"--storage: cannot open '{url}': {' '.join(str(exc).split())[:300]}") from None
-
+    error = ""
+    for attempt in range(STORAGE_ATTEMPTS):  # workers creating one fresh database race to create its tables
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
+                                                  grace_period=GRACE_PERIOD_S, heartbeat_stale_trial_callback=requeue)
+        except Exception as exc:  # sqlalchemy's errors: a bad URL, a missing driver, a refused connection
+            error = " ".join(str(exc).split())[:300]
+            time.sleep(0.2 * (attempt + 1))
+    raise ConfigError(f"--storage: cannot open '{url}': {error}")
 
 def make_sampler(tune: TuneConfig, seed: int) -> Any:
     """The configured Optuna sampler, seeded."""

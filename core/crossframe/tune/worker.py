@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,8 @@ def work(plan: Plan, index: int = 0, on_finished: Callable[[Any, Any], None] | N
     ``on_finished(study, frozen_trial)`` is called after each trial this worker ran; ``deadline``
     (``time.monotonic()``) stops starting trials after it. Raises the first config error of a trial.
     """
+    from optuna.exceptions import ExperimentalWarning
+
     quiet_optuna()
     study = open_plan_study(plan, index)
     objective = Objective(plan)
@@ -76,7 +79,9 @@ def work(plan: Plan, index: int = 0, on_finished: Callable[[Any, Any], None] | N
         now = counts(study)
         if now.finished + now.running >= plan.tune.trials:
             break
-        study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=[finished])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # Optuna's heartbeats
+            study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=[finished])
         if stats.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
             last = study.trials[stats.ran[-1]].user_attrs.get("error", "see the trials table")
             raise RunError(f"tune: {MAX_FAILURES_IN_A_ROW} trials in a row failed; last: {last}")
