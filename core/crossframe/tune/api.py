@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -112,10 +113,17 @@ def tune(config: str | os.PathLike | Mapping[str, Any] | None = None, overrides:
         raise UsageError(f"--jobs: must be at least 1 (got {jobs})")
     plan = make_plan(config, overrides, backend=backend, storage=storage, trials=trials, timeout_s=timeout_s,
                      resume=resume)
+    fresh = not plan.study_dir.exists()
     plan.study_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        storage_ = make_storage(plan.storage)
+    except ConfigError:
+        if fresh:
+            shutil.rmtree(plan.study_dir, ignore_errors=True)
+        raise
     plan.save()
     quiet_optuna()
-    study = open_study(make_storage(plan.storage), plan.name, plan.tune, None, None)
+    study = open_study(storage_, plan.name, plan.tune, None, None)
     recovered = recover_dead_trials(study, exclusive=resume is not None and plan.default_storage)
     before = counts(study)
     progress = StudyProgress(plan.tune.trials, min(before.finished, plan.tune.trials), plan.tune.metric,

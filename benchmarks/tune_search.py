@@ -1,0 +1,150 @@
+"""Hyperparameter search: what pruning saves, and what ``--jobs 2`` gains.
+
+What is measured
+----------------
+pruning
+    The same fixed-seed study run three times in this process: ``pruner: none``, ``median`` and
+    ``hyperband`` (Optuna's MedianPruner and HyperbandPruner, crossframe's defaults), on digits-mlp with a
+    log-uniform learning rate over [1e-5, 1]. The sampler is ``random`` with a fixed seed, so both
+    studies draw the very same trials and any difference is the pruner's (TPE would draw
+    different trials once pruned ones enter its history). Reported: the best value each study
+    reaches, the optimizer steps it trained in all, the steps spent until it first held its best
+    value, and ``steps_ratio`` = steps without pruning / steps with it, per pruner.
+jobs
+    The same study (random sampler, no pruning) as ``crossframe tune --jobs 1`` and ``--jobs 2``,
+    each a fresh process (``python -m crossframe tune``), wall time from start to exit. ``--jobs 1``
+    trains in the tuner's own process with ``OMP_NUM_THREADS`` = all available cores; ``--jobs 2``
+    runs two worker processes with cores / 2 threads each (set by crossframe). Reported: both wall
+    times and ``speedup_ratio`` = jobs-1 time / jobs-2 time. The comparison baseline is what a user
+    would otherwise do: one trial at a time.
+
+Run it alone with ``python -m benchmarks.tune_search [--quick]``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.common import markdown_table, pick
+
+PRUNERS = ("median", "hyperband")
+TITLE = "Hyperparameter search: pruning vs none (total training steps), --jobs 2 vs --jobs 1 (wall time)"
+
+
+def study(out: Path, name: str, trials: int, steps: int, pruner: str, hidden: list[int]) -> dict[str, Any]:
+    """A digits-mlp study config with a ``tune:`` section over the learning rate."""
+    return {
+        "name": name, "backend": "torch", "device": "cpu", "seed": 0, "output_dir": str(out),
+        "data": {"name": "digits", "val_fraction": 0.2},
+        "model": {"name": "mlp", "hidden": hidden},
+        "train": {"steps": steps, "batch_size": 64, "optimizer": {"name": "adamw", "lr": 0.003},
+                  "schedule": {"name": "cosine", "warmup_steps": max(1, steps // 20)},
+                  "eval_every": max(1, steps // 10), "log_every": max(1, steps // 10), "checkpoint_every": 0,
+                  "keep_checkpoints": 1},
+        "tune": {"metric": "val/loss", "sampler": "random", "pruner": pruner, "trials": trials, "seed": 0,
+                 "space": {"train.optimizer.lr": {"log_uniform": [1.0e-5, 1.0]}}},
+    }
+
+
+def _steps_to_best(rows: list[dict[str, Any]], best: float) -> int:
+    spent = 0
+    for row in sorted(rows, key=lambda r: r["number"]):
+        spent += row["steps"] or 0
+        if row["state"] == "complete" and row["value"] == best:
+            return spent
+    return spent
+
+
+def pruning_rows(out: Path, quick: bool, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Run the study without pruning, then with each pruner; one row per pruner against none."""
+    from crossframe.tune.api import tune
+
+    trials, steps = pick(40, 16, 4, quick), pick(300, 150, 30, quick)
+    results = {}
+    for pruner in ("none", *PRUNERS):
+        start = time.perf_counter()
+        result = tune(study(out, f"prune-{pruner}", trials, steps, pruner, [64]), quiet=True)
+        summary = result.summary
+        results[pruner] = {"best": result.best_value, "steps": summary["total_steps"],
+                           "to_best": _steps_to_best(summary["rows"], result.best_value),
+                           "pruned": summary["counts"]["pruned"], "seconds": time.perf_counter() - start}
+        log(f"  pruner {pruner}: best {result.best_value:.4f}, {summary['total_steps']} steps "
+            f"({summary['counts']['pruned']} trials pruned) in {results[pruner]['seconds']:.1f} s")
+    none = results["none"]
+    rows = []
+    for pruner in PRUNERS:
+        got = results[pruner]
+        rows.append({"case": f"pruning ({pruner}), {trials} trials x {steps} steps", "pruner": pruner,
+                     "trials": trials, "steps_per_trial": steps, "best_none": none["best"], "best_pruned": got["best"],
+                     "same_best": none["best"] == got["best"], "steps_none": none["steps"],
+                     "steps_pruned": got["steps"], "pruned": got["pruned"],
+                     "steps_to_best_none": none["to_best"], "steps_to_best_pruned": got["to_best"],
+                     "steps_ratio": none["steps"] / max(1, got["steps"]),
+                     "steps_to_best_ratio": none["to_best"] / max(1, got["to_best"])})
+    return rows
+
+
+def _wall(config: Path, jobs: int, cwd: Path, threads: int) -> float:
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root / "core"), str(root / "plugins"),
+                                                    env.get("PYTHONPATH", "")) if p)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "crossframe", "tune", str(config), "-q", "--jobs", str(jobs)],
+                          cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"crossframe tune --jobs {jobs} exited {proc.returncode}: {proc.stderr[-1000:]}")
+    return wall
+
+
+def jobs_row(out: Path, quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """Wall time of one study with ``--jobs 1`` and ``--jobs 2``."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    trials, steps = pick(16, 8, 2, quick), pick(1500, 600, 20, quick)
+    walls = {}
+    for jobs in (1, 2):
+        config = out / f"jobs{jobs}.yaml"
+        config.write_text(yaml.safe_dump(study(out, f"jobs-{jobs}", trials, steps, "none", [128, 64])))
+        walls[jobs] = _wall(config, jobs, out, cores if jobs == 1 else 1)
+        log(f"  --jobs {jobs}: {walls[jobs]:.1f} s")
+    return {"case": f"jobs, {trials} trials x {steps} steps", "trials": trials, "steps_per_trial": steps,
+            "cores": cores, "jobs1_s": walls[1], "jobs2_s": walls[2], "speedup_ratio": walls[1] / walls[2]}
+
+
+def run(quick: bool = False, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Both measurements, in a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="crossframe-bench-tune-") as tmp:
+        return [*pruning_rows(Path(tmp), quick, log), jobs_row(Path(tmp), quick, log)]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one row per measurement."""
+    out = []
+    for r in rows:
+        if "steps_ratio" in r:
+            out.append([r["case"], f"best {r['best_none']:.4f} vs {r['best_pruned']:.4f}"
+                        f" ({'same' if r['same_best'] else 'different'})",
+                        f"{r['steps_none']} vs {r['steps_pruned']} steps ({r['pruned']} pruned)",
+                        f"{r['steps_ratio']:.2f}x fewer steps; to best {r['steps_to_best_ratio']:.2f}x"])
+        else:
+            out.append([r["case"], f"{r['cores']} cores", f"{r['jobs1_s']:.1f} s vs {r['jobs2_s']:.1f} s",
+                        f"{r['speedup_ratio']:.2f}x sooner"])
+    return markdown_table(["case", "result", "no pruning / jobs 1 vs pruning / jobs 2", "gain"], out)
+
+
+if __name__ == "__main__":
+    import json
+
+    results = run(quick="--quick" in sys.argv)
+    print(table(results))
+    print(json.dumps(results, indent=2))
