@@ -8,15 +8,16 @@ pruning
     log-uniform learning rate over [1e-5, 1]. The sampler is ``random`` with a fixed seed, so both
     studies draw the very same trials and any difference is the pruner's (TPE would draw
     different trials once pruned ones enter its history). Reported: the best value each study
-    reaches, the optimizer steps it trained in all, the steps spent until it first held its best
-    value, and ``steps_ratio`` = steps without pruning / steps with it, per pruner.
+    reaches, the optimizer steps it trained in all (``steps_ratio`` = without pruning / with it, per
+    pruner), and the steps each spent until it first reached the best value both studies reach
+    (``steps_to_common_best_ratio``).
 jobs
     The same study (random sampler, no pruning) as ``crossframe tune --jobs 1`` and ``--jobs 2``,
     each a fresh process (``python -m crossframe tune``), wall time from start to exit. ``--jobs 1``
-    trains in the tuner's own process with ``OMP_NUM_THREADS`` = all available cores; ``--jobs 2``
-    runs two worker processes with cores / 2 threads each (set by crossframe). Reported: both wall
-    times and ``speedup_ratio`` = jobs-1 time / jobs-2 time. The comparison baseline is what a user
-    would otherwise do: one trial at a time.
+    trains in the tuner's own process, once with ``OMP_NUM_THREADS=1`` and once with all available
+    cores; ``--jobs 2`` runs two worker processes with cores / 2 threads each (set by crossframe).
+    Reported: the wall times and ``speedup_ratio`` = the better jobs-1 time / the jobs-2 time. The
+    baseline is what a user would otherwise do: one trial at a time, threads as they like.
 
 Run it alone with ``python -m benchmarks.tune_search [--quick]``.
 """
@@ -34,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import markdown_table, pick
+from benchmarks.common import markdown_table, pick, smoke
 
 PRUNERS = ("median", "hyperband")
 TITLE = "Hyperparameter search: pruning vs none (total training steps), --jobs 2 vs --jobs 1 (wall time)"
@@ -55,11 +56,12 @@ def study(out: Path, name: str, trials: int, steps: int, pruner: str, hidden: li
     }
 
 
-def _steps_to_best(rows: list[dict[str, Any]], best: float) -> int:
+def _steps_to_reach(rows: list[dict[str, Any]], target: float) -> int:
+    """Training steps a study spent, in trial order, until a complete trial's value was <= ``target``."""
     spent = 0
     for row in sorted(rows, key=lambda r: r["number"]):
         spent += row["steps"] or 0
-        if row["state"] == "complete" and row["value"] == best:
+        if row["state"] == "complete" and row["value"] <= target:
             return spent
     return spent
 
@@ -74,8 +76,7 @@ def pruning_rows(out: Path, quick: bool, log: Callable[[str], None]) -> list[dic
         start = time.perf_counter()
         result = tune(study(out, f"prune-{pruner}", trials, steps, pruner, [64]), quiet=True)
         summary = result.summary
-        results[pruner] = {"best": result.best_value, "steps": summary["total_steps"],
-                           "to_best": _steps_to_best(summary["rows"], result.best_value),
+        results[pruner] = {"best": result.best_value, "steps": summary["total_steps"], "rows": summary["rows"],
                            "pruned": summary["counts"]["pruned"], "seconds": time.perf_counter() - start}
         log(f"  pruner {pruner}: best {result.best_value:.4f}, {summary['total_steps']} steps "
             f"({summary['counts']['pruned']} trials pruned) in {results[pruner]['seconds']:.1f} s")
@@ -83,13 +84,15 @@ def pruning_rows(out: Path, quick: bool, log: Callable[[str], None]) -> list[dic
     rows = []
     for pruner in PRUNERS:
         got = results[pruner]
+        target = max(none["best"], got["best"])  # the best value both studies reach
+        to_none, to_got = _steps_to_reach(none["rows"], target), _steps_to_reach(got["rows"], target)
         rows.append({"case": f"pruning ({pruner}), {trials} trials x {steps} steps", "pruner": pruner,
                      "trials": trials, "steps_per_trial": steps, "best_none": none["best"], "best_pruned": got["best"],
                      "same_best": none["best"] == got["best"], "steps_none": none["steps"],
                      "steps_pruned": got["steps"], "pruned": got["pruned"],
-                     "steps_to_best_none": none["to_best"], "steps_to_best_pruned": got["to_best"],
-                     "steps_ratio": none["steps"] / max(1, got["steps"]),
-                     "steps_to_best_ratio": none["to_best"] / max(1, got["to_best"])})
+                     "common_best": target, "steps_to_common_best_none": to_none,
+                     "steps_to_common_best_pruned": to_got, "steps_ratio": none["steps"] / max(1, got["steps"]),
+                     "steps_to_common_best_ratio": to_none / max(1, to_got)})
     return rows
 
 
@@ -108,17 +111,24 @@ def _wall(config: Path, jobs: int, cwd: Path, threads: int) -> float:
 
 
 def jobs_row(out: Path, quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
-    """Wall time of one study with ``--jobs 1`` and ``--jobs 2``."""
+    """Wall time of one study with ``--jobs 1`` (1 thread, and all cores) and ``--jobs 2`` (cores / 2 each)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    trials, steps = pick(16, 8, 2, quick), pick(1500, 600, 20, quick)
+    trials, steps = pick(12, 8, 2, quick), pick(1000, 400, 20, quick)
     walls = {}
-    for jobs in (1, 2):
-        config = out / f"jobs{jobs}.yaml"
-        config.write_text(yaml.safe_dump(study(out, f"jobs-{jobs}", trials, steps, "none", [128, 64])))
-        walls[jobs] = _wall(config, jobs, out, cores if jobs == 1 else 1)
-        log(f"  --jobs {jobs}: {walls[jobs]:.1f} s")
+    for jobs, threads in ((1, 1), (1, cores), (2, 1)):
+        key = f"jobs{jobs}_threads{threads}"
+        if key in walls or (smoke() and jobs == 1 and threads > 1):  # smoke: one --jobs 1 run is enough
+            continue
+        config = out / f"{key}.yaml"
+        config.write_text(yaml.safe_dump(study(out, key.replace("_", "-"), trials, steps, "none", [128, 64])))
+        walls[key] = _wall(config, jobs, out, threads)
+        log(f"  --jobs {jobs} ({threads} thread(s) per trial): {walls[key]:.1f} s")
+    walls.setdefault(f"jobs1_threads{cores}", walls["jobs1_threads1"])
+    one = min(walls["jobs1_threads1"], walls[f"jobs1_threads{cores}"])  # the better single-trial setting
+    two = walls["jobs2_threads1"]
     return {"case": f"jobs, {trials} trials x {steps} steps", "trials": trials, "steps_per_trial": steps,
-            "cores": cores, "jobs1_s": walls[1], "jobs2_s": walls[2], "speedup_ratio": walls[1] / walls[2]}
+            "cores": cores, "jobs1_1thread_s": walls["jobs1_threads1"],
+            "jobs1_all_cores_s": walls[f"jobs1_threads{cores}"], "jobs2_s": two, "speedup_ratio": one / two}
 
 
 def run(quick: bool = False, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
@@ -135,10 +145,12 @@ def table(rows: list[dict[str, Any]]) -> str:
             out.append([r["case"], f"best {r['best_none']:.4f} vs {r['best_pruned']:.4f}"
                         f" ({'same' if r['same_best'] else 'different'})",
                         f"{r['steps_none']} vs {r['steps_pruned']} steps ({r['pruned']} pruned)",
-                        f"{r['steps_ratio']:.2f}x fewer steps; to best {r['steps_to_best_ratio']:.2f}x"])
+                        f"{r['steps_ratio']:.2f}x fewer steps in all; "
+                        f"{r['steps_to_common_best_ratio']:.2f}x to reach {r['common_best']:.4f}"])
         else:
-            out.append([r["case"], f"{r['cores']} cores", f"{r['jobs1_s']:.1f} s vs {r['jobs2_s']:.1f} s",
-                        f"{r['speedup_ratio']:.2f}x sooner"])
+            out.append([r["case"], f"{r['cores']} cores", f"{r['jobs1_1thread_s']:.1f} s (1 thread), "
+                        f"{r['jobs1_all_cores_s']:.1f} s ({r['cores']} threads) vs {r['jobs2_s']:.1f} s",
+                        f"{r['speedup_ratio']:.2f}x sooner than the better --jobs 1"])
     return markdown_table(["case", "result", "no pruning / jobs 1 vs pruning / jobs 2", "gain"], out)
 
 
