@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from crossframe.tune.plan import Plan
 from crossframe.tune.progress import StudyProgress
 from crossframe.tune.schema import TuneConfig, parse_tune
 from crossframe.tune.space import check_space, grid
-from crossframe.tune.study import counts, default_storage, make_storage, open_study, recover_dead_trials
+from crossframe.tune.study import counts, default_storage, make_storage, open_study, recover_dead_trials, requeue
+from crossframe.tune.trial import INTERRUPTED
 
 
 @dataclass
@@ -144,6 +146,13 @@ def tune(config: str | os.PathLike | Mapping[str, Any] | None = None, overrides:
 
             procs = start_workers(plan.study_dir, jobs, plan.tune.timeout_s)
             watch_workers(procs, lambda: progress.poll(study, progress.seen))
+    except KeyboardInterrupt:
+        progress.close()
+        for trial in study.get_trials(deepcopy=False):
+            if trial.state.name == "FAIL" and trial.user_attrs.get("error") == INTERRUPTED:
+                requeue(study, trial)
+        print(f"interrupted: finished trials are kept; continue with --resume {plan.study_dir}", file=sys.stderr)
+        raise
     finally:
         progress.close()
     wall = time.monotonic() - started

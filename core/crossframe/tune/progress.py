@@ -80,6 +80,7 @@ class StudyProgress:
             self.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
     def close(self) -> None:
-        """Stop redrawing."""
+        """Stop redrawing (once)."""
         if self.enabled:
             self._bar.stop()
+            self.enabled = False

@@ -21,6 +21,7 @@ from crossframe.tune.space import suggest, with_values
 from crossframe.tune.study import owner_attrs
 
 THREAD_ENV = "OMP_NUM_THREADS"
+INTERRUPTED = "interrupted (Ctrl-C)"
 
 
 class TrialFailed(Exception):
@@ -86,6 +87,9 @@ class Objective:
         start = time.perf_counter()
         try:
             result = run(trial_config(plan, trial.number, values), quiet=True)
+        except KeyboardInterrupt:
+            trial.set_user_attr("error", INTERRUPTED)  # the tuner queues these values again
+            raise
         except CrossframeError as exc:
             if exc.exit_code == 2:
                 raise  # bad input: every trial would fail the same way
