@@ -290,3 +290,16 @@ def test_two_processes_share_one_storage(tmp_path: Path) -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     in_workers = [t for t in trials if t["attrs"]["pid"] != procs[0].pid]  # the --jobs 2 process's children
     assert in_workers and {t["attrs"]["threads"] for t in in_workers} == {str(max(1, cores // 2))}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs Ray")
+def test_ray_launcher_runs_the_workers_as_ray_tasks(tmp_path: Path) -> None:
+    config = study_config(tmp_path, "onray", trials=3, steps=20, sampler="random")
+    proc = start_cli(str(write(tmp_path, config)), "--launcher", "ray", "--jobs", "2", cwd=tmp_path)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    trials = trials_of(tmp_path / "runs" / "onray" / "study.db")
+    assert sum(t["state"] == "COMPLETE" for t in trials) >= 3
+    assert all(t["attrs"]["pid"] != proc.pid for t in trials)  # trained in the Ray tasks' worker processes
+    assert {t["attrs"]["threads"] for t in trials} <= {str(n) for n in range(1, (os.cpu_count() or 1) + 1)}

@@ -19,9 +19,11 @@ import click
 @click.option("--trials", type=click.IntRange(min=1), help="Shortcut for --set tune.trials=N.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Shortcut for --set tune.timeout_s=S: start no trial after this.")
+@click.option("--launcher", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Run the --jobs workers here, or as tasks on a Ray cluster (RAY_ADDRESS, or a local one).")
 @click.option("--quiet", "-q", is_flag=True, help="No trial lines, bar or table.")
 def tune_command(config: str | None, backend: str | None, overrides: tuple[str, ...], jobs: int, storage: str | None,
-                 resume: str | None, trials: int | None, timeout_s: float | None, quiet: bool) -> None:
+                 resume: str | None, trials: int | None, timeout_s: float | None, launcher: str, quiet: bool) -> None:
     """Search CONFIG's 'tune:' space (a file or preset); each trial is a run in STUDY_DIR/trials/NNNN.
 
     Writes best_config.yaml (for crossframe run), results.json, plots/*.png and report.html.
@@ -29,7 +31,7 @@ def tune_command(config: str | None, backend: str | None, overrides: tuple[str, 
     from crossframe.tune.api import tune
 
     result = tune(config, overrides, backend=backend, jobs=jobs, storage=storage, resume=resume, trials=trials,
-                  timeout_s=timeout_s, quiet=quiet)
+                  timeout_s=timeout_s, launcher=launcher, quiet=quiet)
     summary = result.summary
     c = summary["counts"]
     if result.best_value is None:

@@ -101,10 +101,11 @@ def make_plan(config: str | os.PathLike | Mapping[str, Any] | None, overrides: I
 def tune(config: str | os.PathLike | Mapping[str, Any] | None = None, overrides: Iterable[str] = (), *,
          backend: str | None = None, jobs: int = 1, storage: str | None = None,
          resume: str | os.PathLike | None = None, trials: int | None = None, timeout_s: float | None = None,
-         quiet: bool = False, table: bool = True) -> TuneResult:
+         launcher: str = "local", quiet: bool = False, table: bool = True) -> TuneResult:
     """Run a hyperparameter study from ``config``'s ``tune:`` section; see ``docs/tune.md``.
 
-    ``jobs`` trials run at once in worker processes (1: in this process); ``storage`` is an RDB URL
+    ``jobs`` trials run at once in worker processes (1: in this process; ``launcher="ray"``: as tasks on
+    a Ray cluster); ``storage`` is an RDB URL
     shared with other workers (default: ``study.db`` in the study directory); ``resume`` continues the
     study in that directory, keeping its finished trials and re-running those a dead process left.
     """
@@ -113,6 +114,8 @@ def tune(config: str | os.PathLike | Mapping[str, Any] | None = None, overrides:
 
     if jobs < 1:
         raise UsageError(f"--jobs: must be at least 1 (got {jobs})")
+    if launcher not in ("local", "ray"):
+        raise UsageError(f"--launcher: '{launcher}' is not 'local' or 'ray'")
     plan = make_plan(config, overrides, backend=backend, storage=storage, trials=trials, timeout_s=timeout_s,
                      resume=resume)
     fresh = not plan.study_dir.exists()
@@ -139,7 +142,11 @@ def tune(config: str | os.PathLike | Mapping[str, Any] | None = None, overrides:
     started = time.monotonic()
     deadline = started + plan.tune.timeout_s if plan.tune.timeout_s else None
     try:
-        if jobs == 1:
+        if launcher == "ray":
+            from crossframe.tune.ray import run_on_ray
+
+            run_on_ray(plan.study_dir, jobs, plan.tune.timeout_s, lambda: progress.poll(study, progress.seen))
+        elif jobs == 1:
             work(plan, 0, on_finished=progress.trial_finished, deadline=deadline)
         else:
             from crossframe.tune.parallel import start_workers, watch_workers
