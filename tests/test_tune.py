@@ -303,3 +303,24 @@ def test_ray_launcher_runs_the_workers_as_ray_tasks(tmp_path: Path) -> None:
     assert sum(t["state"] == "COMPLETE" for t in trials) >= 3
     assert all(t["attrs"]["pid"] != proc.pid for t in trials)  # trained in the Ray tasks' worker processes
     assert {t["attrs"]["threads"] for t in trials} <= {str(n) for n in range(1, (os.cpu_count() or 1) + 1)}
+
+
+def test_a_bad_storage_url_is_one_line_and_leaves_nothing(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    config = study_config(workdir, "nostore", trials=2)
+    assert main(["tune", str(write(workdir, config)), "--storage", "nosuchdb://x/y", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --storage: cannot open 'nosuchdb://x/y'"), err
+    assert not (workdir / "runs" / "nostore").exists()
+
+
+def test_a_storage_password_is_never_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from crossframe.tune.plan import STORAGE_ENV, Plan
+
+    url = "postgresql://tuner:s3cret@db.example:5432/studies"
+    plan = Plan(tmp_path, "s", url, {"name": "s"}, parse_tune({"space": {"seed": {"int": [0, 3]}}}), 0, 10,
+                default_storage=False)
+    plan.save()
+    saved = (tmp_path / "study.json").read_text()
+    assert "s3cret" not in saved and "tuner:***@db.example" in saved
+    monkeypatch.setenv(STORAGE_ENV, url)  # how a worker process receives it
+    assert Plan.load(tmp_path).storage == url

@@ -87,8 +87,10 @@ def make_plan(config: str | os.PathLike | Mapping[str, Any] | None, overrides: I
         study_dir = Path(resume)
         if not study_dir.is_dir():
             raise UsageError(f"--resume: '{study_dir}' is not a directory")
-        name = Plan.load(study_dir).name
-        storage = storage or Plan.load(study_dir).storage
+        saved = Plan.load(study_dir)
+        name, storage = saved.name, storage or saved.storage
+        if "***" in storage:
+            raise UsageError(f"--resume: the study's storage is {storage}; pass --storage with the full URL")
     else:
         name = cfg.name or stem
         base = Path(cfg.output_dir) / name
@@ -145,13 +147,13 @@ def tune(config: str | os.PathLike | Mapping[str, Any] | None = None, overrides:
         if launcher == "ray":
             from crossframe.tune.ray import run_on_ray
 
-            run_on_ray(plan.study_dir, jobs, plan.tune.timeout_s, lambda: progress.poll(study, progress.seen))
+            run_on_ray(plan, jobs, lambda: progress.poll(study, progress.seen))
         elif jobs == 1:
             work(plan, 0, on_finished=progress.trial_finished, deadline=deadline)
         else:
             from crossframe.tune.parallel import start_workers, watch_workers
 
-            procs = start_workers(plan.study_dir, jobs, plan.tune.timeout_s)
+            procs = start_workers(plan, jobs)
             watch_workers(procs, lambda: progress.poll(study, progress.seen))
     except KeyboardInterrupt:
         progress.close()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from crossframe.errors import ConfigError, RunError
+from crossframe.tune.plan import STORAGE_ENV, Plan
 
 POLL_S = 0.5
 LOG_DIR = "workers"
@@ -63,13 +64,23 @@ def _child_setup(cores: list[int]) -> Callable[[], None]:
     return setup
 
 
-def start_workers(study_dir: Path, jobs: int, deadline_s: float | None) -> list[tuple[subprocess.Popen, Path]]:
-    """Start ``jobs`` worker processes on ``study_dir``; each writes its output to ``workers/<pid>-K.log``."""
+def worker_env(plan: Plan, threads: int) -> dict[str, str]:
+    """What a worker process adds to its environment: thread caps, this crossframe on ``PYTHONPATH``,
+    and the storage URL when it is not the study's own file (it may hold a password)."""
+    core = str(Path(__file__).resolve().parent.parent.parent)
+    env = {**thread_env(threads), "PYTHONPATH": os.pathsep.join(p for p in (core, os.environ.get("PYTHONPATH", ""))
+                                                                if p)}
+    if not plan.default_storage:
+        env[STORAGE_ENV] = plan.storage
+    return env
+
+
+def start_workers(plan: Plan, jobs: int) -> list[tuple[subprocess.Popen, Path]]:
+    """Start ``jobs`` worker processes on ``plan``'s study; each writes its output to ``workers/<pid>-K.log``."""
+    study_dir, deadline_s = plan.study_dir, plan.tune.timeout_s
     cores = available_cores()
     threads = threads_per_job(jobs, len(cores))
-    env = {**os.environ, **thread_env(threads)}
-    core = str(Path(__file__).resolve().parent.parent.parent)  # the children import this very crossframe
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (core, env.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, **worker_env(plan, threads)}
     logs = study_dir / LOG_DIR
     logs.mkdir(parents=True, exist_ok=True)
     procs = []

@@ -4,6 +4,7 @@ study directory so that worker processes and ``--resume`` read the very same thi
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,18 @@ from crossframe.tune.schema import TuneConfig, parse_tune
 
 PLAN_FILE = "study.json"
 TRIALS_DIR = "trials"
+#: how a worker process receives a storage URL that may hold a password (never written to disk)
+STORAGE_ENV = "CROSSFRAME_TUNE_STORAGE"
+
+
+def shown_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for files and messages)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL sqlalchemy can parse: nothing to hide in it either
+        return url
 
 
 @dataclass
@@ -22,7 +35,8 @@ class Plan:
 
     ``base`` is the raw run config (command-line overrides applied, ``tune`` removed); each trial
     sets its sampled values on a copy of it. ``default_storage`` says the storage is the study's own
-    SQLite file (so a resume owns every trial in it).
+    SQLite file (so a resume owns every trial in it; it moves with the directory). Another URL is
+    saved without its password; worker processes receive it whole through ``CROSSFRAME_TUNE_STORAGE``.
     """
 
     study_dir: Path
@@ -41,7 +55,8 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         """The plan as plain data."""
-        return {"name": self.name, "storage": self.storage, "base": self.base,
+        return {"name": self.name, "storage": None if self.default_storage else shown_url(self.storage),
+                "base": self.base,
                 "tune": self.tune.model_dump(mode="json"), "seed": self.seed, "total_steps": self.total_steps,
                 "default_storage": self.default_storage}
 
@@ -58,6 +73,10 @@ class Plan:
         path = directory / PLAN_FILE
         if not path.is_file():
             raise UsageError(f"--resume: '{directory}' is not a study directory (no {PLAN_FILE})")
+        from crossframe.tune.study import default_storage
+
         data = json.loads(path.read_text())
-        return cls(directory, data["name"], data["storage"], data["base"], parse_tune(data["tune"]),
-                   int(data["seed"]), data.get("total_steps"), bool(data.get("default_storage", True)))
+        default = bool(data.get("default_storage", True))
+        storage = default_storage(directory) if default else os.environ.get(STORAGE_ENV) or data["storage"]
+        return cls(directory, data["name"], storage, data["base"], parse_tune(data["tune"]),
+                   int(data["seed"]), data.get("total_steps"), default)

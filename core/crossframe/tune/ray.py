@@ -14,11 +14,11 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from crossframe.errors import ConfigError, RunError, UsageError
-from crossframe.tune.parallel import POLL_S, _child_setup, thread_env, threads_per_job
+from crossframe.tune.parallel import POLL_S, _child_setup, threads_per_job, worker_env
+from crossframe.tune.plan import Plan
 
 
 def _run_worker(study_dir: str, index: int, env: dict[str, str], deadline_s: float | None) -> tuple[int, str]:
@@ -40,7 +40,7 @@ def _threads(ray: Any, jobs: int) -> int:
     return max(1, min(threads_per_job(jobs, total), int(min(nodes)) if nodes else 1))
 
 
-def run_on_ray(study_dir: Path, jobs: int, deadline_s: float | None, poll: Callable[[], Any]) -> None:
+def run_on_ray(plan: Plan, jobs: int, poll: Callable[[], Any]) -> None:
     """Run ``jobs`` workers as Ray tasks, calling ``poll()`` while they run; the first to fail stops the
     others and raises its one-line error."""
     try:
@@ -52,11 +52,10 @@ def run_on_ray(study_dir: Path, jobs: int, deadline_s: float | None, poll: Calla
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         threads = _threads(ray, jobs)
-        core = str(Path(__file__).resolve().parent.parent.parent)  # the workers import this very crossframe
-        env = {**thread_env(threads), "PYTHONPATH": os.pathsep.join(
-            p for p in (core, os.environ.get("PYTHONPATH", "")) if p)}
+        env = worker_env(plan, threads)
         task = ray.remote(num_cpus=threads, max_retries=0)(_run_worker)
-        pending = [task.remote(str(study_dir.resolve()), index, env, deadline_s) for index in range(jobs)]
+        study_dir = str(plan.study_dir.resolve())
+        pending = [task.remote(study_dir, index, env, plan.tune.timeout_s) for index in range(jobs)]
         while pending:
             done, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
             poll()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from crossframe.config.loading import atomic_write_bytes, atomic_write_text, dump_yaml, load_config
-from crossframe.tune.plan import Plan
+from crossframe.tune.plan import Plan, shown_url
 from crossframe.tune.progress import best_of, format_value
 from crossframe.tune.space import decode, with_values
 
@@ -173,7 +173,7 @@ def write_report(plan: Plan, study: Any, summary_extra: dict[str, Any]) -> dict[
     pngs = plots(study, plan.study_dir / PLOTS_DIR, bool(found))
     states = [r["state"] for r in rows]
     summary = {
-        "study": plan.name, "study_dir": str(plan.study_dir), "storage": plan.storage,
+        "study": plan.name, "study_dir": str(plan.study_dir), "storage": shown_url(plan.storage),
         "metric": plan.tune.metric, "direction": plan.tune.resolved_direction(),
         "sampler": plan.tune.sampler, "pruner": plan.tune.pruner, "trials_wanted": plan.tune.trials,
         "counts": {s: states.count(s) for s in ("complete", "pruned", "fail", "running", "waiting")},

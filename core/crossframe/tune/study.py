@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from crossframe.errors import ConfigError
+from crossframe.tune.plan import shown_url
 from crossframe.tune.schema import TuneConfig
 from crossframe.tune.space import grid
 
@@ -51,8 +52,10 @@ def make_storage(url: str) -> Any:
                                                   grace_period=GRACE_PERIOD_S, heartbeat_stale_trial_callback=requeue)
         except Exception as exc:  # sqlalchemy's errors: a bad URL, a missing driver, a refused connection
             error = " ".join(str(exc).split())[:300]
+            if isinstance(exc, ImportError) or type(exc).__name__ in ("ArgumentError", "NoSuchModuleError"):
+                break  # a malformed URL or a missing driver: trying again will not help
             time.sleep(0.2 * (attempt + 1))
-    raise ConfigError(f"--storage: cannot open '{url}': {error}")
+    raise ConfigError(f"--storage: cannot open '{shown_url(url)}': {error.replace(url, shown_url(url))}")
 
 def make_sampler(tune: TuneConfig, seed: int) -> Any:
     """The configured Optuna sampler, seeded."""
