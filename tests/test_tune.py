@@ -324,3 +324,10 @@ def test_a_storage_password_is_never_written(tmp_path: Path, monkeypatch: pytest
     assert "s3cret" not in saved and "tuner:***@db.example" in saved
     monkeypatch.setenv(STORAGE_ENV, url)  # how a worker process receives it
     assert Plan.load(tmp_path).storage == url
+
+
+def test_timeout_stops_starting_trials(workdir: Path) -> None:
+    config = study_config(workdir, "timed", trials=500, steps=10, sampler="random", timeout_s=1.0)
+    result = tune(config, quiet=True)
+    done = result.summary["counts"]["complete"]
+    assert 1 <= done < 500 and result.summary["counts"]["running"] == 0

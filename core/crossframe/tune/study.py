@@ -70,6 +70,10 @@ def make_sampler(tune: TuneConfig, seed: int) -> Any:
             return optuna.samplers.RandomSampler(seed=seed, **options)
         if tune.sampler == "grid":
             return optuna.samplers.GridSampler(grid(tune.space), seed=seed, **options)
+        try:
+            import cmaes  # noqa: F401  (Optuna imports it only when the first trial is sampled)
+        except ImportError:
+            raise ConfigError("tune.sampler: 'cmaes' needs the cmaes package; install crossframe[tune]") from None
         return optuna.samplers.CmaEsSampler(seed=seed, **options)
     except TypeError as exc:
         raise ConfigError(f"tune.sampler_options: {exc}") from None
