@@ -24,6 +24,7 @@ Run it alone with ``python -m benchmarks.tune_search [--quick]``.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -134,12 +135,12 @@ def jobs_row(out: Path, quick: bool, log: Callable[[str], None]) -> dict[str, An
         walls[key], hit = _wall(config, jobs, out, threads, limit)
         stopped = stopped or hit
         log(f"  --jobs {jobs} ({threads} thread(s) per trial): {walls[key]:.1f} s{' (stopped)' if hit else ''}")
-    walls.setdefault(f"jobs1_threads{cores}", walls["jobs1_threads1"])
-    one = min(walls["jobs1_threads1"], walls[f"jobs1_threads{cores}"])  # the better single-trial setting
+    all_cores = walls.get(f"jobs1_threads{cores}")  # None: not measured (smoke mode)
+    one = min(walls["jobs1_threads1"], all_cores or math.inf)  # the better single-trial setting
     two = walls["jobs2_threads1"]
     return {"case": f"jobs, {trials} trials x {steps} steps", "trials": trials, "steps_per_trial": steps,
             "cores": cores, "jobs1_1thread_s": walls["jobs1_threads1"],
-            "jobs1_all_cores_s": walls[f"jobs1_threads{cores}"], "jobs1_all_cores_stopped": stopped,
+            "jobs1_all_cores_s": all_cores, "jobs1_all_cores_stopped": stopped,
             "jobs2_s": two, "speedup_ratio": one / two}
 
 
@@ -161,8 +162,9 @@ def table(rows: list[dict[str, Any]]) -> str:
                         f"{r['steps_to_common_best_ratio']:.2f}x to reach {r['common_best']:.4f}"])
         else:
             over = ">" if r["jobs1_all_cores_stopped"] else ""
+            all_cores = "-" if r["jobs1_all_cores_s"] is None else f"{over}{r['jobs1_all_cores_s']:.1f} s"
             out.append([r["case"], f"{r['cores']} cores", f"{r['jobs1_1thread_s']:.1f} s (1 thread), "
-                        f"{over}{r['jobs1_all_cores_s']:.1f} s ({r['cores']} threads) vs {r['jobs2_s']:.1f} s",
+                        f"{all_cores} ({r['cores']} threads) vs {r['jobs2_s']:.1f} s",
                         f"{r['speedup_ratio']:.2f}x sooner than the better --jobs 1"])
     return markdown_table(["case", "result", "no pruning / jobs 1 vs pruning / jobs 2", "gain"], out)
 
