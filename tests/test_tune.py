@@ -269,7 +269,7 @@ def test_sigkill_mid_study_then_resume_keeps_finished_trials(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_two_processes_share_one_storage(tmp_path: Path) -> None:
-    config = study_config(tmp_path, "shared", trials=8, steps=120, sampler="random")
+    config = study_config(tmp_path, "shared", trials=6, steps=60, sampler="random")
     path = write(tmp_path, config)
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     procs = [start_cli(str(path), "--storage", url, cwd=tmp_path),
@@ -279,7 +279,7 @@ def test_two_processes_share_one_storage(tmp_path: Path) -> None:
     trials = trials_of(tmp_path / "shared.db")
     assert sorted(t["number"] for t in trials) == list(range(len(trials)))
     complete = [t for t in trials if t["state"] == "COMPLETE"]
-    assert 8 <= len(complete) <= 8 + 2  # two workers may each start the last trial at once
+    assert 6 <= len(complete) <= 6 + 2  # two workers may each start the last trial at once
     assert len({t["attrs"]["pid"] for t in trials}) >= 2  # both processes ran trials
     trials_dir = tmp_path / "runs" / "shared" / "trials"
     assert sorted(p.name for p in trials_dir.iterdir()) == [f"{t['number']:04d}" for t in trials]
@@ -295,12 +295,12 @@ def test_two_processes_share_one_storage(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs Ray")
 def test_ray_launcher_runs_the_workers_as_ray_tasks(tmp_path: Path) -> None:
-    config = study_config(tmp_path, "onray", trials=3, steps=20, sampler="random")
+    config = study_config(tmp_path, "onray", trials=2, steps=12, sampler="random")
     proc = start_cli(str(write(tmp_path, config)), "--launcher", "ray", "--jobs", "2", cwd=tmp_path)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     trials = trials_of(tmp_path / "runs" / "onray" / "study.db")
-    assert sum(t["state"] == "COMPLETE" for t in trials) >= 3
+    assert sum(t["state"] == "COMPLETE" for t in trials) >= 2
     assert all(t["attrs"]["pid"] != proc.pid for t in trials)  # trained in the Ray tasks' worker processes
     assert {t["attrs"]["threads"] for t in trials} <= {str(n) for n in range(1, (os.cpu_count() or 1) + 1)}
 

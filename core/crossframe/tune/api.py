@@ -106,10 +106,10 @@ def tune(config: str | os.PathLike | Mapping[str, Any] | None = None, overrides:
          launcher: str = "local", quiet: bool = False, table: bool = True) -> TuneResult:
     """Run a hyperparameter study from ``config``'s ``tune:`` section; see ``docs/tune.md``.
 
-    ``jobs`` trials run at once in worker processes (1: in this process; ``launcher="ray"``: as tasks on
-    a Ray cluster); ``storage`` is an RDB URL
-    shared with other workers (default: ``study.db`` in the study directory); ``resume`` continues the
-    study in that directory, keeping its finished trials and re-running those a dead process left.
+    ``jobs`` trials run at once in worker processes (1: in this process; ``launcher="ray"``: as tasks
+    on a Ray cluster); ``storage`` is an RDB URL shared with other workers (default: ``study.db`` in
+    the study directory); ``resume`` continues the study in that directory, keeping its finished
+    trials and re-running those a dead process left.
     """
     from crossframe.tune.report import print_table, write_report
     from crossframe.tune.worker import quiet_optuna, work
