@@ -169,7 +169,8 @@ def on_step_end(run: Any, step: int, batch: dict, logs: dict | None) -> None:
 def on_eval_end(run: Any, step: int, metrics: dict) -> None:
     """Called after each evaluation with the host metrics (``val/loss``, ``val/accuracy``...).
 
-    Returns nothing.
+    Set ``run.should_stop = True`` to end the run after this evaluation (``crossframe tune``
+    prunes trials this way). Returns nothing.
     """
 
 

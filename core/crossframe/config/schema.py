@@ -165,6 +165,8 @@ class RunConfig(Strict):
                                             description="compressors applied in order after training")
     export: list[ComponentConfig] = Field(default_factory=list,
                                           description="exporters run after training and compression")
+    tune: dict[str, Any] | None = Field(None, description="hyperparameter search, read by `crossframe tune` "
+                                        "(validated there; `crossframe run` ignores it)")
     requires: list[str] = Field(default_factory=list,
                                 description="plugin distributions this config needs, e.g. 'crossframe-mlflow>=0.1'")
 

@@ -1,0 +1,177 @@
+"""Hyperparameter search: what pruning saves, and what ``--jobs 2`` gains.
+
+What is measured
+----------------
+pruning
+    The same fixed-seed study run three times in this process: ``pruner: none``, ``median`` and
+    ``hyperband`` (Optuna's MedianPruner and HyperbandPruner, crossframe's defaults), on digits-mlp with a
+    log-uniform learning rate over [1e-5, 1]. The sampler is ``random`` with a fixed seed, so both
+    studies draw the very same trials and any difference is the pruner's (TPE would draw
+    different trials once pruned ones enter its history). Reported: the best value each study
+    reaches, the optimizer steps it trained in all (``steps_ratio`` = without pruning / with it, per
+    pruner), and the steps each spent until it first reached the best value both studies reach
+    (``steps_to_common_best_ratio``).
+jobs
+    The same study (random sampler, no pruning) as ``crossframe tune --jobs 1`` and ``--jobs 2``,
+    each a fresh process (``python -m crossframe tune``), wall time from start to exit. ``--jobs 1``
+    trains in the tuner's own process, once with ``OMP_NUM_THREADS=1`` and once with all available
+    cores; ``--jobs 2`` runs two worker processes with cores / 2 threads each (set by crossframe).
+    Reported: the wall times and ``speedup_ratio`` = the better jobs-1 time / the jobs-2 time. The
+    baseline is what a user would otherwise do: one trial at a time, threads as they like.
+
+Run it alone with ``python -m benchmarks.tune_search [--quick]``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.common import markdown_table, pick, smoke
+
+PRUNERS = ("median", "hyperband")
+TITLE = "Hyperparameter search: pruning vs none (total training steps), --jobs 2 vs --jobs 1 (wall time)"
+
+
+def study(out: Path, name: str, trials: int, steps: int, pruner: str, hidden: list[int]) -> dict[str, Any]:
+    """A digits-mlp study config with a ``tune:`` section over the learning rate."""
+    return {
+        "name": name, "backend": "torch", "device": "cpu", "seed": 0, "output_dir": str(out),
+        "data": {"name": "digits", "val_fraction": 0.2},
+        "model": {"name": "mlp", "hidden": hidden},
+        "train": {"steps": steps, "batch_size": 64, "optimizer": {"name": "adamw", "lr": 0.003},
+                  "schedule": {"name": "cosine", "warmup_steps": max(1, steps // 20)},
+                  "eval_every": max(1, steps // 10), "log_every": max(1, steps // 10), "checkpoint_every": 0,
+                  "keep_checkpoints": 1},
+        "tune": {"metric": "val/loss", "sampler": "random", "pruner": pruner, "trials": trials, "seed": 0,
+                 "space": {"train.optimizer.lr": {"log_uniform": [1.0e-5, 1.0]}}},
+    }
+
+
+def _steps_to_reach(rows: list[dict[str, Any]], target: float) -> int:
+    """Training steps a study spent, in trial order, until a complete trial's value was <= ``target``."""
+    spent = 0
+    for row in sorted(rows, key=lambda r: r["number"]):
+        spent += row["steps"] or 0
+        if row["state"] == "complete" and row["value"] <= target:
+            return spent
+    return spent
+
+
+def pruning_rows(out: Path, quick: bool, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Run the study without pruning, then with each pruner; one row per pruner against none."""
+    from crossframe.tune.api import tune
+
+    trials, steps = pick(40, 16, 4, quick), pick(300, 150, 30, quick)
+    results = {}
+    for pruner in ("none", *PRUNERS):
+        start = time.perf_counter()
+        result = tune(study(out, f"prune-{pruner}", trials, steps, pruner, [64]), quiet=True)
+        summary = result.summary
+        results[pruner] = {"best": result.best_value, "steps": summary["total_steps"], "rows": summary["rows"],
+                           "pruned": summary["counts"]["pruned"], "seconds": time.perf_counter() - start}
+        log(f"  pruner {pruner}: best {result.best_value:.4f}, {summary['total_steps']} steps "
+            f"({summary['counts']['pruned']} trials pruned) in {results[pruner]['seconds']:.1f} s")
+    none = results["none"]
+    rows = []
+    for pruner in PRUNERS:
+        got = results[pruner]
+        target = max(none["best"], got["best"])  # the best value both studies reach
+        to_none, to_got = _steps_to_reach(none["rows"], target), _steps_to_reach(got["rows"], target)
+        rows.append({"case": f"pruning ({pruner}), {trials} trials x {steps} steps", "pruner": pruner,
+                     "trials": trials, "steps_per_trial": steps, "best_none": none["best"], "best_pruned": got["best"],
+                     "same_best": none["best"] == got["best"], "steps_none": none["steps"],
+                     "steps_pruned": got["steps"], "pruned": got["pruned"],
+                     "common_best": target, "steps_to_common_best_none": to_none,
+                     "steps_to_common_best_pruned": to_got, "steps_ratio": none["steps"] / max(1, got["steps"]),
+                     "steps_to_common_best_ratio": to_none / max(1, to_got)})
+    return rows
+
+
+def _wall(config: Path, jobs: int, cwd: Path, threads: int, limit_s: float | None = None) -> tuple[float, bool]:
+    """Wall time of ``crossframe tune CONFIG --jobs N`` in a fresh process, and whether it hit ``limit_s``."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root / "core"), str(root / "plugins"),
+                                                    env.get("PYTHONPATH", "")) if p)
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "crossframe", "tune", str(config), "-q", "--jobs", str(jobs)],
+                              cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        return time.perf_counter() - start, True
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"crossframe tune --jobs {jobs} exited {proc.returncode}: {proc.stderr[-1000:]}")
+    return wall, False
+
+
+def jobs_row(out: Path, quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """Wall time of one study with ``--jobs 1`` (1 thread, and all cores) and ``--jobs 2`` (cores / 2 each).
+
+    The all-cores ``--jobs 1`` run is stopped at 4x the one-thread run's time: on a machine whose cores
+    other processes also use, OpenMP threads that spin-wait for each other can slow it many times over.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    trials, steps = pick(12, 8, 2, quick), pick(3000, 400, 20, quick)
+    walls: dict[str, float] = {}
+    stopped = False
+    for jobs, threads in ((1, 1), (2, 1), (1, cores)):
+        key = f"jobs{jobs}_threads{threads}"
+        if key in walls or (smoke() and jobs == 1 and threads > 1):  # smoke: one --jobs 1 run is enough
+            continue
+        config = out / f"{key}.yaml"
+        config.write_text(yaml.safe_dump(study(out, key.replace("_", "-"), trials, steps, "none", [128, 64])))
+        limit = 4 * walls["jobs1_threads1"] if jobs == 1 and threads > 1 else None
+        walls[key], hit = _wall(config, jobs, out, threads, limit)
+        stopped = stopped or hit
+        log(f"  --jobs {jobs} ({threads} thread(s) per trial): {walls[key]:.1f} s{' (stopped)' if hit else ''}")
+    all_cores = walls.get(f"jobs1_threads{cores}")  # None: not measured (smoke mode)
+    one = min(walls["jobs1_threads1"], all_cores or math.inf)  # the better single-trial setting
+    two = walls["jobs2_threads1"]
+    return {"case": f"jobs, {trials} trials x {steps} steps", "trials": trials, "steps_per_trial": steps,
+            "cores": cores, "jobs1_1thread_s": walls["jobs1_threads1"],
+            "jobs1_all_cores_s": all_cores, "jobs1_all_cores_stopped": stopped,
+            "jobs2_s": two, "speedup_ratio": one / two}
+
+
+def run(quick: bool = False, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Both measurements, in a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="crossframe-bench-tune-") as tmp:
+        return [*pruning_rows(Path(tmp), quick, log), jobs_row(Path(tmp), quick, log)]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one row per measurement."""
+    out = []
+    for r in rows:
+        if "steps_ratio" in r:
+            out.append([r["case"], f"best {r['best_none']:.4f} vs {r['best_pruned']:.4f}"
+                        f" ({'same' if r['same_best'] else 'different'})",
+                        f"{r['steps_none']} vs {r['steps_pruned']} steps ({r['pruned']} pruned)",
+                        f"{r['steps_ratio']:.2f}x fewer steps in all; "
+                        f"{r['steps_to_common_best_ratio']:.2f}x to reach {r['common_best']:.4f}"])
+        else:
+            over = ">" if r["jobs1_all_cores_stopped"] else ""
+            all_cores = "-" if r["jobs1_all_cores_s"] is None else f"{over}{r['jobs1_all_cores_s']:.1f} s"
+            out.append([r["case"], f"{r['cores']} cores", f"{r['jobs1_1thread_s']:.1f} s (1 thread), "
+                        f"{all_cores} ({r['cores']} threads) vs {r['jobs2_s']:.1f} s",
+                        f"{r['speedup_ratio']:.2f}x sooner than the better --jobs 1"])
+    return markdown_table(["case", "result", "no pruning / jobs 1 vs pruning / jobs 2", "gain"], out)
+
+
+if __name__ == "__main__":
+    import json
+
+    results = run(quick="--quick" in sys.argv)
+    print(table(results))
+    print(json.dumps(results, indent=2))

@@ -1,0 +1,117 @@
+"""One trial: an ordinary run directory (``<study>/trials/NNNN``) trained through ``crossframe.run``
+on any backend, each evaluation reported to Optuna's pruner through the loop's ``on_eval_end`` hook.
+
+A pruned trial stops in the loop (``run.should_stop``), writes its checkpoint like any stopped run,
+and is recorded as pruned. A trial whose training fails (a non-finite loss, a framework error) is
+recorded as failed with its one-line reason; a config error ends the whole study, since every
+trial would repeat it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+from crossframe import hookimpl
+from crossframe.errors import ConfigError, CrossframeError
+from crossframe.tune.plan import Plan
+from crossframe.tune.space import suggest, with_values
+from crossframe.tune.study import owner_attrs
+
+THREAD_ENV = "OMP_NUM_THREADS"
+INTERRUPTED = "interrupted (Ctrl-C)"
+
+
+class TrialFailed(Exception):
+    """A trial's training failed; the study records it and goes on."""
+
+
+class PruneOnEval:
+    """A plugin reporting each evaluation of one trial's run to Optuna and stopping the run when
+    the pruner says so."""
+
+    def __init__(self, trial: Any, metric: str) -> None:
+        self.trial, self.metric = trial, metric
+        self.pruned_at: int | None = None
+        self.reports = 0
+
+    @hookimpl
+    def on_eval_end(self, run: Any, step: int, metrics: dict) -> None:
+        """Report ``metric`` at ``step``; ask the pruner whether to stop."""
+        if self.metric not in metrics:
+            available = ", ".join(k for k in metrics if not k.endswith("confusion_matrix"))
+            raise ConfigError(f"tune.metric: '{self.metric}' is not an eval metric; available: {available}")
+        self.trial.report(float(metrics[self.metric]), step)
+        self.reports += 1
+        if self.trial.should_prune():
+            self.pruned_at = step
+            run.should_stop = True
+
+
+def trial_config(plan: Plan, number: int, values: dict[str, Any]) -> dict[str, Any]:
+    """The raw run config of trial ``number``: the base config with ``values``, in ``trials/NNNN``."""
+    data = with_values(plan.base, values)
+    data["name"] = f"{number:04d}"
+    data["output_dir"] = str(plan.trials_dir)
+    return data
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, CrossframeError) else f"{type(exc).__name__}: {text}"[:300]
+
+
+class Objective:
+    """Optuna's objective for ``plan``: runs one trial in this process and returns its metric."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+
+    def __call__(self, trial: Any) -> float:
+        """Sample, train, report, and return the final evaluation's ``tune.metric``."""
+        import optuna
+
+        from crossframe.plugins import get_plugin_manager
+        from crossframe.train.runner import run
+
+        plan = self.plan
+        for key, value in {**owner_attrs(), "threads": os.environ.get(THREAD_ENV, "")}.items():
+            trial.set_user_attr(key, value)
+        values = {key: suggest(trial, key, param) for key, param in plan.tune.space.items()}
+        reporter = PruneOnEval(trial, plan.tune.metric)
+        manager = get_plugin_manager()
+        plugin_name = f"crossframe-tune-trial-{trial.number}"
+        manager.register(reporter, plugin_name)
+        start = time.perf_counter()
+        try:
+            result = run(trial_config(plan, trial.number, values), quiet=True)
+        except KeyboardInterrupt:
+            trial.set_user_attr("error", INTERRUPTED)  # the tuner queues these values again
+            raise
+        except CrossframeError as exc:
+            if exc.exit_code == 2:
+                raise  # bad input: every trial would fail the same way
+            trial.set_user_attr("error", _one_line(exc))
+            raise TrialFailed(_one_line(exc)) from exc
+        except Exception as exc:
+            trial.set_user_attr("error", _one_line(exc))
+            raise TrialFailed(_one_line(exc)) from exc
+        finally:
+            manager.unregister(plugin_name)
+        trial.set_user_attr("seconds", time.perf_counter() - start)
+        trial.set_user_attr("run_dir", str(result.run_dir))
+        trial.set_user_attr("steps", result.steps)
+        trial.set_user_attr("status", result.status)
+        if reporter.pruned_at is not None:
+            trial.set_user_attr("pruned_at", reporter.pruned_at)
+            raise optuna.TrialPruned(f"pruned at step {reporter.pruned_at}")
+        if plan.tune.metric not in result.metrics:
+            raise ConfigError(f"tune.metric: '{plan.tune.metric}' is not an eval metric; available: "
+                              f"{', '.join(k for k in result.metrics if not k.endswith('confusion_matrix'))}")
+        value = float(result.metrics[plan.tune.metric])
+        if not math.isfinite(value):
+            trial.set_user_attr("error", f"{plan.tune.metric} is {value}")
+            raise TrialFailed(f"{plan.tune.metric} is {value}")
+        return value
