@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from typing import Any
 
 from crossframe.serve.app import ServeOptions, build_app
@@ -23,6 +24,9 @@ def make_server(app: Any, host: str, port: int, drain_seconds: float, log_level:
         def handle_exit(self, sig: int, frame: Any) -> None:
             app.state.server.draining = True
             super().handle_exit(sig, frame)
+            captured = getattr(self, "_captured_signals", None)
+            if sig == signal.SIGTERM and captured:  # a drained SIGTERM is a clean exit (status 0),
+                captured.remove(sig)  # not re-raised as uvicorn does by default
 
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug",
                             timeout_graceful_shutdown=int(drain_seconds) if drain_seconds else None,
