@@ -217,7 +217,7 @@ def classifier_rows(tmp: Path, quick: bool, log: Callable[[str], None], threads:
     rows = []
     for label, args, path in (
             ("crossframe serve (batching)", ["-m", "crossframe", "serve", str(export_dir), "--max-batch", "64",
-                                             "--max-wait-ms", "2", "--log-level", "warning"], "/v1/predict"),
+                                             "--log-level", "warning"], "/v1/predict"),
             ("minimal ORT handler (one at a time)", [str(script), str(export_dir / "model.onnx")], "/predict")):
         log(f"mlp: {label}, {clients} clients, {seconds} s")
         server = _Process(args, threads)

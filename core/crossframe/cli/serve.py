@@ -38,8 +38,9 @@ def serve_group() -> None:
               help="Require a key from FILE (see `crossframe serve keys add`); default: open.")
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(1, 4096),
               help="Sequences per decode step (language models) or rows per batch (classifiers); 1: no batching.")
-@click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(0, 10_000),
-              help="How long a classifier batch waits to fill.")
+@click.option("--max-wait-ms", default=0.0, show_default=True, type=click.FloatRange(0, 10_000),
+              help="How long a classifier batch waits to fill (0: it takes the requests that queued "
+                   "while the previous batch ran).")
 @click.option("--max-body-kb", default=1024, show_default=True, type=click.IntRange(1, 1 << 20),
               help="Largest request body.")
 @click.option("--max-tokens-limit", default=1024, show_default=True, type=click.IntRange(1, 1 << 20),

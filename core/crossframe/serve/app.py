@@ -44,7 +44,7 @@ class ServeOptions:
     """How the server batches and what it allows."""
 
     max_batch: int = 32  # sequences per decode step (language models) or rows per predict batch
-    max_wait_ms: float = 5.0  # how long a classifier batch waits to fill
+    max_wait_ms: float = 0.0  # how long a classifier batch waits to fill (0: it takes what is queued)
     max_body_bytes: int = 1 << 20
     max_tokens_limit: int = 1024  # the largest max_tokens a request may ask for
     api_keys: Path | None = None
@@ -260,7 +260,7 @@ def _routes(app: FastAPI, server: Server) -> None:
                                max_tokens, chat=True)
 
     @app.post("/v1/predict", summary="Scores and labels for a batch of examples")
-    async def predict(body: PredictRequest, request: Request) -> dict[str, Any]:
+    async def predict(body: PredictRequest, request: Request) -> JSONResponse:
         """Each example of ``inputs`` (the model's input shape, or flat) gets outputs; classifiers get
         softmax scores, the label and its score."""
         server.authorize(request)
@@ -271,14 +271,14 @@ def _routes(app: FastAPI, server: Server) -> None:
         data: list[dict[str, Any]] = []
         if model.task == "classification":
             probs = softmax(out.astype(np.float64))
-            for i, row in enumerate(probs):
-                k = int(row.argmax())
+            best = probs.argmax(axis=1)
+            for i, (row, k) in enumerate(zip(probs.tolist(), best.tolist(), strict=True)):
                 label = model.class_names[k] if k < len(model.class_names) else str(k)
-                data.append({"index": i, "label": label, "class_index": k, "score": float(row[k]),
-                             "scores": [float(p) for p in row]})
+                data.append({"index": i, "label": label, "class_index": k, "score": row[k], "scores": row})
         else:
-            data = [{"index": i, "values": [float(v) for v in row.reshape(-1)]} for i, row in enumerate(out)]
-        return {"object": "list", "model": model.name, "task": model.task, "data": data}
+            data = [{"index": i, "values": row} for i, row in enumerate(out.reshape(len(out), -1).tolist())]
+        # a JSONResponse directly: FastAPI's encoder would walk every score again
+        return JSONResponse({"object": "list", "model": model.name, "task": model.task, "data": data})
 
 
 def _examples(inputs: list[Any], shape: tuple[int, ...]) -> np.ndarray:
@@ -328,9 +328,9 @@ async def _complete(server: Server, body: Any, prompt_ids: list[int], max_tokens
             raise APIError(503, str(exc)) from None
         finally:
             await tokens.aclose()
-        return {"id": ident, "object": kind, "created": created, "model": model.name,
-                "choices": [choice(echo + text.text, finish_reason(), final=True)],
-                "usage": _usage(len(prompt_ids), len(entry.tokens))}
+        return JSONResponse({"id": ident, "object": kind, "created": created, "model": model.name,
+                             "choices": [choice(echo + text.text, finish_reason(), final=True)],
+                             "usage": _usage(len(prompt_ids), len(entry.tokens))})
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     chunk_kind = "chat.completion.chunk" if chat else "text_completion"

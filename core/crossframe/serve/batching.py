@@ -1,9 +1,10 @@
 """Coalescing classifier requests: rows from many requests go through the model as one batch.
 
-The first waiting request opens a batch; requests arriving within ``max_wait_ms`` join it until
-it holds ``max_batch`` rows. The model runs in one worker thread, so the event loop keeps
-answering while a batch runs and batches never overlap. A request larger than ``max_batch`` runs
-as a batch of its own.
+The first waiting request opens a batch and every request already queued joins it, up to
+``max_batch`` rows; with ``max_wait_ms`` > 0 the batch also waits that long for more. The model
+runs in one worker thread, so the event loop keeps answering while a batch runs, batches never
+overlap, and the requests that queue meanwhile form the next batch. A request larger than
+``max_batch`` runs as a batch of its own.
 """
 
 from __future__ import annotations
