@@ -368,3 +368,50 @@ def test_text_stream_pieces_concatenate_to_the_text_up_to_the_first_stop(ids: li
             expected = text[:min(cuts)]
             break
     assert "".join(pieces) == expected
+
+
+def test_sequences_joining_between_steps_see_the_logits_of_a_full_forward(lm_run: Path) -> None:
+    """The scheduler with the torch KV cache: sequences join while others are mid-way, slots are
+    reused, two run past the context window. At every step each sequence's logits equal a full
+    forward pass over its own context (float32 over two layers of width 32: rounding near 1e-6,
+    so 1e-4 separates rounding from a wrong position, mask or cache row), and its greedy tokens
+    equal the backend's own ``generate``."""
+    from crossframe.checkpoint import load_checkpoint
+    from crossframe.config.loading import load_config
+    from crossframe.models import spec_from_json
+    from crossframe.serve.decoding import Generation, LMEngine
+    from crossframe.train.runner import prepare_backend
+
+    ckpt = load_checkpoint(lm_run)
+    impl, device = prepare_backend(load_config(lm_run / "config.yaml"), training=False)
+    state = impl.inference_state(spec_from_json(ckpt.state["model"]), ckpt.weights, device, "fp32")
+    prompts = [[100, 101, 32], [35], [105, 109, 112, 111, 114, 116, 32] * 2, [10, 32, 32], [61, 61]]
+    lengths = [12, 30, 25, 8, 40]  # 14 + 25 and 2 + 40 tokens run past the 32-token context
+    seen: list[list[np.ndarray]] = [[] for _ in prompts]
+    finished: set[int] = set()
+
+    def greedy(i: int) -> Any:
+        def sample(logits: np.ndarray) -> np.ndarray:
+            seen[i].append(logits[0].copy())
+            return logits.argmax(axis=-1)
+        return sample
+
+    engine = LMEngine(impl.batch_decoder(state, 2), 2)  # 2 slots for 5 sequences
+    entries = [Generation(p, n, greedy(i), lambda t, i=i: t is None and finished.add(i))
+               for i, (p, n) in enumerate(zip(prompts, lengths, strict=True))]
+    for entry in entries:  # queued before the start: each waiting one joins when a slot frees, mid-way
+        engine.submit(entry)  # through its neighbour's decoding (the lengths differ)
+    engine.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(finished) < len(entries) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        engine.stop()
+    for i, (entry, prompt, n) in enumerate(zip(entries, prompts, lengths, strict=True)):
+        assert entry.error is None and len(seen[i]) == n
+        for step, logits in enumerate(seen[i]):
+            context = (prompt + entry.tokens[:step])[-32:]
+            np.testing.assert_allclose(logits, impl.predict(state, np.asarray([context]))[0, -1], atol=1e-4)
+        alone = impl.generate(state, np.asarray([prompt]), n, lambda x: x.argmax(axis=-1))[0, len(prompt):]
+        assert entry.tokens == alone.tolist()
