@@ -233,6 +233,8 @@ def test_malformed_requests_get_one_line_4xx_and_the_server_keeps_answering(lm_s
         r = httpx.post(f"{lm_server.url}{path}", content=content, headers=auth(keys), timeout=30)
         assert 400 <= r.status_code < 500, (path, body, r.status_code, r.text)
         assert "\n" not in r.text.strip() and r.json()["error"]["message"], (path, body, r.text)
+    lone_surrogate = b'{"prompt": "\\ud800", "echo": true, "max_tokens": 2}'  # valid JSON, not encodable UTF-8
+    assert httpx.post(f"{lm_server.url}/v1/completions", content=lone_surrogate, headers=auth(keys)).status_code == 200
     assert httpx.get(f"{lm_server.url}/healthz").status_code == 200
     r = httpx.post(f"{lm_server.url}/v1/completions", json={"prompt": "def ", "max_tokens": 5, "temperature": 0},
                    headers=auth(keys), timeout=30)
@@ -415,3 +417,20 @@ def test_sequences_joining_between_steps_see_the_logits_of_a_full_forward(lm_run
             np.testing.assert_allclose(logits, impl.predict(state, np.asarray([context]))[0, -1], atol=1e-4)
         alone = impl.generate(state, np.asarray([prompt]), n, lambda x: x.argmax(axis=-1))[0, len(prompt):]
         assert entry.tokens == alone.tolist()
+
+
+def test_keys_commands_and_one_line_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from crossframe.cli.main import main
+
+    keys_file = tmp_path / "k.json"
+    assert main(["serve", "keys", "add", str(keys_file), "ci", "--rate", "5"]) == 0
+    key = capsys.readouterr().out.strip()
+    assert key.startswith("cf-") and KeyStore(keys_file).check(key).rate_per_minute == 5
+    assert main(["serve", "keys", "add", str(keys_file), "ci"]) == 2  # one active key per name
+    assert "already has a key" in capsys.readouterr().err
+    assert main(["serve", "keys", "revoke", str(keys_file), "ci"]) == 0
+    assert main(["serve", "keys", "list", str(keys_file)]) == 0
+    assert "revoked" in capsys.readouterr().out
+    assert main(["serve", str(tmp_path)]) == 2  # neither a run nor an export
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checkpoints/" in err[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -9,6 +10,14 @@ from starlette.responses import JSONResponse
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
          405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
          429: "rate_limit_error", 503: "service_unavailable"}
+
+
+class Json(JSONResponse):
+    """Compact JSON escaped to ASCII: text holding a lone surrogate (a prompt may) still encodes."""
+
+    def render(self, content: Any) -> bytes:
+        """``content`` as one line of ASCII JSON."""
+        return json.dumps(content, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
 class APIError(Exception):
@@ -29,7 +38,7 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     """The JSON response for an error (compact: one line)."""
-    return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
+    return Json(error_body(status, message, param, code), status_code=status, headers=headers)
 
 
 def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
