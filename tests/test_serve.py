@@ -434,3 +434,24 @@ def test_keys_commands_and_one_line_cli_errors(tmp_path: Path, capsys: pytest.Ca
     assert main(["serve", str(tmp_path)]) == 2  # neither a run nor an export
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "checkpoints/" in err[0]
+
+
+def test_recompute_decoder_pads_contexts_without_changing_their_logits(lm_run: Path) -> None:
+    """The no-cache decoder (ONNX Runtime, or a backend without a batched cache) right-pads the
+    contexts of one step into a batch; a causal model's logits at each row's last real token match
+    that row alone (float32 rounding, as above) and contexts keep their last ``window`` tokens."""
+    from crossframe.checkpoint import load_checkpoint
+    from crossframe.config.loading import load_config
+    from crossframe.models import spec_from_json
+    from crossframe.serve.decoding import RecomputeDecoder
+    from crossframe.train.runner import prepare_backend
+
+    ckpt = load_checkpoint(lm_run)
+    impl, device = prepare_backend(load_config(lm_run / "config.yaml"), training=False)
+    state = impl.inference_state(spec_from_json(ckpt.state["model"]), ckpt.weights, device, "fp32")
+    decoder = RecomputeDecoder(lambda x: impl.predict(state, x), window=32, pad_id=256)
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, 256, n).tolist() for n in (1, 5, 31, 32, 50)]
+    logits = decoder.step(list(enumerate(seqs)))
+    for row, seq in zip(logits, seqs, strict=True):
+        np.testing.assert_allclose(row, impl.predict(state, np.asarray([seq[-32:]]))[0, -1], atol=1e-4)
