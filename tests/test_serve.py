@@ -31,7 +31,6 @@ from crossframe.serve.text import TextStream
 from crossframe.text.tokenizers import load_tokenizer
 from crossframe.train.generate import generate
 
-pytestmark = pytest.mark.slow
 TEMPLATE = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
 
 
@@ -116,6 +115,7 @@ def sse_texts(response: httpx.Response) -> tuple[list[str], list[dict[str, Any]]
     return [c["choices"][0]["text"] for c in chunks if c["choices"]], chunks
 
 
+@pytest.mark.slow  # a trained run, or a server subprocess
 def test_completions_equal_crossframe_generate(lm_server: Served, lm_run: Path, keys: dict[str, str]) -> None:
     sampling = {"temperature": 0.9, "top_p": 0.95, "seed": 5}
     expected = generate(lm_run, "def ", 24, **sampling)
@@ -134,6 +134,7 @@ def test_completions_equal_crossframe_generate(lm_server: Served, lm_run: Path, 
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
 
 
+@pytest.mark.slow  # a trained run, or a server subprocess
 def test_openai_client_completions_chat_and_streaming(lm_server: Served, lm_run: Path, keys: dict[str, str]) -> None:
     from openai import OpenAI
 
@@ -158,6 +159,7 @@ def test_openai_client_completions_chat_and_streaming(lm_server: Served, lm_run:
     assert "".join(p.choices[0].delta.content or "" for p in parts) == expected
 
 
+@pytest.mark.slow  # a trained run, or a server subprocess
 def test_concurrent_requests_share_decode_steps_and_keep_their_tokens(lm_server: Served, lm_run: Path,
                                                                       keys: dict[str, str]) -> None:
     prompts = ["def ", "class A", "import os\n", "", "return x", "for i in", "#", "while True:", "x = 1"]
@@ -178,6 +180,7 @@ def test_concurrent_requests_share_decode_steps_and_keep_their_tokens(lm_server:
     assert 'crossframe_requests_total{method="POST",route="/v1/completions",status="200"}' in metrics
 
 
+@pytest.mark.slow  # a trained run, or a server subprocess
 def test_stop_strings_end_the_completion(lm_server: Served, lm_run: Path, keys: dict[str, str]) -> None:
     full = generate(lm_run, "def ", 40, temperature=0)[len("def "):]
     stop = full[5:7]
@@ -191,6 +194,7 @@ def test_stop_strings_end_the_completion(lm_server: Served, lm_run: Path, keys: 
     assert "".join(texts) == expected and chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
+@pytest.mark.slow  # a trained run, or a server subprocess
 def test_keys_no_wrong_and_revoked_get_401_and_the_rate_limit_429(lm_server: Served, keys: dict[str, str]) -> None:
     url = f"{lm_server.url}/v1/models"
     assert httpx.get(url).status_code == 401
@@ -213,6 +217,8 @@ MALFORMED: list[tuple[str, Any]] = [
     ("/v1/completions", {"prompt": "x", "max_tokens": "many"}),
     ("/v1/completions", {"prompt": "x", "max_tokens": 10**6}),
     ("/v1/completions", {"prompt": "x", "temperature": -1}),
+    ("/v1/completions", b'{"prompt": "x", "temperature": Infinity}'),
+    ("/v1/completions", b'{"prompt": "x", "max_tokens": NaN}'),
     ("/v1/completions", {"prompt": "x", "top_p": 0}),
     ("/v1/completions", {"prompt": "x", "n": 3}),
     ("/v1/completions", {"prompt": "x", "unknown_field": 1}),
@@ -226,6 +232,7 @@ MALFORMED: list[tuple[str, Any]] = [
 ]
 
 
+@pytest.mark.slow  # a trained run, or a server subprocess
 def test_malformed_requests_get_one_line_4xx_and_the_server_keeps_answering(lm_server: Served, lm_run: Path,
                                                                              keys: dict[str, str]) -> None:
     for path, body in MALFORMED:
@@ -241,9 +248,14 @@ def test_malformed_requests_get_one_line_4xx_and_the_server_keeps_answering(lm_s
     assert "def " + r.json()["choices"][0]["text"] == generate(lm_run, "def ", 5, temperature=0)
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
-                                                                                 max_size=4), max_leaves=12))
+JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) \
+    | st.text(max_size=20)
+JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=12)
+
+
+@pytest.mark.slow  # a trained run, or a server subprocess
+@given(JSON_VALUES)
 def test_arbitrary_json_never_gets_a_5xx(lm_server: Served, keys: dict[str, str], body: Any) -> None:
     r = httpx.post(f"{lm_server.url}/v1/completions", json=body, headers=auth(keys), timeout=60)
     assert r.status_code < 500, (body, r.text)
@@ -251,6 +263,7 @@ def test_arbitrary_json_never_gets_a_5xx(lm_server: Served, keys: dict[str, str]
         assert set(r.json()) == {"error"}
 
 
+@pytest.mark.slow  # a trained run, or a server subprocess
 def test_sigterm_lets_a_stream_in_flight_finish(home: Path, lm_run: Path) -> None:
     served = Served(lm_run, "--max-tokens-limit", "1000")
     try:
@@ -287,6 +300,7 @@ def digits_run(home: Path) -> Path:
     return run_dir
 
 
+@pytest.mark.slow  # a trained run, or a server subprocess
 def test_predictions_equal_onnx_runtime_and_crossframe_eval(digits_run: Path) -> None:
     from crossframe.config.loading import load_config
     from crossframe.export.onnx_runtime import OnnxRunner
@@ -372,6 +386,7 @@ def test_text_stream_pieces_concatenate_to_the_text_up_to_the_first_stop(ids: li
     assert "".join(pieces) == expected
 
 
+@pytest.mark.slow  # a trained run, or a server subprocess
 def test_sequences_joining_between_steps_see_the_logits_of_a_full_forward(lm_run: Path) -> None:
     """The scheduler with the torch KV cache: sequences join while others are mid-way, slots are
     reused, two run past the context window. At every step each sequence's logits equal a full
@@ -436,6 +451,7 @@ def test_keys_commands_and_one_line_cli_errors(tmp_path: Path, capsys: pytest.Ca
     assert len(err) == 1 and "checkpoints/" in err[0]
 
 
+@pytest.mark.slow  # a trained run, or a server subprocess
 def test_recompute_decoder_pads_contexts_without_changing_their_logits(lm_run: Path) -> None:
     """The no-cache decoder (ONNX Runtime, or a backend without a batched cache) right-pads the
     contexts of one step into a batch; a causal model's logits at each row's last real token match
