@@ -113,7 +113,7 @@ def register_exporters(register: Any) -> None:
 @hookimpl
 def register_commands(cli: Any) -> None:
     """Add ``run``, ``plugins`` and ``config``."""
-    from crossframe.cli import commands, compress, tune
+    from crossframe.cli import commands, compress, serve, tune
 
-    for command in [*commands.COMMANDS, *compress.COMMANDS, *tune.COMMANDS]:
+    for command in [*commands.COMMANDS, *compress.COMMANDS, *tune.COMMANDS, *serve.COMMANDS]:
         cli.add_command(command)

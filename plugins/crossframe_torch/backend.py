@@ -374,6 +374,12 @@ class TorchBackend(Backend):
             cur += 1
         return seq.cpu().numpy()
 
+    def batch_decoder(self, state: TorchState, slots: int) -> Any:
+        """A KV cache of ``slots`` rows with a batched decode step, for continuous batching in ``crossframe serve``."""
+        from crossframe_torch.serving import SlotDecoder
+
+        return SlotDecoder(state, slots)
+
     def fetch(self, values: Any) -> Any:
         """Tensors to numpy, through lists, tuples and dicts.
 
