@@ -54,10 +54,16 @@ def auto_threads(cores: int, load: float) -> int:
 
 
 def choose_threads(requested: int | str | None = "auto") -> ThreadChoice:
-    """Resolve a ``threads`` setting (a positive count, or ``auto``/``None``) into a count with its reason."""
+    """Resolve a ``threads`` setting (a positive count, or ``auto``/``None``) into a count with its reason.
+
+    ``auto`` honours ``OMP_NUM_THREADS`` when the environment sets it; otherwise :func:`auto_threads`.
+    """
     if requested not in (None, "auto"):
         count = int(requested)  # validated by the config schema or the CLI
         return ThreadChoice(count, "as configured")
+    preset = os.environ.get("OMP_NUM_THREADS", "")
+    if preset.isdigit() and int(preset) > 0:  # the user's (or a launcher's) choice for this process tree
+        return ThreadChoice(int(preset), "from OMP_NUM_THREADS")
     cores, load = available_cores(), busy_cores()
     count = auto_threads(cores, load)
     return ThreadChoice(count, f"auto: {cores} cores, load {load:.1f}")

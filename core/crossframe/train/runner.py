@@ -157,9 +157,7 @@ def _set_threads(cfg: RunConfig, worker: bool) -> ThreadChoice:
     A launcher divides ``auto`` between the workers it starts on this machine (they inherit the
     environment); a worker keeps what its launcher set unless the config names a count.
     """
-    if worker and cfg.threads == "auto" and os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        return ThreadChoice(int(os.environ["OMP_NUM_THREADS"]), "set by the launcher")
-    choice = choose_threads(cfg.threads)
+    choice = choose_threads(cfg.threads)  # auto keeps OMP_NUM_THREADS, which a launcher sets for its workers
     local = cfg.launch.nproc_per_node if not worker else 1
     if cfg.threads == "auto" and local > 1:
         choice = ThreadChoice(max(1, choice.threads // local), f"{choice.reason}, shared by {local} workers")
