@@ -19,17 +19,23 @@ import click
 @click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
               help="Output directory (default: the config's output_dir); the report goes to DIR/compare/.")
 @click.option("--steps", type=int, help="Shortcut for --set train.steps=N.")
+@click.option("--threads", metavar="N|auto",
+              help="CPU threads every backend gets (default: the config's threads, auto: the idle cores).")
 @click.option("--quiet", "-q", is_flag=True, help="No live progress.")
 @click.option("--json", "as_json", is_flag=True, help="Print results.json instead of the table.")
 def compare_command(config: str | None, backends: str, overrides: tuple[str, ...], out: str | None,
-                    steps: int | None, quiet: bool, as_json: bool) -> None:
+                    steps: int | None, threads: str | None, quiet: bool, as_json: bool) -> None:
     """Train CONFIG (a file or a built-in preset) on each backend from the same initial weights and batches;
     compare numerics, speed, memory, accuracy and exports. Writes report.md, report.html, results.json and plots."""
     import json
 
     from crossframe.compare.api import compare
+    from crossframe.errors import UsageError
 
-    results = compare(config, backends, overrides, out=out, steps=steps, progress=not quiet)
+    if threads is not None and threads != "auto" and not (threads.isdigit() and int(threads) > 0):
+        raise UsageError(f"--threads: a count >= 1 or 'auto', got {threads!r}")
+    count = int(threads) if threads and threads.isdigit() else threads
+    results = compare(config, backends, overrides, out=out, steps=steps, progress=not quiet, threads=count)
     if as_json:
         click.echo(json.dumps(results, indent=2))
     else:
