@@ -25,6 +25,7 @@ import numpy as np
 
 from crossframe.config.loading import atomic_write_text
 from crossframe.errors import CheckpointError
+from crossframe.integrity import verify_manifest, write_manifest
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -77,6 +78,7 @@ def save_checkpoint(root: Path, step: int, weights: dict[str, np.ndarray],
         save_tensors(weights, tmp / MODEL_FILE)
         save_tensors(optimizer_state, tmp / OPTIMIZER_FILE)
         atomic_write_text(tmp / STATE_FILE, json.dumps({**state, "step": step}, indent=2, default=json_default))
+        write_manifest(tmp)  # sha256 of each file, checked by load_checkpoint
         if final.exists():  # re-saving the same step (e.g. after a resume): swap the old one out
             old = root / f".step_{step}.old"
             shutil.rmtree(old, ignore_errors=True)
@@ -142,6 +144,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     from safetensors.numpy import load_file
 
     where = find_checkpoint(path)
+    verify_manifest(where)  # one line naming a tampered file; a checkpoint without a manifest still loads
     try:
         state = json.loads((where / STATE_FILE).read_text())
         weights = load_file(str(where / MODEL_FILE))

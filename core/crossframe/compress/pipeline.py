@@ -394,6 +394,9 @@ class Pipeline:
         }
         runtime_b1 = (entry["latency"] or {}).get("runtime", {}).get("batch_1", {})
         entry["latency_p50_ms"], entry["latency_p99_ms"] = runtime_b1.get("p50_ms"), runtime_b1.get("p99_ms")
+        from crossframe.integrity import write_manifest
+
+        write_manifest(out_dir)  # sha256 of each exported file, checked when it is loaded or registered
         report.add(entry)
         return entry
 
