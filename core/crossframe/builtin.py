@@ -114,7 +114,8 @@ def register_exporters(register: Any) -> None:
 def register_commands(cli: Any) -> None:
     """Add ``run``, ``plugins`` and ``config``."""
     from crossframe.cli import commands, compress
+    from crossframe.cli import models as models_cli
     from crossframe.cli import runs as runs_cli
 
-    for command in [*commands.COMMANDS, *compress.COMMANDS, *runs_cli.COMMANDS]:
+    for command in [*commands.COMMANDS, *compress.COMMANDS, *runs_cli.COMMANDS, *models_cli.COMMANDS]:
         cli.add_command(command)

@@ -72,10 +72,12 @@ def _scalar(value: Any) -> bool:
 @click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def eval_command(run_dir: str, backend: str | None, overrides: tuple[str, ...], split: str, as_json: bool) -> None:
-    """Evaluate RUN_DIR's latest checkpoint (or a checkpoints/step_N directory) on any backend."""
+    """Evaluate RUN_DIR's latest checkpoint (or a checkpoints/step_N directory, or a models:/NAME@ALIAS
+    version) on any backend."""
+    from crossframe.registry.uri import resolve_run_path
     from crossframe.train.evaluate import evaluate
 
-    metrics = evaluate(run_dir, overrides, backend=backend, split=split)
+    metrics = evaluate(resolve_run_path(run_dir), overrides, backend=backend, split=split)
     if as_json:
         click.echo(json.dumps({k: v.tolist() if hasattr(v, "tolist") else v for k, v in metrics.items()}))
         return
@@ -94,11 +96,12 @@ def eval_command(run_dir: str, backend: str | None, overrides: tuple[str, ...], 
 @click.option("--backend", "-b", help="Generate on this backend instead of the run's own.")
 def generate_command(run_dir: str, prompt: str, max_tokens: int, temperature: float, top_k: int | None,
                      top_p: float | None, seed: int, backend: str | None) -> None:
-    """Sample text from a language-model run's latest checkpoint."""
+    """Sample text from a language-model run's latest checkpoint (RUN_DIR may be models:/NAME@ALIAS)."""
+    from crossframe.registry.uri import resolve_run_path
     from crossframe.train.generate import generate
 
-    click.echo(generate(run_dir, prompt, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        seed=seed, backend=backend))
+    click.echo(generate(resolve_run_path(run_dir), prompt, max_tokens, temperature=temperature, top_k=top_k,
+                        top_p=top_p, seed=seed, backend=backend))
 
 
 @click.group("data")

@@ -156,5 +156,7 @@ class RunConfig(Strict):
                                             description="compressors applied in order after training")
     export: list[ComponentConfig] = Field(default_factory=list,
                                           description="exporters run after training and compression")
+    registry: str | None = Field(None, description="model registry directory for 'crossframe models' "
+                                 "(default: $CROSSFRAME_REGISTRY, else the user's data directory)")
     requires: list[str] = Field(default_factory=list,
                                 description="plugin distributions this config needs, e.g. 'crossframe-mlflow>=0.1'")
