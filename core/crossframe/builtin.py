@@ -82,11 +82,14 @@ def register_metrics(register: Any) -> None:
 
 @hookimpl
 def register_loggers(register: Any) -> None:
-    """Register ``jsonl`` and ``csv``."""
+    """Register ``jsonl``, ``csv`` and ``tensorboard``."""
     from crossframe import loggers as lg
+    from crossframe import tensorboard as tb
 
     register("jsonl", lg.JsonlLogger, schema=lg.FileParams, description="metrics.jsonl (always on)")
     register("csv", lg.CsvLogger, schema=lg.FileParams, description="metrics.csv")
+    register("tensorboard", tb.TensorBoardLogger, schema=tb.TensorBoardParams,
+             description="TensorBoard event files (tensorboardX): scalars, config, hparams, histograms")
 
 
 @hookimpl
