@@ -90,6 +90,8 @@ class TrainConfig(Strict):
     compile: bool = Field(False, description="compile the step (torch.compile, XLA, ...)")
     activation_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
     distill: DistillConfig | None = Field(None, description="knowledge distillation from a teacher run")
+    resource_metrics: bool = Field(True, description="sys/ metrics per log window: RSS, CPU %, device memory, "
+                                   "data-wait share, step time p50/p95")
 
     @model_validator(mode="before")
     @classmethod

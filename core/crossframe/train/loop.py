@@ -25,6 +25,7 @@ from crossframe.metrics import EvalTotals, loss
 from crossframe.models.spec import ModelSpec
 from crossframe.perf import peak_host_memory_mb
 from crossframe.train.early_stopping import EarlyStopping
+from crossframe.train.monitor import ResourceMonitor
 from crossframe.train.progress import Progress
 
 
@@ -82,6 +83,8 @@ class Trainer:
         self.progress, self.early_stopping = progress, early_stopping
         cfg = run.config.train
         self.log_every, self.eval_every, self.ckpt_every = cfg.log_every, cfg.eval_every, cfg.checkpoint_every
+        self.monitor = (ResourceMonitor(lambda: run.backend.peak_device_memory_mb(run.device))
+                        if cfg.resource_metrics else None)
 
     # ------------------------------------------------------------------ the loop
 
@@ -91,12 +94,17 @@ class Trainer:
         step_hook = self.hook.on_step_end if self.hook.on_step_end.get_hookimpls() else None
         pending: list[dict[str, Any]] = []
         window = (time.perf_counter(), run.step)
+        monitor, clock = self.monitor, time.perf_counter
         try:
             while run.step < total and not run.should_stop:
                 step = run.step
+                started = clock()
                 batch = self.loader.batch(step)
+                fetched = clock()
                 lr = self.schedule(step)
                 self.state, out = backend.train_step(self.state, batch, lr)
+                if monitor is not None:
+                    monitor.record(fetched - started, clock() - started)
                 pending.append(out)
                 run.step = done = step + 1
                 logs = None
@@ -142,6 +150,8 @@ class Trainer:
                 logs["train/tokens_per_sec"] = logs["train/steps_per_sec"] * tokens
             if self.run.flops_per_step and self.run.peak_flops:
                 logs["train/mfu"] = self.run.flops_per_step * logs["train/steps_per_sec"] / self.run.peak_flops
+        if self.monitor is not None:
+            logs.update(self.monitor.window())
         if not math.isfinite(logs["train/loss"]):
             raise RunError(f"train loss became {logs['train/loss']} by step {done}; "
                            "lower train.optimizer.lr or set train.clip_norm")
