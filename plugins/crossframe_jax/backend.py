@@ -343,6 +343,12 @@ class JaxBackend(Backend):
         """``jax.distributed.shutdown`` when this process joined a job."""
         distributed.shutdown_distributed()
 
+    def profiler(self, directory: Any, device: str) -> Any:
+        """The framework's own profiler over ``--profile N`` steps (see :mod:`crossframe_jax.profiling`)."""
+        from crossframe_jax.profiling import profile
+
+        return profile(directory, device)
+
     def peak_device_memory_mb(self, device: str) -> float | None:
         """``peak_bytes_in_use`` from the device's ``memory_stats()``; None where XLA keeps none (CPU)."""
         if device == "cpu":

@@ -123,6 +123,12 @@ class TorchBackend(Backend):
 
         return probe_peak(once, size)
 
+    def profiler(self, directory: Any, device: str) -> Any:
+        """The framework's own profiler over ``--profile N`` steps (see :mod:`crossframe_torch.profiling`)."""
+        from crossframe_torch.profiling import profile
+
+        return profile(directory, device)
+
     def peak_device_memory_mb(self, device: str) -> float | None:
         """Peak CUDA memory allocated by this process (``torch.cuda.max_memory_allocated``); None off CUDA."""
         dev = devices.torch_device(device)

@@ -19,6 +19,8 @@ import click
 @click.option("--resume", type=click.Path(), metavar="RUN_DIR",
               help="Continue a run from its latest checkpoint (or a checkpoints/step_N directory).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--profile", type=click.IntRange(min=1), metavar="N",
+              help="Run the backend's profiler over N steps after warm-up; the trace goes to RUN_DIR/profile.")
 @click.option("--sample-tokens", default=200, show_default=True, type=int,
               help="For language models: tokens to sample at the end (0: none).")
 @click.option("--strategy", type=click.Choice(["single", "data_parallel", "fully_sharded"]),
@@ -30,7 +32,8 @@ import click
 @click.option("--master-port", type=click.IntRange(1, 65535), help="Rendezvous port on node 0.")
 @click.option("--launcher", type=click.Choice(["local", "ray"]), help="Start workers here, or on a Ray cluster.")
 def run_command(config: str | None, backend: str | None, overrides: tuple[str, ...], device: str | None,
-                precision: str | None, resume: str | None, quiet: bool, sample_tokens: int, **launch: Any) -> None:
+                precision: str | None, resume: str | None, quiet: bool, profile: int | None, sample_tokens: int,
+                **launch: Any) -> None:
     """Train from CONFIG (YAML, TOML or JSON); with no CONFIG, the built-in quickstart.
 
     With --nproc-per-node N (or --nnodes M) this command launches N workers and watches them.
@@ -39,6 +42,7 @@ def run_command(config: str | None, backend: str | None, overrides: tuple[str, .
     from crossframe.train.runner import run
 
     extra = [f"device={device}"] * bool(device) + [f"precision={precision}"] * bool(precision)
+    extra += [f"train.profile_steps={profile}"] * bool(profile)
     extra += [f"{k if k == 'strategy' else 'launch.' + k}={v}" for k, v in launch.items() if v is not None]
     try:
         result = run(config, [*overrides, *extra], backend=backend, resume=resume, quiet=quiet)

@@ -26,6 +26,7 @@ from crossframe.models.spec import ModelSpec
 from crossframe.perf import peak_host_memory_mb
 from crossframe.train.early_stopping import EarlyStopping
 from crossframe.train.monitor import ResourceMonitor
+from crossframe.train.profile import ProfileWindow
 from crossframe.train.progress import Progress
 
 
@@ -85,6 +86,9 @@ class Trainer:
         self.log_every, self.eval_every, self.ckpt_every = cfg.log_every, cfg.eval_every, cfg.checkpoint_every
         self.monitor = (ResourceMonitor(lambda: run.backend.peak_device_memory_mb(run.device))
                         if cfg.resource_metrics else None)
+        self.profile = (ProfileWindow(run.backend, run.config.backend, run.device, run.run_dir, run.step,
+                                      run.total_steps, cfg.profile_steps, cfg.profile_warmup)
+                        if cfg.profile_steps and run.is_main else None)
 
     # ------------------------------------------------------------------ the loop
 
@@ -94,10 +98,12 @@ class Trainer:
         step_hook = self.hook.on_step_end if self.hook.on_step_end.get_hookimpls() else None
         pending: list[dict[str, Any]] = []
         window = (time.perf_counter(), run.step)
-        monitor, clock = self.monitor, time.perf_counter
+        monitor, clock, profile = self.monitor, time.perf_counter, self.profile
         try:
             while run.step < total and not run.should_stop:
                 step = run.step
+                if profile is not None:
+                    profile.before(step)
                 started = clock()
                 batch = self.loader.batch(step)
                 fetched = clock()
@@ -107,6 +113,8 @@ class Trainer:
                     monitor.record(fetched - started, clock() - started)
                 pending.append(out)
                 run.step = done = step + 1
+                if profile is not None:
+                    profile.after(done)
                 logs = None
                 if done % self.log_every == 0 or done == total:
                     logs, window = self._log(pending, lr, window)
@@ -120,6 +128,8 @@ class Trainer:
                 if self.ckpt_every and done % self.ckpt_every == 0 and done != total:
                     self.save()
         except KeyboardInterrupt:
+            if profile is not None:
+                profile.close()
             run.status = "interrupted"
             self.save()
             raise
