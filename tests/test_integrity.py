@@ -67,3 +67,12 @@ def test_a_tampered_onnx_export_is_refused_before_onnx_runtime_opens_it(tmp_path
     path.write_bytes(b"not really onnx!")
     with pytest.raises(IntegrityError, match=r"model\.onnx: sha256 does not match"):
         load_onnx(path)
+
+
+def test_diagnostics_go_to_the_crossframe_logger(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    where = _save(tmp_path / "checkpoints")
+    (where / MANIFEST).unlink()
+    with caplog.at_level("DEBUG", logger="crossframe"):
+        load_checkpoint(where)
+    records = [r for r in caplog.records if r.name == "crossframe.integrity"]
+    assert records and "written before manifests" in records[0].getMessage()

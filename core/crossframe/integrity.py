@@ -14,6 +14,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from crossframe.errors import CheckpointError
+from crossframe.log import get_logger
+
+log = get_logger(__name__)
 
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
@@ -68,6 +71,7 @@ def verify_manifest(directory: Path, only: Iterable[str] | None = None) -> bool:
     directory = Path(directory)
     digests = read_manifest(directory)
     if digests is None:
+        log.debug("%s has no %s (written before manifests): not checked", directory, MANIFEST)
         return False
     wanted = digests if only is None else {k: digests[k] for k in only if k in digests}
     for name, expected in wanted.items():
@@ -76,4 +80,5 @@ def verify_manifest(directory: Path, only: Iterable[str] | None = None) -> bool:
             raise IntegrityError(f"{path}: listed in {MANIFEST} but missing")
         if sha256_file(path) != expected:
             raise IntegrityError(f"{path}: sha256 does not match {MANIFEST} (the file was changed or corrupted)")
+    log.debug("%s: %d file(s) match %s", directory, len(wanted), MANIFEST)
     return True

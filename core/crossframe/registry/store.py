@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from crossframe.errors import CrossframeError, UsageError, did_you_mean
+from crossframe.log import get_logger
+
+log = get_logger(__name__)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 #: aliases that also set a version's stage (a stage moving on archives the version that held it)
@@ -191,6 +194,7 @@ class Registry:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        log.info("registered %s version %d from %s (%d files)", name, version, run_dir, len(digests))
         return self.get(name, version)
 
     def _set_alias(self, db: sqlite3.Connection, name: str, alias: str, version: int) -> None:
@@ -211,6 +215,7 @@ class Registry:
         with self._write() as db:
             version = self._resolve(db, name, selector)
             self._set_alias(db, name, alias, version)
+        log.info("%s@%s -> version %d", name, alias, version)
         return self.get(name, version)
 
     def remove(self, ref: str) -> list[int]:
@@ -229,6 +234,7 @@ class Registry:
             shutil.rmtree(self.version_dir(name, version), ignore_errors=True)
         if selector is None:
             shutil.rmtree(self.root / ARTIFACTS / name, ignore_errors=True)
+        log.info("removed %s version(s) %s", name, gone)
         return gone
 
     # ------------------------------------------------------------------ reads

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from crossframe.errors import CapabilityError
+from crossframe.log import get_logger
+
+log = get_logger(__name__)
 
 PROFILE_DIR = "profile"
 
@@ -36,6 +39,7 @@ class ProfileWindow:
         if step == self.start and self._context is None:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._context = self._backend.profiler(self.directory, self._device)
+            log.info("profiling steps %d-%d on %s into %s", self.start + 1, self.stop, self._name, self.directory)
             self._context.__enter__()
 
     def after(self, done: int) -> None:
