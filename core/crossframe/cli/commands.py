@@ -224,6 +224,17 @@ def config_show(config: str | None, backend: str | None, overrides: tuple[str, .
         sys.stdout.write(dump_yaml(resolved))
 
 
+@config_group.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of a config file (for editors: completion and checks as you type)."""
+    from crossframe.config.schema import RunConfig
+
+    schema = RunConfig.model_json_schema()
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "crossframe run config",
+              **{k: v for k, v in schema.items() if k != "title"}}
+    click.echo(json.dumps(schema, indent=2))
+
+
 from crossframe.cli.compare import bench_command, compare_command  # noqa: E402  (click only)
 from crossframe.cli.new_plugin import new_plugin_command  # noqa: E402  (click only)
 

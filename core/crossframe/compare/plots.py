@@ -1,4 +1,8 @@
-"""PNG plots of a comparison (matplotlib, Agg backend, imported only when a plot is drawn).
+"""PNG plots of a comparison (matplotlib, imported only when a plot is drawn).
+
+Figures are built with ``matplotlib.figure.Figure`` rather than pyplot, so drawing them neither
+switches matplotlib's global backend nor registers figures with pyplot: inline plots in a Jupyter
+session that also calls ``crossframe.compare`` keep working.
 
 Each function takes the ``results`` dict and a path, draws one figure and returns the path, or
 ``None`` when there is nothing to draw (no backend logged a loss, none has a figure).
@@ -12,13 +16,12 @@ from typing import Any
 COLORS = {"torch": "#ee4c2c", "jax": "#5e97f6", "tensorflow": "#ff8f00"}
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def _figure(figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """A standalone figure and its axes (saved through its own Agg canvas; pyplot is never touched)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
 
 
 def _color(backend: str, i: int) -> str:
@@ -38,7 +41,6 @@ def _save(fig: Any, path: Path) -> Path:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
-        _pyplot().close(fig)
     return path
 
 
@@ -47,8 +49,7 @@ def loss_curves(results: dict[str, Any], path: Path) -> Path | None:
     rows = [r for r in results["results"] if r["loss_curve"]]
     if not rows:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _figure((7, 4))
     for i, row in enumerate(rows):
         steps, losses = zip(*row["loss_curve"], strict=True)
         ax.plot(steps, losses, label=row["backend"], color=_color(row["backend"], i), linewidth=1.6,
@@ -66,8 +67,7 @@ def _bars(results: dict[str, Any], path: Path, value: Any, ylabel: str, title: s
     rows = [(b, v) for b, v in rows if v is not None]
     if not rows:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = _figure((6, 3.6))
     names = [b for b, _ in rows]
     bars = ax.bar(names, [v for _, v in rows], color=[_color(b, i) for i, b in enumerate(names)])
     ax.bar_label(bars, fmt="%.4g", padding=2)
@@ -91,8 +91,7 @@ def memory_bars(results: dict[str, Any], path: Path) -> Path | None:
     if not rows:
         return None
     device = any(r["memory"]["peak_device_mb"] is not None for r in rows)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = _figure((6, 3.6))
     names = [r["backend"] for r in rows]
     width = 0.4 if device else 0.6
     xs = list(range(len(rows)))
