@@ -34,3 +34,9 @@ def test_config_schema_is_json_schema_that_accepts_the_quickstart(capsys: pytest
     train = schema["$defs"]["TrainConfig"]["properties"]
     assert train["profile_steps"]["default"] == 0 and train["resource_metrics"]["default"] is True
     assert schema["additionalProperties"] is False  # unknown keys are errors, as in crossframe itself
+    jsonschema = pytest.importorskip("jsonschema")
+    assert main(["config", "show", "quickstart", "--json"]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    validator = jsonschema.Draft202012Validator(schema)
+    assert list(validator.iter_errors(resolved)) == []
+    assert [e.path[-1] for e in validator.iter_errors({**resolved, "train": {"stepz": 5}})] == ["train"]
