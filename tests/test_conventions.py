@@ -40,3 +40,37 @@ def test_config_schema_is_json_schema_that_accepts_the_quickstart(capsys: pytest
     validator = jsonschema.Draft202012Validator(schema)
     assert list(validator.iter_errors(resolved)) == []
     assert [e.path[-1] for e in validator.iter_errors({**resolved, "train": {"stepz": 5}})] == ["train"]
+
+
+def test_several_config_files_merge_later_ones_winning(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text("backend: torch\nmodel: {name: mlp, hidden: [32, 32]}\n"
+                    "train: {steps: 50, batch_size: 8, optimizer: {name: adamw, lr: 0.01}}\nloggers: [{name: csv}]\n")
+    more = tmp_path / "more.toml"
+    more.write_text("loggers = []\n[train]\nsteps = 70\n[train.optimizer]\nlr = 0.5\n")
+    last = tmp_path / "last.json"
+    last.write_text(json.dumps({"train": {"steps": 90}}))
+    for name in ("CROSSFRAME_TRAIN__STEPS", "CROSSFRAME_SEED"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["config", "show", str(base), "-c", str(more), "--config", str(last), "--json"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["train"]["steps"] == 90 and cfg["train"]["batch_size"] == 8
+    assert cfg["train"]["optimizer"] == {**cfg["train"]["optimizer"], "name": "adamw", "lr": 0.5}
+    assert cfg["model"]["hidden"] == [32, 32] and cfg["loggers"] == []
+
+
+def test_environment_overrides_sit_between_files_and_set(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from crossframe.config.loading import env_overrides
+
+    assert env_overrides({"CROSSFRAME_TRAIN__LOG_EVERY": "5", "CROSSFRAME_DEBUG": "1", "CROSSFRAME_SEED": "4",
+                          "OTHER_SEED": "1", "CROSSFRAME_TRAIN__": "x"}) == ["seed=4", "train.log_every=5"]
+    monkeypatch.setenv("CROSSFRAME_TRAIN__STEPS", "123")
+    monkeypatch.setenv("CROSSFRAME_SEED", "9")
+    assert main(["config", "show", "digits-mlp", "--json", "--set", "seed=11"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["train"]["steps"] == 123 and cfg["seed"] == 11
+    monkeypatch.setenv("CROSSFRAME_TRAIN__STEPZ", "1")
+    assert main(["config", "show", "digits-mlp"]) == 2
+    assert "stepz" in capsys.readouterr().err

@@ -12,6 +12,8 @@ import click
 @click.command("run")
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--backend", "-b", help="Backend to train on (overrides the config's 'backend').")
+@click.option("--config", "-c", "more_configs", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Another config merged over CONFIG (repeatable; later files win).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set train.steps=300 (repeatable).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu", "tpu"]), help="Shortcut for --set device=...")
@@ -31,13 +33,18 @@ import click
 @click.option("--master-addr", help="Address of node 0.")
 @click.option("--master-port", type=click.IntRange(1, 65535), help="Rendezvous port on node 0.")
 @click.option("--launcher", type=click.Choice(["local", "ray"]), help="Start workers here, or on a Ray cluster.")
-def run_command(config: str | None, backend: str | None, overrides: tuple[str, ...], device: str | None,
+def run_command(config: str | None, more_configs: tuple[str, ...], backend: str | None, overrides: tuple[str, ...],
+                device: str | None,
                 precision: str | None, resume: str | None, quiet: bool, profile: int | None, sample_tokens: int,
                 **launch: Any) -> None:
     """Train from CONFIG (YAML, TOML or JSON); with no CONFIG, the built-in quickstart.
 
+    Values come from, later winning: CONFIG, each --config FILE, CROSSFRAME_<SECTION>__<KEY>
+    environment variables (CROSSFRAME_TRAIN__STEPS=300), --set, then the shortcut options.
+
     With --nproc-per-node N (or --nnodes M) this command launches N workers and watches them.
     """
+    from crossframe.config.loading import env_overrides
     from crossframe.distributed.world import is_worker
     from crossframe.train.runner import run
 
@@ -45,7 +52,8 @@ def run_command(config: str | None, backend: str | None, overrides: tuple[str, .
     extra += [f"train.profile_steps={profile}"] * bool(profile)
     extra += [f"{k if k == 'strategy' else 'launch.' + k}={v}" for k, v in launch.items() if v is not None]
     try:
-        result = run(config, [*overrides, *extra], backend=backend, resume=resume, quiet=quiet)
+        source = [*([config] if config else []), *more_configs] if more_configs else config
+        result = run(source, [*env_overrides(), *overrides, *extra], backend=backend, resume=resume, quiet=quiet)
     except KeyboardInterrupt:
         click.echo("interrupted: a checkpoint was written; continue with --resume RUN_DIR", err=True)
         raise
@@ -210,14 +218,19 @@ def config_group() -> None:
 
 @config_group.command("show")
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--config", "-c", "more_configs", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Another config merged over CONFIG (repeatable; later files win).")
 @click.option("--backend", "-b", help="Override the backend.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a value (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML.")
-def config_show(config: str | None, backend: str | None, overrides: tuple[str, ...], as_json: bool) -> None:
-    """Print the resolved config (defaults filled in) of CONFIG, or of the quickstart."""
-    from crossframe.config.loading import config_to_dict, dump_yaml, load_config
+def config_show(config: str | None, more_configs: tuple[str, ...], backend: str | None, overrides: tuple[str, ...],
+                as_json: bool) -> None:
+    """Print the resolved config (defaults filled in) of CONFIG, or of the quickstart, with each --config
+    merged over it and CROSSFRAME_<SECTION>__<KEY> environment overrides applied."""
+    from crossframe.config.loading import config_to_dict, dump_yaml, env_overrides, load_config
 
-    resolved = load_config(config, overrides, backend=backend)
+    source = [*([config] if config else []), *more_configs] if more_configs else config
+    resolved = load_config(source, [*env_overrides(), *overrides], backend=backend)
     if as_json:
         click.echo(json.dumps(config_to_dict(resolved), indent=2))
     else:
