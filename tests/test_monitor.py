@@ -37,7 +37,7 @@ def test_every_log_window_has_sys_metrics(workdir: Path, backend: str) -> None:
         assert record["sys/rss_mb"] > 0 and record["sys/cpu_percent"] >= 0
         assert 0 <= record["sys/data_wait_share"] <= 1
         assert 0 < record["sys/step_ms_p50"] <= record["sys/step_ms_p95"]
-        assert "sys/device_peak_mb" not in record  # on the host CPU no backend keeps a device peak
+        assert "sys/device_peak_mb" not in record and "sys/device_mb" not in record  # host CPU: not kept
 
 
 def test_data_wait_rises_when_the_loader_is_slowed(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,12 +65,12 @@ def test_resource_metrics_can_be_turned_off(workdir: Path) -> None:
 
 
 def test_window_percentiles_and_shares_follow_the_recorded_steps() -> None:
-    monitor = ResourceMonitor(device_peak_mb=lambda: 12.5)
+    monitor = ResourceMonitor(device_peak_mb=lambda: 12.5, device_mb=lambda: 3.0)
     for i in range(1, 101):
         monitor.record(0.001 * i / 4, 0.001 * i)
     out = monitor.window()
     assert out["sys/data_wait_share"] == pytest.approx(0.25)
     assert out["sys/step_ms_p50"] == pytest.approx(50.5)
     assert out["sys/step_ms_p95"] == pytest.approx(95.05)
-    assert out["sys/device_peak_mb"] == 12.5
+    assert out["sys/device_peak_mb"] == 12.5 and out["sys/device_mb"] == 3.0
     assert "sys/step_ms_p50" not in monitor.window()  # a new window starts empty

@@ -193,6 +193,11 @@ class Backend(ABC):
         :func:`crossframe.perf.peak_host_memory_mb` applies)."""
         return None
 
+    def device_memory_mb(self, device: str) -> float | None:
+        """Memory allocated on ``device`` by this process now, in MiB; ``None`` when the framework
+        cannot tell (the default, and on the host). Read once per log window for ``sys/device_mb``."""
+        return None
+
     def profiler(self, directory: Any, device: str) -> Any:
         """A context manager that runs the framework's own profiler while it is open and writes
         the trace under ``directory`` (a :class:`pathlib.Path`, created by the caller) when it

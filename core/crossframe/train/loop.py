@@ -84,7 +84,8 @@ class Trainer:
         self.progress, self.early_stopping = progress, early_stopping
         cfg = run.config.train
         self.log_every, self.eval_every, self.ckpt_every = cfg.log_every, cfg.eval_every, cfg.checkpoint_every
-        self.monitor = (ResourceMonitor(lambda: run.backend.peak_device_memory_mb(run.device))
+        self.monitor = (ResourceMonitor(lambda: run.backend.peak_device_memory_mb(run.device),
+                                        lambda: run.backend.device_memory_mb(run.device))
                         if cfg.resource_metrics else None)
         self.profile = (ProfileWindow(run.backend, run.config.backend, run.device, run.run_dir, run.step,
                                       run.total_steps, cfg.profile_steps, cfg.profile_warmup)

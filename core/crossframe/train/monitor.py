@@ -8,8 +8,8 @@ iteration took (two ``perf_counter`` reads it makes anyway); at each log step th
 * ``sys/data_wait_share``: the share of step time spent getting the batch from the loader;
 * ``sys/step_ms_p50``, ``sys/step_ms_p95``: host-side iteration time percentiles in the window
   (with an asynchronous backend, steady-state iterations wait for the device, so they measure it);
-* ``sys/device_peak_mb``: peak device memory, where the backend can tell (CUDA, XLA and TF
-  accelerators; not the host CPU).
+* ``sys/device_mb``, ``sys/device_peak_mb``: device memory in use now and at peak, where the
+  backend can tell (CUDA, XLA and TF accelerators; not the host CPU).
 
 psutil reads RSS and CPU time when installed; otherwise ``/proc`` and ``os.times`` do.
 """
@@ -52,8 +52,9 @@ def _cpu_seconds() -> float:
 class ResourceMonitor:
     """Collects per-step timings and turns them into ``sys/`` metrics once per log window."""
 
-    def __init__(self, device_peak_mb: Callable[[], float | None] | None = None) -> None:
-        self._device_peak_mb = device_peak_mb
+    def __init__(self, device_peak_mb: Callable[[], float | None] | None = None,
+                 device_mb: Callable[[], float | None] | None = None) -> None:
+        self._device = {"sys/device_mb": device_mb, "sys/device_peak_mb": device_peak_mb}
         self._rss = _rss_reader()
         self._data: list[float] = []
         self._steps: list[float] = []
@@ -79,10 +80,10 @@ class ResourceMonitor:
             out["sys/data_wait_share"] = float(sum(self._data) / total) if total > 0 else 0.0
             p50, p95 = np.percentile(steps, [50, 95])
             out["sys/step_ms_p50"], out["sys/step_ms_p95"] = float(p50) * 1e3, float(p95) * 1e3
-        if self._device_peak_mb is not None:
-            peak = self._device_peak_mb()
-            if peak is not None:
-                out["sys/device_peak_mb"] = float(peak)
+        for key, read in self._device.items():
+            value = read() if read is not None else None
+            if value is not None:
+                out[key] = float(value)
         self._data, self._steps = [], []
         self._wall, self._cpu = wall, cpu
         return out
