@@ -170,3 +170,19 @@ def test_two_processes_registering_at_once_lose_and_duplicate_no_version(trained
     for v in versions:
         store.verify(v)
     assert sorted(p.name for p in (reg / "artifacts" / "shared").iterdir()) == sorted(str(n) for n in got)
+
+
+def test_a_compressed_step_registers_as_a_loadable_version(tmp_path: Path) -> None:
+    from crossframe.checkpoint import load_checkpoint
+
+    root = tmp_path / "runs"
+    cfg = {**tiny_config(), "output_dir": str(root), "name": "c", "compress": [{"name": "prune", "sparsity": 0.5}]}
+    crossframe.run(cfg, quiet=True)
+    step = root / "c" / "compressed" / "1-prune"
+    v = Registry(tmp_path / "reg").register(step, "pruned")
+    assert v.lineage["parent_run"] == str((root / "c").resolve())
+    assert v.lineage["compress"][0]["name"] == "prune"
+    loaded = load_checkpoint(v.path)
+    assert loaded.path.name == "step_20"
+    original = load_checkpoint(step).weights
+    assert all((loaded.weights[k] == original[k]).all() for k in original)

@@ -18,10 +18,11 @@ FRAMEWORKS = {"torch": ("torch",), "jax": ("jax", "jaxlib"), "tensorflow": ("ten
 
 @dataclass(frozen=True)
 class Artifact:
-    """A file of a run to copy into the registry: where it is, and where it goes (relative)."""
+    """A file to put into the registry at ``relpath``: a copy of ``source``, or ``content`` itself."""
 
-    source: Path
+    source: Path | None
     relpath: str
+    content: bytes | None = None
 
 
 def _version(dist: str) -> str | None:
@@ -81,12 +82,13 @@ def collect_artifacts(run_dir: Path, include_optimizer: bool = False) -> list[Ar
         raise UsageError(f"RUN: '{run_dir}' has no checkpoint to register") from None
     verify_manifest(ckpt)
     found = [Artifact(run_dir / "config.yaml", "config.yaml")]
+    # the version's one checkpoint is checkpoints/step_N with a latest pointer, wherever it came
+    # from (a run's checkpoints/step_N, or a compressed/N-name step directory)
+    name = ckpt.name if ckpt.name.startswith("step_") else f"step_{_step_of(ckpt)}"
     for path in sorted(p for p in ckpt.iterdir() if p.is_file()):
         if path.name != OPTIMIZER_FILE or include_optimizer:
-            found.append(Artifact(path, f"checkpoints/{ckpt.name}/{path.name}"))
-    pointer = run_dir / "checkpoints" / LATEST
-    if pointer.is_file():
-        found.append(Artifact(pointer, f"checkpoints/{LATEST}"))
+            found.append(Artifact(path, f"checkpoints/{name}/{path.name}"))
+    found.append(Artifact(None, f"checkpoints/{LATEST}", f"{name}\n".encode()))
     for extra in ("report.json", "report.md"):
         if (run_dir / extra).is_file():
             found.append(Artifact(run_dir / extra, extra))
@@ -101,6 +103,13 @@ def collect_artifacts(run_dir: Path, include_optimizer: bool = False) -> list[Ar
             if not any(part.startswith(".") for part in path.relative_to(root).parts):
                 found.append(Artifact(path, path.relative_to(run_dir).as_posix()))
     return found
+
+
+def _step_of(checkpoint: Path) -> int:
+    try:
+        return int(json.loads((checkpoint / "state.json").read_text()).get("step", 0))
+    except (OSError, ValueError, TypeError):
+        return 0
 
 
 def lineage(run_dir: Path) -> dict[str, Any]:

@@ -330,6 +330,9 @@ def _copy_and_hash(files: list[Any], staging: Path) -> dict[str, str]:
     for artifact in files:
         target = staging / artifact.relpath
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(artifact.source, target)
+        if artifact.content is not None:
+            target.write_bytes(artifact.content)
+        else:
+            shutil.copyfile(artifact.source, target)
         digests[artifact.relpath] = sha256_file(target)
     return digests
