@@ -11,7 +11,8 @@ So the second, tighter figure: the monitor's own work, timed in isolation in the
 counted in it) and ``window`` (psutil RSS + CPU time, two percentiles, once per log window). The
 bound ``(record + window / log_every) / step time`` is the overhead they can add per step.
 
-Run it alone with ``python -m benchmarks.resource_metrics [--quick] [--out FILE.json]``.
+``--smoke`` runs torch only (one round of 21 steps on 20 stdlib files). Run it alone with
+``python -m benchmarks.resource_metrics [--quick] [--out FILE.json]``.
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ def run(quick: bool = False, log: Callable[[str], None] | None = None) -> list[d
     rounds = pick(4, 2, 1, quick)
     max_files = pick(0, 200, 20, quick) or None  # a smaller corpus to tokenise in quick and smoke runs
     rows = []
-    for backend in BACKENDS:
+    from benchmarks.common import smoke
+
+    for backend in BACKENDS[:1] if smoke() else BACKENDS:  # smoke: torch only, to stay short
         if importlib.util.find_spec(backend) is None:
             log(f"resource_metrics: {backend} is not installed; skipped")
             continue
