@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-_REGISTRY = click.option("--registry", "registry", type=click.Path(file_okay=False), envvar=None,
+if TYPE_CHECKING:
+    from crossframe.registry import Registry
+
+_REGISTRY = click.option("--registry", "registry", type=click.Path(file_okay=False),
                          help="Registry directory (default: $CROSSFRAME_REGISTRY, else the user's data directory).")
 
 
-def _open(registry: str | None, config_value: str | None = None):  # -> Registry
+def _open(registry: str | None, config_value: str | None = None) -> Registry:
+    """The registry the options and environment point at."""
     from crossframe.registry import Registry, registry_dir
 
     return Registry(registry_dir(registry, config_value))
