@@ -186,3 +186,20 @@ def test_a_compressed_step_registers_as_a_loadable_version(tmp_path: Path) -> No
     assert loaded.path.name == "step_20"
     original = load_checkpoint(step).weights
     assert all((loaded.weights[k] == original[k]).all() for k in original)
+
+
+def test_a_tampered_compressed_step_is_refused(tmp_path: Path) -> None:
+    from crossframe.checkpoint import load_checkpoint
+    from crossframe.integrity import IntegrityError
+
+    root = tmp_path / "runs"
+    cfg = {**tiny_config(steps=5), "output_dir": str(root), "name": "c",
+           "compress": [{"name": "prune", "sparsity": 0.5}]}
+    crossframe.run(cfg, quiet=True)
+    step = root / "c" / "compressed" / "1-prune"
+    assert {"model.safetensors", "masks.safetensors", "state.json", "config.yaml"} <= set(
+        json.loads((step / "manifest.json").read_text())["files"])
+    with (step / "masks.safetensors").open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(IntegrityError, match=r"masks\.safetensors: sha256 does not match"):
+        load_checkpoint(step)

@@ -146,8 +146,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
     where = find_checkpoint(path)
     # one line naming a tampered file; a checkpoint without a manifest still loads; the optimizer
     # state is optional (a registered model version keeps only the weights)
-    verify_manifest(where, only=[f for f in (MODEL_FILE, STATE_FILE, OPTIMIZER_FILE)
-                                 if f != OPTIMIZER_FILE or (where / f).is_file()])
+    verify_manifest(where, only=[f for f in (MODEL_FILE, STATE_FILE, OPTIMIZER_FILE, "masks.safetensors")
+                                 if f in (MODEL_FILE, STATE_FILE) or (where / f).is_file()])
     try:
         state = json.loads((where / STATE_FILE).read_text())
         weights = load_file(str(where / MODEL_FILE))

@@ -300,6 +300,9 @@ class Pipeline:
                 save_tensors(result.stored, tmp / STORED_FILE)
             atomic_write_text(tmp / CONFIG_FILE, dump_yaml(cfg))
             atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2, default=json_default))
+            from crossframe.integrity import write_manifest
+
+            write_manifest(tmp)  # a compressed step is a checkpoint: sha256 of each file, checked on load
 
         assert stage.path is not None
         with atomic_output(stage.path, directory=True) as tmp:
