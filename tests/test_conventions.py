@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from crossframe.cli.main import main
 
@@ -74,3 +76,35 @@ def test_environment_overrides_sit_between_files_and_set(tmp_path: Path, capsys:
     monkeypatch.setenv("CROSSFRAME_TRAIN__STEPZ", "1")
     assert main(["config", "show", "digits-mlp"]) == 2
     assert "stepz" in capsys.readouterr().err
+
+
+_keys = st.sampled_from(["a", "b", "c", "train", "lr"])
+_leaves = st.one_of(st.integers(-5, 5), st.booleans(), st.text(max_size=3), st.lists(st.integers(0, 3), max_size=2))
+_trees = st.recursive(_leaves, lambda inner: st.dictionaries(_keys, inner, max_size=3), max_leaves=8)
+_configs = st.dictionaries(_keys, _trees, max_size=4)
+
+
+@given(_configs, _configs)
+def test_merging_keeps_every_leaf_of_the_later_config(base: dict, later: dict) -> None:
+    from crossframe.config.loading import merge_configs
+    from crossframe.runs.detail import flatten
+
+    merged = merge_configs(base, later)
+    flat_merged, flat_later = flatten(merged), flatten(later)
+    for key, value in flat_later.items():
+        if value != {}:  # an empty section merges nothing over a full one
+            assert flat_merged[key] == value
+    for key, value in flatten(base).items():  # a base leaf survives unless the later config covers its path
+        covered = any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in flat_later)
+        assert covered or flat_merged.get(key) == value
+    assert merge_configs(merged, later) == merged  # applying the same layer twice changes nothing
+
+
+@given(_configs, _configs)
+def test_config_diff_is_empty_exactly_for_equal_flattenings(a: dict, b: dict) -> None:
+    from crossframe.runs.detail import config_diff, flatten
+
+    diff = config_diff(a, b)
+    assert (diff == []) == (flatten(a) == flatten(b))
+    assert config_diff(a, a) == []
+    assert [(k, vb, va) for k, va, vb in diff] == config_diff(b, a)
