@@ -203,6 +203,19 @@ class Backend(ABC):
         :func:`crossframe.perf.peak_host_memory_mb` applies)."""
         return None
 
+    def device_memory_mb(self, device: str) -> float | None:
+        """Memory allocated on ``device`` by this process now, in MiB; ``None`` when the framework
+        cannot tell (the default, and on the host). Read once per log window for ``sys/device_mb``."""
+        return None
+
+    def profiler(self, directory: Any, device: str) -> Any:
+        """A context manager that runs the framework's own profiler while it is open and writes
+        the trace under ``directory`` (a :class:`pathlib.Path`, created by the caller) when it
+        closes, in a form TensorBoard's profile plugin or Perfetto opens (``crossframe run
+        --profile N``). The default: ``None``, meaning the backend has no profiler; the loop then
+        says so in one line."""
+        return None
+
     def init_distributed(self, world: WorldInfo, device: str) -> None:
         """Join the multi-worker job ``world`` describes; called once per process before
         :meth:`create_state` when ``world.world_size > 1`` or ``world.strategy != "single"``.

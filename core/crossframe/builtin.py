@@ -82,11 +82,14 @@ def register_metrics(register: Any) -> None:
 
 @hookimpl
 def register_loggers(register: Any) -> None:
-    """Register ``jsonl`` and ``csv``."""
+    """Register ``jsonl``, ``csv`` and ``tensorboard``."""
     from crossframe import loggers as lg
+    from crossframe import tensorboard as tb
 
     register("jsonl", lg.JsonlLogger, schema=lg.FileParams, description="metrics.jsonl (always on)")
     register("csv", lg.CsvLogger, schema=lg.FileParams, description="metrics.csv")
+    register("tensorboard", tb.TensorBoardLogger, schema=tb.TensorBoardParams,
+             description="TensorBoard event files (tensorboardX): scalars, config, hparams, histograms")
 
 
 @hookimpl
@@ -114,6 +117,9 @@ def register_exporters(register: Any) -> None:
 def register_commands(cli: Any) -> None:
     """Add ``run``, ``plugins`` and ``config``."""
     from crossframe.cli import commands, compress, serve, tune
+    from crossframe.cli import models as models_cli
+    from crossframe.cli import runs as runs_cli
 
-    for command in [*commands.COMMANDS, *compress.COMMANDS, *tune.COMMANDS, *serve.COMMANDS]:
+    for command in [*commands.COMMANDS, *compress.COMMANDS, *tune.COMMANDS, *serve.COMMANDS, *runs_cli.COMMANDS,
+                    *models_cli.COMMANDS]:
         cli.add_command(command)

@@ -26,6 +26,7 @@ import numpy as np
 
 from crossframe.config.loading import atomic_write_text
 from crossframe.errors import CheckpointError, RunError
+from crossframe.integrity import verify_manifest, write_manifest
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -98,6 +99,7 @@ def _save_checkpoint(root: Path, final: Path, weights: dict[str, np.ndarray],
         save_tensors(weights, tmp / MODEL_FILE)
         save_tensors(optimizer_state, tmp / OPTIMIZER_FILE)
         atomic_write_text(tmp / STATE_FILE, json.dumps({**state, "step": step}, indent=2, default=json_default))
+        write_manifest(tmp)  # sha256 of each file, checked by load_checkpoint
         if final.exists():  # re-saving the same step (e.g. after a resume): swap the old one out
             old = root / f".step_{step}.old"
             shutil.rmtree(old, ignore_errors=True)
@@ -274,6 +276,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
     from safetensors.numpy import load_file
 
     where = find_checkpoint(path)
+    # one line naming a tampered file; a checkpoint without a manifest still loads; the optimizer
+    # state is optional (a registered model version keeps only the weights)
+    verify_manifest(where, only=[f for f in (MODEL_FILE, STATE_FILE, OPTIMIZER_FILE, "masks.safetensors")
+                                 if f in (MODEL_FILE, STATE_FILE) or (where / f).is_file()])
     state = _read_state(where / STATE_FILE)
     files = [where / MODEL_FILE] + [where / OPTIMIZER_FILE] * (where / OPTIMIZER_FILE).is_file()
     loaded = []

@@ -343,6 +343,19 @@ class JaxBackend(Backend):
         """``jax.distributed.shutdown`` when this process joined a job."""
         distributed.shutdown_distributed()
 
+    def device_memory_mb(self, device: str) -> float | None:
+        """``bytes_in_use`` from the device's ``memory_stats()``; None where XLA keeps none (CPU)."""
+        if device == "cpu":
+            return None
+        used = (devices.jax_device(device).memory_stats() or {}).get("bytes_in_use")
+        return None if used is None else used / 2**20
+
+    def profiler(self, directory: Any, device: str) -> Any:
+        """The framework's own profiler over ``--profile N`` steps (see :mod:`crossframe_jax.profiling`)."""
+        from crossframe_jax.profiling import profile
+
+        return profile(directory, device)
+
     def peak_device_memory_mb(self, device: str) -> float | None:
         """``peak_bytes_in_use`` from the device's ``memory_stats()``; None where XLA keeps none (CPU)."""
         if device == "cpu":

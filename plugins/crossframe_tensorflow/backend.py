@@ -118,6 +118,19 @@ class TensorFlowBackend(Backend):
             matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
             return probe_peak(lambda: matmul().numpy(), size)
 
+    def device_memory_mb(self, device: str) -> float | None:
+        """``current`` of ``tf.config.experimental.get_memory_info``; None on the host."""
+        if device == "cpu":
+            return None
+        info = tf.config.experimental.get_memory_info(devices.tf_device(device).strip("/"))
+        return info["current"] / 2**20
+
+    def profiler(self, directory: Any, device: str) -> Any:
+        """The framework's own profiler over ``--profile N`` steps (see :mod:`crossframe_tensorflow.profiling`)."""
+        from crossframe_tensorflow.profiling import profile
+
+        return profile(directory, device)
+
     def peak_device_memory_mb(self, device: str) -> float | None:
         """``peak`` of ``tf.config.experimental.get_memory_info``; None on the host."""
         if device == "cpu":

@@ -130,6 +130,17 @@ class TorchBackend(Backend):
 
         return probe_peak(once, size)
 
+    def device_memory_mb(self, device: str) -> float | None:
+        """CUDA memory allocated by this process now (``torch.cuda.memory_allocated``); None off CUDA."""
+        dev = devices.torch_device(device)
+        return torch.cuda.memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+
+    def profiler(self, directory: Any, device: str) -> Any:
+        """The framework's own profiler over ``--profile N`` steps (see :mod:`crossframe_torch.profiling`)."""
+        from crossframe_torch.profiling import profile
+
+        return profile(directory, device)
+
     def peak_device_memory_mb(self, device: str) -> float | None:
         """Peak CUDA memory allocated by this process (``torch.cuda.max_memory_allocated``); None off CUDA."""
         dev = devices.torch_device(device)

@@ -12,6 +12,8 @@ import click
 @click.command("run")
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
 @click.option("--backend", "-b", help="Backend to train on (overrides the config's 'backend').")
+@click.option("--config", "-c", "more_configs", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Another config merged over CONFIG (repeatable; later files win).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set train.steps=300 (repeatable).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu", "tpu"]), help="Shortcut for --set device=...")
@@ -21,6 +23,8 @@ import click
 @click.option("--threads", metavar="N|auto",
               help="CPU threads for the framework's ops (shortcut for --set threads=...; default auto: idle cores).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--profile", type=click.IntRange(min=1), metavar="N",
+              help="Run the backend's profiler over N steps after warm-up; the trace goes to RUN_DIR/profile.")
 @click.option("--sample-tokens", default=200, show_default=True, type=int,
               help="For language models: tokens to sample at the end (0: none).")
 @click.option("--strategy", type=click.Choice(["single", "data_parallel", "fully_sharded"]),
@@ -31,21 +35,28 @@ import click
 @click.option("--master-addr", help="Address of node 0.")
 @click.option("--master-port", type=click.IntRange(1, 65535), help="Rendezvous port on node 0.")
 @click.option("--launcher", type=click.Choice(["local", "ray"]), help="Start workers here, or on a Ray cluster.")
-def run_command(config: str | None, backend: str | None, overrides: tuple[str, ...], device: str | None,
-                precision: str | None, threads: str | None, resume: str | None, quiet: bool, sample_tokens: int,
+def run_command(config: str | None, more_configs: tuple[str, ...], backend: str | None, overrides: tuple[str, ...],
+                device: str | None, precision: str | None, threads: str | None, resume: str | None, quiet: bool,
+                profile: int | None, sample_tokens: int,
                 **launch: Any) -> None:
     """Train from CONFIG (YAML, TOML or JSON); with no CONFIG, the built-in quickstart.
 
+    Values come from, later winning: CONFIG, each --config FILE, CROSSFRAME_<SECTION>__<KEY>
+    environment variables (CROSSFRAME_TRAIN__STEPS=300), --set, then the shortcut options.
+
     With --nproc-per-node N (or --nnodes M) this command launches N workers and watches them.
     """
+    from crossframe.config.loading import env_overrides
     from crossframe.distributed.world import is_worker
     from crossframe.train.runner import run
 
     extra = [f"device={device}"] * bool(device) + [f"precision={precision}"] * bool(precision)
     extra += [f"threads={threads}"] * bool(threads)
+    extra += [f"train.profile_steps={profile}"] * bool(profile)
     extra += [f"{k if k == 'strategy' else 'launch.' + k}={v}" for k, v in launch.items() if v is not None]
     try:
-        result = run(config, [*overrides, *extra], backend=backend, resume=resume, quiet=quiet)
+        source = [*([config] if config else []), *more_configs] if more_configs else config
+        result = run(source, [*env_overrides(), *overrides, *extra], backend=backend, resume=resume, quiet=quiet)
     except KeyboardInterrupt as exc:  # one line: whether (and where) a checkpoint was written; exit 130
         from crossframe.errors import Interrupted
         from crossframe.train.interrupts import describe_interrupt
@@ -78,10 +89,12 @@ def _scalar(value: Any) -> bool:
 @click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def eval_command(run_dir: str, backend: str | None, overrides: tuple[str, ...], split: str, as_json: bool) -> None:
-    """Evaluate RUN_DIR's latest checkpoint (or a checkpoints/step_N directory) on any backend."""
+    """Evaluate RUN_DIR's latest checkpoint (or a checkpoints/step_N directory, or a models:/NAME@ALIAS
+    version) on any backend."""
+    from crossframe.registry.uri import resolve_run_path
     from crossframe.train.evaluate import evaluate
 
-    metrics = evaluate(run_dir, overrides, backend=backend, split=split)
+    metrics = evaluate(resolve_run_path(run_dir), overrides, backend=backend, split=split)
     if as_json:
         click.echo(json.dumps({k: v.tolist() if hasattr(v, "tolist") else v for k, v in metrics.items()}))
         return
@@ -100,11 +113,12 @@ def eval_command(run_dir: str, backend: str | None, overrides: tuple[str, ...], 
 @click.option("--backend", "-b", help="Generate on this backend instead of the run's own.")
 def generate_command(run_dir: str, prompt: str, max_tokens: int, temperature: float, top_k: int | None,
                      top_p: float | None, seed: int, backend: str | None) -> None:
-    """Sample text from a language-model run's latest checkpoint."""
+    """Sample text from a language-model run's latest checkpoint (RUN_DIR may be models:/NAME@ALIAS)."""
+    from crossframe.registry.uri import resolve_run_path
     from crossframe.train.generate import generate
 
-    click.echo(generate(run_dir, prompt, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        seed=seed, backend=backend))
+    click.echo(generate(resolve_run_path(run_dir), prompt, max_tokens, temperature=temperature, top_k=top_k,
+                        top_p=top_p, seed=seed, backend=backend))
 
 
 @click.group("data")
@@ -216,14 +230,19 @@ def config_group() -> None:
 
 @config_group.command("show")
 @click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--config", "-c", "more_configs", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="Another config merged over CONFIG (repeatable; later files win).")
 @click.option("--backend", "-b", help="Override the backend.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a value (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML.")
-def config_show(config: str | None, backend: str | None, overrides: tuple[str, ...], as_json: bool) -> None:
-    """Print the resolved config (defaults filled in) of CONFIG, or of the quickstart."""
-    from crossframe.config.loading import config_to_dict, dump_yaml, load_config
+def config_show(config: str | None, more_configs: tuple[str, ...], backend: str | None, overrides: tuple[str, ...],
+                as_json: bool) -> None:
+    """Print the resolved config (defaults filled in) of CONFIG, or of the quickstart, with each --config
+    merged over it and CROSSFRAME_<SECTION>__<KEY> environment overrides applied."""
+    from crossframe.config.loading import config_to_dict, dump_yaml, env_overrides, load_config
 
-    resolved = load_config(config, overrides, backend=backend)
+    source = [*([config] if config else []), *more_configs] if more_configs else config
+    resolved = load_config(source, [*env_overrides(), *overrides], backend=backend)
     if resolved.compress or resolved.export:  # validated exactly as `crossframe run` does before training
         from crossframe.compress.pipeline import check_steps
 
@@ -232,6 +251,17 @@ def config_show(config: str | None, backend: str | None, overrides: tuple[str, .
         click.echo(json.dumps(config_to_dict(resolved), indent=2))
     else:
         sys.stdout.write(dump_yaml(resolved))
+
+
+@config_group.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of a config file (for editors: completion and checks as you type)."""
+    from crossframe.config.schema import RunConfig
+
+    schema = RunConfig.model_json_schema()
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "crossframe run config",
+              **{k: v for k, v in schema.items() if k != "title"}}
+    click.echo(json.dumps(schema, indent=2))
 
 
 from crossframe.cli.compare import bench_command, compare_command  # noqa: E402  (click only)

@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None, keep_plugins: bool = False) -> int:
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug, disabled = _pre_parse(args)
+    from crossframe.log import configure_cli_logging
+
+    configure_cli_logging(debug)
     try:
         group = build_cli(disabled, keep_plugins)
         group.main(args=args, prog_name="crossframe", standalone_mode=False)

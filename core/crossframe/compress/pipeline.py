@@ -301,6 +301,9 @@ class Pipeline:
                 save_tensors(result.stored, tmp / STORED_FILE)
             atomic_write_text(tmp / CONFIG_FILE, dump_yaml(cfg))
             atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2, default=json_default))
+            from crossframe.integrity import write_manifest
+
+            write_manifest(tmp)  # a compressed step is a checkpoint: sha256 of each file, checked on load
 
         assert stage.path is not None
         with atomic_output(stage.path, directory=True) as tmp:
@@ -395,6 +398,9 @@ class Pipeline:
         }
         runtime_b1 = (entry["latency"] or {}).get("runtime", {}).get("batch_1", {})
         entry["latency_p50_ms"], entry["latency_p99_ms"] = runtime_b1.get("p50_ms"), runtime_b1.get("p99_ms")
+        from crossframe.integrity import write_manifest
+
+        write_manifest(out_dir)  # sha256 of each exported file, checked when it is loaded or registered
         report.add(entry)
         return entry
 

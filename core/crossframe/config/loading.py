@@ -179,6 +179,42 @@ def _list_item(items: list, part: str, where: str) -> Any:
     return items[index]
 
 
+def merge_configs(base: Mapping[str, Any], *more: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge config mappings, later ones winning: sections (mappings) merge key by key; a
+    value or a list (``loggers``, ``compress``) replaces the earlier one whole."""
+    merged: dict[str, Any] = json.loads(json.dumps(dict(base)))
+    for layer in more:
+        for key, value in layer.items():
+            if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+                merged[key] = merge_configs(merged[key], value)
+            else:
+                merged[key] = json.loads(json.dumps(value))
+    return merged
+
+
+#: environment variables with this prefix override config keys: ``CROSSFRAME_TRAIN__STEPS=300`` is
+#: ``--set train.steps=300`` (``__`` separates sections; the value is parsed as YAML)
+ENV_PREFIX = "CROSSFRAME_"
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> list[str]:
+    """``KEY=VALUE`` overrides from ``CROSSFRAME_<SECTION>__<KEY>`` variables, sorted by name.
+
+    Only variables whose first part names a top-level config key count (``CROSSFRAME_BACKEND``,
+    ``CROSSFRAME_TRAIN__LOG_EVERY``); others, such as ``CROSSFRAME_DEBUG``, are left alone.
+    """
+    environ = os.environ if environ is None else environ
+    fields = set(RunConfig.model_fields)
+    found = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or not environ[name].strip():
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        if parts[0] in fields and all(parts):
+            found.append(f"{'.'.join(parts)}={environ[name]}")
+    return found
+
+
 def parse_config(data: Mapping[str, Any]) -> RunConfig:
     """Validate a raw mapping against :class:`RunConfig` (components not yet resolved)."""
     try:
@@ -226,8 +262,9 @@ def load_config(
 ) -> RunConfig:
     """Load, override and validate a config.
 
-    ``source`` is a path, a mapping, a :class:`RunConfig` or ``None`` for the built-in
-    quickstart. ``overrides`` are ``a.b=c`` strings; ``backend`` replaces ``backend``.
+    ``source`` is a path, a mapping, a :class:`RunConfig`, ``None`` for the built-in
+    quickstart, or a list of paths and mappings merged in order (see :func:`merge_configs`).
+    ``overrides`` are ``a.b=c`` strings; ``backend`` replaces ``backend``.
     """
     if source is None:
         data = yaml.safe_load(default_config_text())
@@ -235,6 +272,9 @@ def load_config(
         data = source.model_dump(exclude_none=True)
     elif isinstance(source, Mapping):
         data = json.loads(json.dumps(source))  # a deep copy that rejects non-JSON values early
+    elif isinstance(source, (list, tuple)):
+        layers = [s if isinstance(s, Mapping) else read_config_file(s) for s in source]
+        data = merge_configs(*layers) if layers else yaml.safe_load(default_config_text())
     else:
         data = read_config_file(source)
     data = apply_overrides(data, overrides)

@@ -96,6 +96,11 @@ class TrainConfig(Strict):
     compile: bool = Field(False, description="compile the step (torch.compile, XLA, ...)")
     activation_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
     distill: DistillConfig | None = Field(None, description="knowledge distillation from a teacher run")
+    profile_steps: NonNegativeInt = Field(0, description="run the backend's profiler over this many steps "
+                                          "(after profile_warmup); the trace goes to RUN_DIR/profile; 0 = off")
+    profile_warmup: NonNegativeInt = Field(2, description="steps before the profiled window (compilation)")
+    resource_metrics: bool = Field(True, description="sys/ metrics per log window: RSS, CPU %, device memory, "
+                                   "data-wait share, step time p50/p95")
 
     @model_validator(mode="before")
     @classmethod
@@ -167,6 +172,8 @@ class RunConfig(Strict):
                                           description="exporters run after training and compression")
     tune: dict[str, Any] | None = Field(None, description="hyperparameter search, read by `crossframe tune` "
                                         "(validated there; `crossframe run` ignores it)")
+    registry: str | None = Field(None, description="model registry directory for 'crossframe models' "
+                                 "(default: $CROSSFRAME_REGISTRY, else the user's data directory)")
     requires: list[str] = Field(default_factory=list,
                                 description="plugin distributions this config needs, e.g. 'crossframe-mlflow>=0.1'")
 

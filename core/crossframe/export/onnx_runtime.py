@@ -72,6 +72,7 @@ class OnnxRunner:
 
         self.path = Path(path)
         self.backend, self.model = backend, model
+        verify_export_file(self.path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
@@ -102,6 +103,15 @@ def _ort_message(exc: Exception) -> str:
     text = str(exc)
     parts = text.split(" : ")
     return f"ONNX Runtime: {parts[-1]}" if text.startswith("[ONNXRuntimeError]") else f"ONNX Runtime: {text}"
+
+
+def verify_export_file(path: Path) -> None:
+    """Check ``path`` against the ``manifest.json`` of its directory, when there is one (one line naming it)."""
+    from crossframe.integrity import verify_manifest
+
+    path = Path(path)
+    if path.is_file():
+        verify_manifest(path.parent, only=[path.name])
 
 
 def load_onnx(path: Path, backend: str = "?", model: str = "?") -> OnnxRunner:

@@ -27,6 +27,8 @@ from crossframe.perf import peak_host_memory_mb, raise_peak
 from crossframe.train.early_stopping import EarlyStopping
 from crossframe.train.interrupts import DeferredSignals, RunInterrupted
 from crossframe.train.observers import Observers
+from crossframe.train.monitor import ResourceMonitor
+from crossframe.train.profile import ProfileWindow
 from crossframe.train.progress import Progress
 
 
@@ -92,6 +94,12 @@ class Trainer:
         self._saved_step: int | None = None
         if run.is_main:
             remove_stale_temporaries(run.run_dir / "checkpoints")  # left by a killed save
+        self.monitor = (ResourceMonitor(lambda: run.backend.peak_device_memory_mb(run.device),
+                                        lambda: run.backend.device_memory_mb(run.device))
+                        if cfg.resource_metrics else None)
+        self.profile = (ProfileWindow(run.backend, run.config.backend, run.device, run.run_dir, run.step,
+                                      run.total_steps, cfg.profile_steps, cfg.profile_warmup)
+                        if cfg.profile_steps and run.is_main else None)
 
     # ------------------------------------------------------------------ the loop
 
@@ -104,14 +112,23 @@ class Trainer:
         run, backend, total = self.run, self.run.backend, self.run.total_steps
         pending: list[dict[str, Any]] = []
         window = (time.perf_counter(), run.step)
+        monitor, clock, profile = self.monitor, time.perf_counter, self.profile
         with DeferredSignals() as signals:
             while run.step < total and not run.should_stop and signals.received is None:
                 step = run.step
+                if profile is not None:
+                    profile.before(step)
+                started = clock()
                 batch = self.loader.batch(step)
+                fetched = clock()
                 lr = self.schedule(step)
                 self.state, out = backend.train_step(self.state, batch, lr)
+                if monitor is not None:
+                    monitor.record(fetched - started, clock() - started)
                 pending.append(out)
                 run.step = done = step + 1
+                if profile is not None:
+                    profile.after(done)
                 logs = None
                 if done % self.log_every == 0 or done == total:
                     logs, window = self._log(pending, lr, window)
@@ -124,6 +141,8 @@ class Trainer:
                 if self.ckpt_every and done % self.ckpt_every == 0 and done != total:
                     self.save()
             if signals.received is not None:
+                if profile is not None:
+                    profile.close()
                 run.status = "interrupted"
                 path = self.save() if self._saved_step != run.step else run.last_checkpoint
                 raise RunInterrupted(run.run_dir, run.step, path, signals.received)
@@ -158,6 +177,8 @@ class Trainer:
                 logs["train/tokens_per_sec"] = logs["train/steps_per_sec"] * tokens
             if self.run.flops_per_step and self.run.peak_flops:
                 logs["train/mfu"] = self._mfu(self.run.flops_per_step * logs["train/steps_per_sec"])
+        if self.monitor is not None:
+            logs.update(self.monitor.window())
         if not math.isfinite(logs["train/loss"]):
             raise RunError(f"train loss became {logs['train/loss']} by step {done}; "
                            "lower train.optimizer.lr or set train.clip_norm")
