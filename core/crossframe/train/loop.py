@@ -26,8 +26,8 @@ from crossframe.models.spec import ModelSpec
 from crossframe.perf import peak_host_memory_mb, raise_peak
 from crossframe.train.early_stopping import EarlyStopping
 from crossframe.train.interrupts import DeferredSignals, RunInterrupted
-from crossframe.train.observers import Observers
 from crossframe.train.monitor import ResourceMonitor
+from crossframe.train.observers import Observers
 from crossframe.train.profile import ProfileWindow
 from crossframe.train.progress import Progress
 
