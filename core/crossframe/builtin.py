@@ -117,3 +117,12 @@ def register_commands(cli: Any) -> None:
 
     for command in [*commands.COMMANDS, *compress.COMMANDS]:
         cli.add_command(command)
+
+
+@hookimpl
+def on_run_finished(config: Any, run_dir: Any, quiet: bool) -> None:
+    """Compress and export what the config asks for, then write the run's report."""
+    if config.compress or config.export:
+        from crossframe.compress.pipeline import after_training as compress_and_export
+
+        compress_and_export(config, run_dir, quiet)

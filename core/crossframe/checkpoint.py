@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from crossframe.config.loading import atomic_write_text
 from crossframe.errors import CheckpointError
+from crossframe.files import atomic_write_text
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"

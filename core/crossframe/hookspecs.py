@@ -189,3 +189,15 @@ def on_run_end(run: Any, status: str, metrics: dict) -> None:
     ``"interrupted"`` (Ctrl-C) or ``"failed"``; ``metrics`` are the last eval metrics.
     Returns nothing.
     """
+
+
+@hookspec
+def on_run_finished(config: Any, run_dir: Any, quiet: bool) -> None:
+    """Called by the runner once a run that asks for ``compress`` or ``export`` has ended, on the main
+    process, after the loggers have closed.
+
+    ``config`` is the resolved :class:`crossframe.config.schema.RunConfig`, ``run_dir`` the run's
+    directory (its checkpoints are final). The core implements it with the compress / export pipeline,
+    which sits on a higher floor than the loop; a plugin may add its own post-training step.
+    Returns nothing.
+    """

@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from crossframe.validation import ComponentConfig
+
 DEFAULT_STEPS = 1000
 
 
@@ -27,18 +29,6 @@ class Strict(BaseModel):
     """Base of every config section: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ComponentConfig(BaseModel):
-    """``{name: ..., <params>}``: the params are validated by the component's own schema."""
-
-    model_config = ConfigDict(extra="allow")
-    name: str = Field(min_length=1)
-
-    @property
-    def params(self) -> dict[str, Any]:
-        """Everything but ``name``."""
-        return dict(self.model_extra or {})
 
 
 class DataConfig(ComponentConfig):

@@ -6,7 +6,6 @@ import os
 import shutil
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +17,16 @@ from crossframe.config.validation import validate_params
 from crossframe.errors import CapabilityError, ConfigError, RunError, one_of
 from crossframe.metrics import DEFAULT_METRICS
 from crossframe.models import build_model
-from crossframe.perf import flops_per_step
+from crossframe.models.flops import flops_per_step
 from crossframe.plugins import component, get_plugin_manager
 from crossframe.train.data import load_training_data
 from crossframe.train.distill import load_teacher
 from crossframe.train.early_stopping import EarlyStopping
 from crossframe.train.loop import Run, Trainer
 from crossframe.train.progress import Progress
+from crossframe.train.result import RunResult
 
 CONFIG_FILE = "config.yaml"
-
-
-@dataclass
-class RunResult:
-    """What a finished run returns."""
-
-    run_dir: Path
-    status: str
-    steps: int
-    metrics: dict[str, Any] = field(default_factory=dict)
-    checkpoint: Path | None = None
 
 
 def make_backend(name: str) -> Backend:
@@ -129,9 +118,11 @@ def run(
         run_dir = Path(chosen) if chosen else _unique_dir(Path(cfg.output_dir) / _run_name(cfg))
     assert run_dir is not None
     if not worker and (cfg.launch.nproc_per_node > 1 or cfg.launch.nnodes > 1):
-        from crossframe.distributed.launch import launch
+        from crossframe.distributed.launch import check_launch
+        from crossframe.train.launch import launch
 
-        return launch(cfg, run_dir, checkpoint, quiet)
+        check_launch(cfg)  # the launch settings first, then the backend's support for the strategy
+        return launch(cfg, run_dir, checkpoint, quiet, prepare_backend(cfg)[0])
     try:
         return _train(cfg, run_dir, checkpoint, quiet)
     except BaseException as exc:
@@ -242,9 +233,7 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     metrics = {k: v for k, v in run.last_eval.items() if k != "step"}
     run_world = getattr(run, "world", None)
     if (cfg.compress or cfg.export) and (run_world is None or run_world.is_main):
-        from crossframe.compress.pipeline import after_training  # compress, export, report.md/json
-
-        after_training(cfg, run_dir, quiet)
+        plugins.hook.on_run_finished(config=cfg, run_dir=run_dir, quiet=quiet)  # compress, export, report
     return RunResult(run_dir, status, run.step, metrics, run.last_checkpoint)
 
 
