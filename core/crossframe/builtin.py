@@ -18,6 +18,18 @@ def register_models(register: Any) -> None:
     register("mlp", mlp.build_mlp, schema=mlp.MLPParams, description="multi-layer perceptron")
     register("cnn", cnn.build_cnn, schema=cnn.CNNParams, description="small conv net on NHWC images")
     register("gpt", gpt.build_gpt, schema=gpt.GPTParams, description="decoder-only transformer (GPT-2 style)")
+    from crossframe.nn.model import GraphParams, build_graph_model
+
+    register("graph", build_graph_model, schema=GraphParams, description="neutral layers written in the config")
+
+
+@hookimpl
+def register_layers(register: Any) -> None:
+    """Register the built-in neutral layers (``dense``, ``conv2d``, ``attention``, ...)."""
+    from crossframe.nn.layers import BUILTIN_LAYERS
+
+    for cls in BUILTIN_LAYERS:
+        register(cls.kind, cls, description=(cls.__doc__ or "").strip().splitlines()[0])
 
 
 @hookimpl
@@ -113,9 +125,9 @@ def register_exporters(register: Any) -> None:
 @hookimpl
 def register_commands(cli: Any) -> None:
     """Add ``run``, ``plugins`` and ``config``."""
-    from crossframe.cli import commands, compress
+    from crossframe.cli import commands, compress, model
 
-    for command in [*commands.COMMANDS, *compress.COMMANDS]:
+    for command in [*commands.COMMANDS, *compress.COMMANDS, *model.COMMANDS]:
         cli.add_command(command)
 
 

@@ -48,6 +48,20 @@ def register_models(register: Any) -> None:
 
 
 @hookspec
+def register_layers(register: Any) -> None:
+    """Register neutral layer types for ``model: {name: graph, layers: [...]}``.
+
+    Called the first time a layer kind is looked up or listed.
+    ``register(kind, layer_class, *, description="", torch=..., jax=..., tensorflow=...)``:
+    ``layer_class`` subclasses :class:`crossframe.nn.layers.Layer` (a pydantic model of the layer's
+    config with its parameter table, shape inference, FLOPs and float64 numpy reference); each backend
+    keyword is the ``"package.module:function"`` of that backend's implementation (see docs/layers.md
+    for each signature). A backend without an implementation names the layer in one line before the
+    run starts. Returns nothing.
+    """
+
+
+@hookspec
 def register_datasets(register: Any) -> None:
     """Register dataset sources.
 

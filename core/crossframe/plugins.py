@@ -32,6 +32,7 @@ CORE_PLUGIN = "crossframe"
 KINDS: dict[str, str] = {
     "backend": "register_backends",
     "model": "register_models",
+    "layer": "register_layers",
     "dataset": "register_datasets",
     "optimizer": "register_optimizers",
     "schedule": "register_schedules",
