@@ -59,13 +59,25 @@ def _conv(layer: L.Conv2D, shape: tuple[int, ...]) -> Fn:
     stride, dilation = L._pair(layer.stride), L._pair(layer.dilation)
     g = layer.groups
 
+    kh, kw = L._pair(layer.kernel)
+    dh, dw = dilation
+    # TensorFlow's CPU kernels have no dilated backward pass: spread the taps into a zero kernel instead
+    taps = [[i * dh, j * dw] for i in range(kh) for j in range(kw)]
+    spread = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
+
+    def dilate(w: tf.Tensor) -> tf.Tensor:
+        if dilation == (1, 1):
+            return w
+        values = tf.reshape(w, [kh * kw, w.shape[2], w.shape[3]])
+        return tf.scatter_nd(taps, values, [*spread, w.shape[2], w.shape[3]])
+
     def conv(weight: Callable[[str], tf.Tensor], x: tf.Tensor, ctx: dict) -> tf.Tensor:
-        w = weight("weight")
+        w = dilate(weight("weight"))
         if g == 1:
-            y = tf.nn.conv2d(x, w, strides=stride, padding=padding, dilations=dilation)
+            y = tf.nn.conv2d(x, w, strides=stride, padding=padding)
         else:  # grouped: one convolution per group (TensorFlow's CPU kernels have no groups)
             xs, ws = tf.split(x, g, axis=-1), tf.split(w, g, axis=-1)
-            y = tf.concat([tf.nn.conv2d(a, b, strides=stride, padding=padding, dilations=dilation)
+            y = tf.concat([tf.nn.conv2d(a, b, strides=stride, padding=padding)
                            for a, b in zip(xs, ws, strict=True)], axis=-1)
         return y + weight("bias") if layer.bias else y
 
