@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -50,12 +51,13 @@ def _matmul(x: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
 
 def _linear(weight: Callable[[str], tf.Tensor], prefix: str, x: tf.Tensor, bias: bool) -> tf.Tensor:
     y = _matmul(x, weight(f"{prefix}weight"))
-    return y + weight(f"{prefix}bias") if bias else y
+    return tf.nn.bias_add(y, weight(f"{prefix}bias")) if bias else y
 
 
 def _conv(layer: L.Conv2D, shape: tuple[int, ...]) -> Fn:
     (pt, pb), (pl, pr) = layer.pads(shape)
-    padding = [[0, 0], [pt, pb], [pl, pr], [0, 0]]
+    # TensorFlow's own SAME / VALID pad exactly as the core does (the odd pixel after) and take its fast path
+    padding: Any = layer.padding.upper() if isinstance(layer.padding, str) else [[0, 0], [pt, pb], [pl, pr], [0, 0]]
     stride, dilation = L._pair(layer.stride), L._pair(layer.dilation)
     g = layer.groups
 
@@ -79,7 +81,7 @@ def _conv(layer: L.Conv2D, shape: tuple[int, ...]) -> Fn:
             xs, ws = tf.split(x, g, axis=-1), tf.split(w, g, axis=-1)
             y = tf.concat([tf.nn.conv2d(a, b, strides=stride, padding=padding)
                            for a, b in zip(xs, ws, strict=True)], axis=-1)
-        return y + weight("bias") if layer.bias else y
+        return tf.nn.bias_add(y, weight("bias")) if layer.bias else y
 
     return conv
 
