@@ -28,7 +28,8 @@ BACKEND = "tensorflow"
 
 ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
     "relu": tf.nn.relu,
-    "gelu": lambda x: tf.nn.gelu(x, approximate=False),
+    # exact GELU through erf: tf.nn.gelu's erfc form has no ONNX converter
+    "gelu": lambda x: 0.5 * x * (1.0 + tf.math.erf(x * tf.cast(1.0 / math.sqrt(2.0), x.dtype))),
     "gelu_tanh": lambda x: tf.nn.gelu(x, approximate=True),
     "silu": tf.nn.silu,
     "tanh": tf.math.tanh,

@@ -183,6 +183,11 @@ def lower_layer(node: Node, dropout: Callable[[float], Callable[[torch.Tensor], 
     """The module of one built-in leaf layer."""
     layer, shape = node.layer, node.in_shape
     if isinstance(layer, L.Dense):
+        factors = {p.name: p.shape for p in node.params if p.name.endswith("weight_u")}
+        if factors:  # low rank: x @ U @ V + b
+            from crossframe_torch.models import LowRankLinear
+
+            return LowRankLinear(shape[-1], int(layer.units), next(iter(factors.values()))[1], bias=layer.bias)
         return Linear(shape[-1], int(layer.units), layer.bias)
     if isinstance(layer, L.Conv2D):
         return Conv(layer, shape)

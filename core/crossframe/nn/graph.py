@@ -24,8 +24,8 @@ import numpy as np
 from pydantic import ValidationError
 
 from crossframe.errors import ConfigError
-from crossframe.models.spec import ParamSpec
-from crossframe.nn.layers import ACTIVATION_FUNCTIONS, Activation, Layer, Residual, Sequential, Shape
+from crossframe.models.spec import ParamSpec, check_low_rank, dense_kernel_specs
+from crossframe.nn.layers import ACTIVATION_FUNCTIONS, Activation, Dense, Layer, Residual, Sequential, Shape
 from crossframe.validation import describe
 
 #: looks up a layer class by kind (``dense`` -> Dense); the graph model passes the plugin registry's
@@ -169,10 +169,12 @@ def _resolve_outputs(layer: Layer, num_outputs: int) -> Layer:
 
 
 class _Builder:
-    def __init__(self, lookup: LayerLookup, num_outputs: int) -> None:
+    def __init__(self, lookup: LayerLookup, num_outputs: int, low_rank: Mapping[str, int] | None = None) -> None:
         self.lookup = lookup
         self.num_outputs = num_outputs
         self.seen: dict[str, str] = {}
+        self.low_rank = dict(low_rank or {})
+        self.dense: dict[str, tuple[int, int]] = {}  # factorisable layers: path -> (in, out)
 
     def children(self, items: Any, path: str, shape: Shape, where: str) -> tuple[list[Node], Shape]:
         if not isinstance(items, list) or not items:
@@ -213,17 +215,27 @@ class _Builder:
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         node = Node(path, layer, tuple(shape), out, where)
+        if isinstance(layer, Dense):
+            fan_in, fan_out = local[0].shape
+            self.dense[path] = (fan_in, fan_out)
+            if path in self.low_rank:  # factorised: weight_u [in, r] @ weight_v [r, out], the product's std as before
+                local = [*dense_kernel_specs("", fan_in, fan_out, local[0].scale, self.low_rank[path]), *local[1:]]
+                local = [ParamSpec(p.name.lstrip("."), p.shape, p.layout, p.init, p.scale, p.decay, p.dtype)
+                         for p in local]
         node.params = [ParamSpec(node.param_name(p.name), p.shape, p.layout, p.init, p.scale, p.decay, p.dtype)
                        for p in local]
         return node
 
 
 def build_graph(layers: list[Any], input_shape: Shape, num_outputs: int, lookup: LayerLookup,
-                where: str = "model.layers") -> Graph:
+                where: str = "model.layers", low_rank: Mapping[str, int] | None = None) -> Graph:
     """Parse ``layers`` (config items) for inputs of per-example ``input_shape``; ``units: outputs`` and
-    ``vocab: outputs`` become ``num_outputs``. Bad items, shapes or names are one-line ConfigErrors."""
-    builder = _Builder(lookup, num_outputs)
+    ``vocab: outputs`` become ``num_outputs``; ``low_rank`` (``{dense layer path: rank}``) factorises those
+    dense layers. Bad items, shapes or names are one-line ConfigErrors."""
+    builder = _Builder(lookup, num_outputs, low_rank)
     children, out = builder.children(layers, "", tuple(input_shape), where)
+    if builder.low_rank:
+        check_low_rank(builder.low_rank, builder.dense)
     root = Node("", Sequential(layers=list(layers)), tuple(input_shape), out, where, children=children)
     leaves = [n for n in root.walk() if not isinstance(n.layer, Sequential | Residual)]
     return Graph(root, tuple(input_shape), bool(leaves and leaves[0].layer.takes_ids))

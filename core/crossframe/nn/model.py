@@ -5,20 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from crossframe.data.dataset import DataInfo
 from crossframe.errors import ConfigError
-from crossframe.models.spec import ModelSpec
+from crossframe.models.spec import LowRank, LowRankModelParams, ModelSpec
 from crossframe.nn.graph import Graph, LayerLookup, build_graph
 from crossframe.nn.layers import Layer
 
 
-class GraphParams(BaseModel):
-    """Params of ``model: {name: graph}``."""
+class GraphParams(LowRankModelParams):
+    """Params of ``model: {name: graph}``; ``low_rank`` keys are dense layer paths (``h.0.mlp.up``)."""
 
     model_config = ConfigDict(extra="forbid")
     layers: list[Any] = Field(min_length=1, description="the layers, first to last (see docs/layers.md)")
+    low_rank: LowRank
 
 
 def registry_lookup(kind: str, where: str) -> type[Layer]:
@@ -53,5 +54,5 @@ def spec_from_graph(name: str, params: dict[str, Any], info: DataInfo, graph: Gr
 
 def build_graph_model(params: GraphParams, info: DataInfo, lookup: LayerLookup = registry_lookup) -> ModelSpec:
     """The spec of the graph ``params.layers`` on ``info``'s inputs."""
-    graph = build_graph(params.layers, info.input_shape, info.num_outputs, lookup)
+    graph = build_graph(params.layers, info.input_shape, info.num_outputs, lookup, low_rank=params.low_rank)
     return spec_from_graph("graph", params.model_dump(), info, graph)
