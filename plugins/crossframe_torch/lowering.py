@@ -41,17 +41,10 @@ def _empty(*shape: int) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape))
 
 
-class Linear(nn.Module):
-    """A dense layer on the last axis (canonical ``[in, out]`` kernel held as torch's ``[out, in]``)."""
-
-    def __init__(self, fan_in: int, fan_out: int, bias: bool) -> None:
-        super().__init__()
-        self.weight = _empty(fan_out, fan_in)
-        self.bias = _empty(fan_out) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W + b``."""
-        return F.linear(x, self.weight, self.bias)
+def linear(fan_in: int, fan_out: int, bias: bool) -> nn.Linear:
+    """A dense layer on the last axis (canonical ``[in, out]`` kernel held as torch's ``[out, in]``): a plain
+    ``nn.Linear``, so torch's own tools (torchao's int8 ``quantize_``, exporters) recognise it."""
+    return nn.Linear(fan_in, fan_out, bias=bias)
 
 
 class Conv(nn.Module):
@@ -96,9 +89,9 @@ class GatedMLP(nn.Module):
 
     def __init__(self, layer: L.GatedMLP, d: int) -> None:
         super().__init__()
-        self.gate = Linear(d, layer.hidden, layer.bias)
-        self.up = Linear(d, layer.hidden, layer.bias)
-        self.down = Linear(layer.hidden, d, layer.bias)
+        self.gate = linear(d, layer.hidden, layer.bias)
+        self.up = linear(d, layer.hidden, layer.bias)
+        self.down = linear(layer.hidden, d, layer.bias)
         self.act = ACTIVATIONS[layer.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,8 +105,8 @@ class Attention(nn.Module):
     def __init__(self, layer: L.Attention, d: int) -> None:
         super().__init__()
         self.h, self.kv, self.hd = layer.dims(d)
-        self.qkv = Linear(d, (self.h + 2 * self.kv) * self.hd, layer.qkv_bias)
-        self.proj = Linear(self.h * self.hd, d, layer.bias)
+        self.qkv = linear(d, (self.h + 2 * self.kv) * self.hd, layer.qkv_bias)
+        self.proj = linear(self.h * self.hd, d, layer.bias)
         self.rope, self.base = layer.rope, layer.rope_base
         self._tables: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -188,7 +181,7 @@ def lower_layer(node: Node, dropout: Callable[[float], Callable[[torch.Tensor], 
             from crossframe_torch.models import LowRankLinear
 
             return LowRankLinear(shape[-1], int(layer.units), next(iter(factors.values()))[1], bias=layer.bias)
-        return Linear(shape[-1], int(layer.units), layer.bias)
+        return linear(shape[-1], int(layer.units), layer.bias)
     if isinstance(layer, L.Conv2D):
         return Conv(layer, shape)
     if isinstance(layer, L.Pool):
