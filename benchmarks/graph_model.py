@@ -1,8 +1,9 @@
 """Lowered graphs against the hand-written models: the same architecture, two ways, one run.
 
 For each installed backend, ``crossframe.run`` trains the hand-written ``mlp`` (and ``cnn``) and the
-same architecture written as neutral layers (``model: {name: graph}``: same widths, activations and
-initial scales), with the same data, batch order, AdamW and schedule, side by side in one process.
+same architecture rebuilt as neutral layers by :mod:`crossframe.nn.presets` (``model: {name: graph}``:
+the same canonical table, so the same initial weights), with the same data, batch order, AdamW and
+schedule, side by side in one process.
 The timed window is the training loop (``on_run_start`` to the last train log, see
 :class:`benchmarks.common.RunClock`); reported is the median *steady* rate (after the first
 ``log_every`` steps, so compilation is outside) and the ratio graph / hand-written (1.0: the lowering
@@ -23,20 +24,18 @@ from typing import Any
 
 import crossframe
 from benchmarks.common import RunClock, markdown_table, median, mlp_run_config, pick, pin_to_one_core, smoke, spread
+from crossframe.nn.presets import cnn_layers, mlp_layers
 
 TITLE = "Lowered graphs vs hand-written models (steps/s, one core)"
 BACKENDS = [b for b in ("torch", "jax", "tensorflow") if importlib.util.find_spec(b)]
 DATA = {"name": "digits"}
 
-#: (case, hand-written model, the same model as a graph)
+MLP = {"hidden": [128, 64], "activation": "relu"}
+CNN = {"channels": [16, 32], "kernel_size": 3, "hidden": 64, "activation": "relu"}
+#: (case, hand-written model, the same model rebuilt as a graph by crossframe.nn.presets: same table, same weights)
 CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
-    ("mlp 64-128-64-10", {"name": "mlp", "hidden": [128, 64], "activation": "relu"},
-     {"name": "graph", "layers": ["flatten", {"dense": {"units": 128, "gain": 2.0}}, "relu",
-                                  {"dense": {"units": 64, "gain": 2.0}}, "relu", {"dense": "outputs"}]}),
-    ("cnn 16-32 conv, 64 dense", {"name": "cnn", "channels": [16, 32], "kernel_size": 3, "hidden": 64},
-     {"name": "graph", "layers": [{"conv2d": {"filters": 16, "padding": "same"}}, "relu", {"pool": "max"},
-                                  {"conv2d": {"filters": 32, "padding": "same"}}, "relu", {"pool": "max"},
-                                  "flatten", {"dense": {"units": 64, "gain": 2.0}}, "relu", {"dense": "outputs"}]}),
+    ("mlp 64-128-64-10", {"name": "mlp", **MLP}, {"name": "graph", "layers": mlp_layers(MLP)}),
+    ("cnn 16-32 conv, 64 dense", {"name": "cnn", **CNN}, {"name": "graph", "layers": cnn_layers(CNN)}),
 ]
 
 
