@@ -149,6 +149,7 @@ def test_attention_is_causal_and_grouped_query_shares_heads(t: int, cut: int, kv
     (["flatten", {"dense": 7}], "the last layer gives (7,)"),
     ([{"dense": {"units": 3, "name": "a"}}, {"dense": {"units": 10, "name": "a"}}], "repeats the name"),
     ([{"dense": 3, "relu": None}], "one {kind: params} mapping"),
+    ([{"dense": {"units": 10, "name": ""}}], "only a container (sequential, residual) may have an empty name"),
 ])
 def test_bad_layers_are_one_line_config_errors(layers: list, message: str) -> None:
     with pytest.raises(ConfigError) as err:

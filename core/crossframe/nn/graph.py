@@ -209,6 +209,8 @@ class _Builder:
             if tuple(out) != tuple(shape):
                 raise ConfigError(f"{where}: a residual body must keep the shape {shape}, it gives {out}")
             return Node(path, layer, shape, shape, where, children=children)
+        if not own:
+            raise ConfigError(f"{where}.name: only a container (sequential, residual) may have an empty name")
         try:
             out = tuple(int(d) for d in layer.output_shape(tuple(shape)))
             local = layer.param_specs(tuple(shape))
