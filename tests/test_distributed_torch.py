@@ -20,7 +20,8 @@ pytest.importorskip("torch")
 
 from crossframe.checkpoint import load_checkpoint
 from crossframe.config.loading import load_config
-from crossframe.distributed.launch import finished_result, prepare_job, run_local
+from crossframe.distributed.launch import prepare_job, run_local
+from crossframe.train.launch import finished_result
 from crossframe.train.runner import run
 
 PER_WORKER = 8

@@ -235,16 +235,15 @@ class Backend(ABC):
         rows of every micro-batch); the default is one."""
         return 1
 
-    def launch_workers(self, job: Any) -> None:
+    def launch_workers(self, job: Any) -> bool | None:
         """Start and watch the worker processes of a :class:`crossframe.distributed.launch.Job` on this node.
 
-        The default starts them as subprocesses with the ``CROSSFRAME_*`` variables and stops them all,
-        with one DistributedError line, when one fails; a backend overrides it to use its framework's
-        own launcher (torch: the elastic launcher behind ``torchrun``).
+        A backend overrides it to use its framework's own launcher (torch: the elastic launcher behind
+        ``torchrun``), stopping every worker with one DistributedError line when one fails. The default
+        returns ``False``: the core's launcher then starts them as subprocesses with the ``CROSSFRAME_*``
+        variables (:func:`crossframe.distributed.launch.run_local`), which lives a floor above this contract.
         """
-        from crossframe.distributed.launch import run_local
-
-        run_local(job)
+        return False
 
     def shutdown_distributed(self) -> None:
         """Leave the multi-worker job (destroy process groups and the like); the default does nothing."""

@@ -18,6 +18,18 @@ def register_models(register: Any) -> None:
     register("mlp", mlp.build_mlp, schema=mlp.MLPParams, description="multi-layer perceptron")
     register("cnn", cnn.build_cnn, schema=cnn.CNNParams, description="small conv net on NHWC images")
     register("gpt", gpt.build_gpt, schema=gpt.GPTParams, description="decoder-only transformer (GPT-2 style)")
+    from crossframe.nn.model import GraphParams, build_graph_model
+
+    register("graph", build_graph_model, schema=GraphParams, description="neutral layers written in the config")
+
+
+@hookimpl
+def register_layers(register: Any) -> None:
+    """Register the built-in neutral layers (``dense``, ``conv2d``, ``attention``, ...)."""
+    from crossframe.nn.layers import BUILTIN_LAYERS
+
+    for cls in BUILTIN_LAYERS:
+        register(cls.kind, cls, description=(cls.__doc__ or "").strip().splitlines()[0])
 
 
 @hookimpl
@@ -116,10 +128,28 @@ def register_exporters(register: Any) -> None:
 @hookimpl
 def register_commands(cli: Any) -> None:
     """Add ``run``, ``plugins`` and ``config``."""
-    from crossframe.cli import commands, compress, serve, tune
+    from crossframe.cli import commands, compress, model, serve, tune
     from crossframe.cli import models as models_cli
     from crossframe.cli import runs as runs_cli
 
-    for command in [*commands.COMMANDS, *compress.COMMANDS, *tune.COMMANDS, *serve.COMMANDS, *runs_cli.COMMANDS,
-                    *models_cli.COMMANDS]:
+    for command in [*commands.COMMANDS, *compress.COMMANDS, *model.COMMANDS, *tune.COMMANDS, *serve.COMMANDS,
+                    *runs_cli.COMMANDS, *models_cli.COMMANDS]:
         cli.add_command(command)
+
+
+@hookimpl
+def check_run_config(config: Any) -> None:
+    """Validate the compress and export steps (names and params) before any training."""
+    if config.compress or config.export:
+        from crossframe.compress.pipeline import check_steps
+
+        check_steps(config.compress, config.export)
+
+
+@hookimpl
+def on_run_finished(config: Any, run_dir: Any, quiet: bool) -> None:
+    """Compress and export what the config asks for, then write the run's report."""
+    if config.compress or config.export:
+        from crossframe.compress.pipeline import after_training as compress_and_export
+
+        compress_and_export(config, run_dir, quiet)

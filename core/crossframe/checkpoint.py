@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from crossframe.config.loading import atomic_write_text
 from crossframe.errors import CheckpointError, RunError
+from crossframe.files import atomic_write_text
 from crossframe.integrity import verify_manifest, write_manifest
 
 MODEL_FILE = "model.safetensors"

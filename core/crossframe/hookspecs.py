@@ -48,6 +48,20 @@ def register_models(register: Any) -> None:
 
 
 @hookspec
+def register_layers(register: Any) -> None:
+    """Register neutral layer types for ``model: {name: graph, layers: [...]}``.
+
+    Called the first time a layer kind is looked up or listed.
+    ``register(kind, layer_class, *, description="", torch=..., jax=..., tensorflow=...)``:
+    ``layer_class`` subclasses :class:`crossframe.nn.layers.Layer` (a pydantic model of the layer's
+    config with its parameter table, shape inference, FLOPs and float64 numpy reference); each backend
+    keyword is the ``"package.module:function"`` of that backend's implementation (see docs/layers.md
+    for each signature). A backend without an implementation names the layer in one line before the
+    run starts. Returns nothing.
+    """
+
+
+@hookspec
 def register_datasets(register: Any) -> None:
     """Register dataset sources.
 
@@ -188,5 +202,28 @@ def on_run_end(run: Any, status: str, metrics: dict) -> None:
 
     ``status`` is ``"completed"``, ``"stopped"`` (early stopping or ``run.should_stop``),
     ``"interrupted"`` (Ctrl-C) or ``"failed"``; ``metrics`` are the last eval metrics.
+    Returns nothing.
+    """
+
+
+@hookspec
+def check_run_config(config: Any) -> None:
+    """Called by the runner with a run's resolved :class:`crossframe.config.schema.RunConfig` before
+    anything is built or trained (and by ``crossframe config show``).
+
+    Raise :class:`crossframe.errors.ConfigError` (one line naming the field) to refuse the config.
+    The core implements it to validate the ``compress:`` and ``export:`` steps, whose pipeline sits
+    on a higher floor than the runner, so a typo there never costs a training run. Returns nothing.
+    """
+
+
+@hookspec
+def on_run_finished(config: Any, run_dir: Any, quiet: bool) -> None:
+    """Called by the runner once a run that asks for ``compress`` or ``export`` has ended, on the main
+    process, after the loggers have closed.
+
+    ``config`` is the resolved :class:`crossframe.config.schema.RunConfig`, ``run_dir`` the run's
+    directory (its checkpoints are final). The core implements it with the compress / export pipeline,
+    which sits on a higher floor than the loop; a plugin may add its own post-training step.
     Returns nothing.
     """

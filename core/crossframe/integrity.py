@@ -43,7 +43,7 @@ def _files(directory: Path) -> list[Path]:
 
 def write_manifest(directory: Path) -> dict[str, str]:
     """Hash every file under ``directory`` and write ``manifest.json`` there atomically; returns the digests."""
-    from crossframe.config.loading import atomic_write_text
+    from crossframe.files import atomic_write_text
 
     directory = Path(directory)
     digests = {p.relative_to(directory).as_posix(): sha256_file(p) for p in _files(directory)}

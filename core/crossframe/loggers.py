@@ -71,7 +71,7 @@ class CsvLogger:
         """Write the file once (atomically), with the union of all columns."""
         import io
 
-        from crossframe.config.loading import atomic_write_text
+        from crossframe.files import atomic_write_text
 
         columns: list[str] = []
         for row in self._rows:

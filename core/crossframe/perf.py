@@ -1,4 +1,5 @@
-"""Throughput figures: model FLOPs per step, the device's measured matmul peak, MFU, peak memory."""
+"""Throughput figures: the device's measured matmul peak, MFU, peak memory (a model's FLOPs per step
+live with the models, :func:`crossframe.models.flops.flops_per_step`)."""
 
 from __future__ import annotations
 
@@ -14,19 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from crossframe.models.spec import ModelSpec
-
-
-def flops_per_step(spec: ModelSpec, tokens_per_step: int) -> float | None:
-    """Training FLOPs (forward + backward) of one optimizer step, for models where the estimate is
-    standard (``gpt``: 6N + 12 L T d per token); ``None`` otherwise."""
-    if spec.name != "gpt":
-        return None
-    from crossframe.models.gpt import GPTParams, flops_per_token
-
-    params = GPTParams.model_validate(spec.params)
-    return flops_per_token(params, spec.data_info.num_outputs, spec.data_info.input_shape[0]) * tokens_per_step
 
 
 def probe_peak(matmul_once: Callable[[], object], size: int, seconds: float = 0.2) -> float:

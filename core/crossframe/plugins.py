@@ -10,6 +10,7 @@ failure into an error. ``CROSSFRAME_DISABLE_PLUGIN_AUTOLOAD=1`` loads no entry p
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
@@ -35,6 +36,7 @@ FIRST_PARTY = "crossframe"
 KINDS: dict[str, str] = {
     "backend": "register_backends",
     "model": "register_models",
+    "layer": "register_layers",
     "dataset": "register_datasets",
     "optimizer": "register_optimizers",
     "schedule": "register_schedules",
@@ -106,8 +108,10 @@ class PluginManager:
         if self._loaded:
             return self
         self._loaded = True
-        from crossframe import __version__, builtin
+        from crossframe import __version__
 
+        # the core's own registrations sit on the top floor: loaded by name, like any entry point
+        builtin = importlib.import_module("crossframe.builtin")
         self._register(CORE_PLUGIN, builtin, PluginRecord(CORE_PLUGIN, "crossframe", __version__, builtin.__name__))
         if _env_flag("CROSSFRAME_DISABLE_PLUGIN_AUTOLOAD"):
             return self

@@ -43,7 +43,7 @@ from crossframe_jax.optim import (
     load_optimizer_state,
 )
 
-MODELS = ("mlp", "cnn", "gpt")
+MODELS = ("mlp", "cnn", "gpt", "graph")
 CLIP_EPS = 1e-6  # scale = min(1, clip_norm / (norm + CLIP_EPS)), as crossframe.testing.reference
 
 
@@ -135,6 +135,10 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
     k, loss_name, clip = setup.grad_accum, setup.loss, setup.clip_norm
     lm = loss_name == "token_cross_entropy"
     uses_rng = lm and float(setup.spec.params.get("dropout", 0.0)) > 0.0
+    if setup.spec.graph is not None:  # a graph draws dropout masks wherever it has a dropout layer
+        from crossframe_jax.lowering import uses_rng as graph_uses_rng
+
+        uses_rng = graph_uses_rng(setup.spec.graph)
     seed = int(setup.seed)
     distill = setup.distill
 
@@ -148,9 +152,9 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
         kd = jnp.sum(per * m) / total if m is not None else per.mean() / k
         return (1.0 - distill.alpha) * label + distill.alpha * kd, kd
 
-    def mean_loss(params: Mapping[str, jax.Array], x: jax.Array, y: jax.Array, teacher: Any = None
-                  ) -> tuple[jax.Array, jax.Array | None]:
-        out = forward(params, x, train=True)
+    def mean_loss(params: Mapping[str, jax.Array], x: jax.Array, y: jax.Array, teacher: Any = None,
+                  key: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+        out = forward(params, x, train=True) if key is None else forward(params, x, train=True, rng=key)
         return mixed(per_example_loss(loss_name, out, y).mean() / k, out, x, teacher)
 
     def token_loss_part(params: Mapping[str, jax.Array], x: jax.Array, y: jax.Array, m: jax.Array,
@@ -201,17 +205,21 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
         if lm:
             (loss, kd), grads = lm_grads(params, x, y, mask, opt.step, teacher)
         elif k == 1:
-            (loss, kd), grads = jax.value_and_grad(mean_loss, has_aux=True)(params, x, y, teacher)
+            key = jax.random.fold_in(jax.random.key(seed), opt.step) if uses_rng else None
+            (loss, kd), grads = jax.value_and_grad(mean_loss, has_aux=True)(params, x, y, teacher, key)
         else:
             grad_fn = jax.value_and_grad(mean_loss, has_aux=True)
+            key = jax.random.fold_in(jax.random.key(seed), opt.step) if uses_rng else None
 
-            def micro(carry: Any, batch: tuple[jax.Array, jax.Array]) -> tuple[Any, None]:
+            def micro(carry: Any, batch: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[Any, None]:
                 grad_sum, loss_sum = carry
-                loss_i, grads_i = grad_fn(params, *batch, teacher)
+                xi, yi, i = batch
+                key_i = None if key is None else jax.random.fold_in(key, i)
+                loss_i, grads_i = grad_fn(params, xi, yi, teacher, key_i)
                 return (jax.tree.map(jnp.add, grad_sum, grads_i), jax.tree.map(jnp.add, loss_sum, loss_i)), None
 
             init = (jax.tree.map(jnp.zeros_like, params), zero_losses)
-            (grads, (loss, kd)), _ = jax.lax.scan(micro, init, (split(x), split(y)))
+            (grads, (loss, kd)), _ = jax.lax.scan(micro, init, (split(x), split(y), jnp.arange(k)))
         out = {"loss": loss}
         if kd is not None:
             out["distill_loss"] = kd

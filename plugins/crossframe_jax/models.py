@@ -88,6 +88,10 @@ def make_forward(spec: ModelSpec, dtype: Any = None, *, remat: bool = False,
     """
     p = spec.params
     precision = _precision(dtype)
+    if spec.graph is not None:  # neutral layers: one lowering for every graph
+        from crossframe_jax.lowering import make_forward as lower
+
+        return lower(spec.graph, dtype)
     if spec.name == "gpt":
         return partial(gpt_forward, config=GPTConfig.from_spec(spec, dtype, remat, attention))
     if spec.name == "mlp":

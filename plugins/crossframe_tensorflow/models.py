@@ -21,7 +21,7 @@ from crossframe.models.gpt import LN_EPS
 from crossframe.models.spec import ModelSpec, Params
 from crossframe_tensorflow.devices import tf
 
-MODELS = ("mlp", "cnn", "gpt")
+MODELS = ("mlp", "cnn", "gpt", "graph")
 RNG_ALG = "philox"  # dropout masks: the same bits on CPU and GPU for a given seed
 
 ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
@@ -279,6 +279,10 @@ def build_model(spec: ModelSpec, weights: Params, activation_checkpointing: bool
     ``activation_checkpointing`` recomputes each transformer block in the backward pass
     (``tf.recompute_grad``); the feed-forward models have no blocks and ignore it.
     """
+    if spec.graph is not None:  # neutral layers: one lowering for every graph
+        from crossframe_tensorflow.lowering import GraphModel
+
+        return GraphModel(spec, weights)
     if spec.name == "gpt":
         return GPT(spec, weights, activation_checkpointing)
     if spec.name in FORWARDS:

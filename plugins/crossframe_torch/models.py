@@ -286,6 +286,10 @@ class GPT(nn.Module):
 def build_module(spec: ModelSpec, activation_checkpointing: bool = False) -> nn.Module:
     """The native module for ``spec`` (weights still to be loaded with :func:`load_canonical`)."""
     info, p, low_rank = spec.data_info, spec.params, spec.low_rank
+    if spec.graph is not None:  # neutral layers: one lowering for every graph
+        from crossframe_torch.lowering import build_module as lower
+
+        return lower(spec.graph)
     if spec.name == "mlp":
         ranks = [low_rank.get(f"layers.{i}") for i in range(len(p["hidden"]) + 1)]
         return MLP([math.prod(info.input_shape), *p["hidden"], info.num_outputs], p["activation"], ranks)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -14,8 +13,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from crossframe.config.schema import ComponentConfig, RunConfig
-from crossframe.config.validation import describe, validate_params
 from crossframe.errors import ConfigError, UsageError, did_you_mean
+from crossframe.files import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported for old callers)
+from crossframe.validation import describe, validate_params
 
 DEFAULT_CONFIG = "quickstart.yaml"
 
@@ -292,23 +292,3 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
 def dump_yaml(config: RunConfig) -> str:
     """The config as YAML text, in field order."""
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old file or the new one, never a torn one."""
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a synced temporary file in the same directory, then rename it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from crossframe.validation import ComponentConfig
+
 DEFAULT_STEPS = 1000
 #: the largest step or epoch budget accepted (a typo like 1e29 is an error, not a run that never ends)
 MAX_STEPS = 10**10
@@ -32,18 +34,6 @@ class Strict(BaseModel):
     """Base of every config section: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ComponentConfig(BaseModel):
-    """``{name: ..., <params>}``: the params are validated by the component's own schema."""
-
-    model_config = ConfigDict(extra="allow")
-    name: str = Field(min_length=1)
-
-    @property
-    def params(self) -> dict[str, Any]:
-        """Everything but ``name``."""
-        return dict(self.model_extra or {})
 
 
 class DataConfig(ComponentConfig):

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from crossframe.data.dataset import Dataset
-from crossframe.distributed.sharding import shard_rows
+from crossframe.data.sharding import shard_rows
 from crossframe.errors import ConfigError
 
 Batch = dict[str, np.ndarray]
@@ -23,7 +23,7 @@ class BatchLoader:
 
     Sharding: ``batch_size`` is the *global* step batch; with ``world_size > 1`` process ``rank``
     gets its part of each of the ``micro_batches`` micro-batches of the sorted global batch (see
-    :mod:`crossframe.distributed.sharding`), so W processes together train on exactly the rows one
+    :mod:`crossframe.data.sharding`), so W processes together train on exactly the rows one
     process would.
     """
 

@@ -1,4 +1,6 @@
-"""``crossframe run`` as a launcher: start the workers of a multi-process job and watch them.
+"""The worker processes of a multi-process job: describe them (:class:`Job`), start them, watch them.
+
+(:func:`crossframe.train.launch.launch` is the ``crossframe run`` side that drives this.)
 
 When ``launch.nproc_per_node > 1`` or ``launch.nnodes > 1``, the process the user started does not
 train; it starts ``nproc_per_node`` workers on this machine, each running ``python -m crossframe
@@ -22,7 +24,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -94,47 +95,6 @@ def prepare_job(cfg: Any, run_dir: Path, checkpoint: Any, quiet: bool, workdir: 
     env = {WORKER_ENV: "1", RUN_DIR_ENV: str(run_dir), ERROR_DIR_ENV: str(error_dir)}
     return Job(args, env, error_dir, launch.nproc_per_node, launch.nnodes, launch.node_rank,
                launch.master_addr, port, float(launch.collective_timeout_s))
-
-
-def _prepare_data(cfg: Any) -> None:
-    """Tokenise a text source once here, so the workers do not race to build the token store."""
-    from crossframe.text.corpus import TextCorpus
-    from crossframe.train.data import load_source, token_store
-
-    source = load_source(cfg)
-    if isinstance(source, TextCorpus):
-        token_store(cfg, source)
-
-
-def launch(cfg: Any, run_dir: Path, checkpoint: Any, quiet: bool) -> Any:
-    """Run the job ``cfg.launch`` describes and return rank 0's :class:`~crossframe.train.runner.RunResult`."""
-    from crossframe.train.runner import prepare_backend
-
-    check_launch(cfg)
-    backend, _ = prepare_backend(cfg)  # the backend must support the strategy: fail here, not in every worker
-    _prepare_data(cfg)
-    with tempfile.TemporaryDirectory(prefix="crossframe-launch-") as tmp:
-        job = prepare_job(cfg, run_dir, checkpoint, quiet, Path(tmp))
-        if cfg.launch.launcher == "ray":
-            from crossframe.distributed.ray import run_on_ray
-
-            run_on_ray(job, gpus_per_worker=1.0 if cfg.device == "gpu" else 0.0)
-        else:
-            backend.launch_workers(job)
-    return finished_result(run_dir, cfg.launch.node_rank == 0, cfg.train.steps or 0)
-
-
-def finished_result(run_dir: Path, main_node: bool, steps: int = 0) -> Any:
-    """The result rank 0 left: status, step and last evaluation from the run's latest checkpoint
-    (another node reports the budget of ``steps`` and no metrics: rank 0 may still be writing)."""
-    from crossframe.checkpoint import load_checkpoint
-    from crossframe.train.runner import RunResult
-
-    if not main_node:
-        return RunResult(run_dir, "completed", steps)
-    ckpt = load_checkpoint(run_dir)
-    metrics = {k: v for k, v in (ckpt.state.get("last_eval") or {}).items() if k != "step"}
-    return RunResult(run_dir, ckpt.state.get("status", "completed"), ckpt.step, metrics, ckpt.path)
 
 
 def first_failure(job: Job, failures: Mapping[int, tuple[int | None, float]]) -> int:

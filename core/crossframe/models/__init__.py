@@ -7,8 +7,8 @@ __all__ = ["LAYOUTS", "ModelSpec", "ParamSpec", "Params", "build_model", "spec_f
 
 def build_model(name: str, params: dict, data_info: object) -> ModelSpec:
     """Build the spec of the registered architecture ``name`` from raw ``params``."""
-    from crossframe.config.validation import validate_params
     from crossframe.plugins import component
+    from crossframe.validation import validate_params
 
     comp = component("model", name, "model.name")
     return comp.obj(validate_params(comp.schema, params, "model"), data_info)

@@ -67,6 +67,8 @@ class ModelSpec:
     data_info: DataInfo
     table: list[ParamSpec]
     reference_forward: Callable[[Mapping[str, np.ndarray], np.ndarray], np.ndarray] = field(repr=False)
+    #: the :class:`crossframe.nn.graph.Graph` of a model built from neutral layers (``None``: a hand-written one)
+    graph: Any = field(default=None, repr=False)
 
     def init(self, seed: int) -> Params:
         """Canonical initial weights for ``seed``: identical on every backend."""

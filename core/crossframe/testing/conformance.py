@@ -28,14 +28,26 @@ MODEL_CASES: dict[str, tuple[dict[str, Any], DataInfo]] = {
     "cnn": ({"channels": [3, 4], "kernel_size": 3, "hidden": 6}, DataInfo("classification", (6, 5, 2), 3)),
     "gpt": ({"n_layer": 2, "n_head": 2, "d_model": 8, "max_seq_len": 8},
             DataInfo("language_modeling", (6,), 13)),
+    # neutral layers: convolutions (grouped), a residual, norms, pooling, reshaping, positions,
+    # grouped-query attention with rotary embeddings, a gated MLP and dropout, in one graph
+    "graph": ({"layers": [
+        {"conv2d": {"filters": 4, "kernel": 3, "padding": "same"}}, "relu",
+        {"residual": [{"conv2d": {"filters": 4, "kernel": 3, "padding": "same", "groups": 2}}, {"norm": "layer"},
+                      "gelu"]},
+        {"pool": {"kind": "max", "size": 2}}, {"reshape": [3, 8]}, {"positional": 3},
+        {"residual": [{"norm": "rms"}, {"attention": {"heads": 2, "kv_heads": 1, "rope": True}}]},
+        {"residual": [{"norm": "layer"}, {"gated_mlp": 8}]},
+        "flatten", {"dense": {"units": 6, "gain": 2.0}}, "silu", {"dropout": 0.0}, {"dense": "outputs"}]},
+        DataInfo("classification", (6, 5, 2), 3)),
 }
 #: forward tolerance per model (float32 against the float64 reference)
-MODEL_ATOL: dict[str, float] = {"gpt": 1e-4}
+MODEL_ATOL: dict[str, float] = {"gpt": 1e-4, "graph": 1e-4}
 #: the ``low_rank`` model param for each case: factorised dense layers (``weight_u @ weight_v``)
 LOW_RANK_CASES: dict[str, dict[str, int]] = {
     "mlp": {"layers.0": 2, "layers.2": 3},
     "cnn": {"fc.0": 2},
     "gpt": {"h.0.attn.qkv": 3, "h.1.mlp.proj": 4},
+    "graph": {"9": 3, "12": 2},
 }
 OPTIMIZER_CASES: dict[str, dict[str, Any]] = {
     "sgd": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.05},

@@ -12,7 +12,7 @@ another backend, sees exactly the same batches.
 
 Sharding. ``batch_size`` is the *global* batch. With ``world_size`` ranks, rank ``r`` takes the
 ``r``-th of ``world_size`` equal contiguous parts of each of the ``micro_batches`` micro-batches of
-the step's sorted global batch (see :mod:`crossframe.distributed.sharding`; ``batch_size`` must
+the step's sorted global batch (see :mod:`crossframe.data.sharding`; ``batch_size`` must
 divide by ``micro_batches * world_size``). The permutation holds each block once, so at every step the
 ranks' blocks are disjoint and together are exactly the global batch: no overlap, no gap, and W
 ranks train on the same blocks as one process with the same ``batch_size``.
@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from crossframe.distributed.sharding import shard_rows
+from crossframe.data.sharding import shard_rows
 from crossframe.errors import ConfigError
 from crossframe.text.sequences import Batch, gather_blocks, packed_block_count
 from crossframe.text.store import TokenSplit

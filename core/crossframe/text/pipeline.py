@@ -17,11 +17,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from crossframe.config.schema import ComponentConfig
-from crossframe.config.validation import describe, validate_params
 from crossframe.errors import ConfigError
+from crossframe.plugins import component
 from crossframe.text.corpus import TextCorpus
 from crossframe.text.store import TokenStore, prepare
+from crossframe.validation import ComponentConfig, describe, validate_params
 
 
 class TextDataConfig(ComponentConfig):
@@ -42,8 +42,6 @@ class PrepareConfig(BaseModel):
 
 def prepare_from_config(config: dict[str, Any] | PrepareConfig) -> TokenStore:
     """Validate ``config``, read the source, train the tokenizer if it needs it, write the store."""
-    from crossframe.plugins import component
-
     if not isinstance(config, PrepareConfig):
         try:
             config = PrepareConfig.model_validate(config)
@@ -61,8 +59,6 @@ def build_store(corpus: TextCorpus, tokenizer_config: ComponentConfig, out_dir: 
                 dtype: str = "auto", where: str = "tokenizer") -> TokenStore:
     """Make the configured tokenizer, train it on the training documents if it learns, and prepare
     the store (the one path from a corpus to a token store)."""
-    from crossframe.plugins import component
-
     maker = component("tokenizer", tokenizer_config.name, f"{where}.name")
     tokenizer = maker.obj(validate_params(maker.schema, tokenizer_config.params, where))
     if getattr(tokenizer, "trainable", False) and not tokenizer.trained:

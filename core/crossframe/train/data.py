@@ -62,7 +62,7 @@ def load_training_data(cfg: RunConfig, world: Any = None, local_replicas: int = 
     """Split the source and build the training order.
 
     A step's global batch is ``batch_size * grad_accum * local_replicas * world.world_size`` rows;
-    the loader yields this process's part of it (see :mod:`crossframe.distributed.sharding`).
+    the loader yields this process's part of it (see :mod:`crossframe.data.sharding`).
     """
     source = load_source(cfg)
     rank, world_size = (world.rank, world.world_size) if world is not None else (0, 1)

@@ -7,7 +7,6 @@ import shutil
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,8 @@ from crossframe.config.validation import validate_params
 from crossframe.errors import CapabilityError, ConfigError, PluginError, RunError, one_of
 from crossframe.metrics import DEFAULT_METRICS
 from crossframe.models import build_model
-from crossframe.perf import device_peak, flops_per_step, peak_key
+from crossframe.models.flops import flops_per_step
+from crossframe.perf import device_peak, peak_key
 from crossframe.plugins import component, get_plugin_manager
 from crossframe.rundirs import LATEST_SUFFIX
 from crossframe.threads import ThreadChoice, apply_thread_environment, available_cores, choose_threads
@@ -29,19 +29,9 @@ from crossframe.train.early_stopping import EarlyStopping
 from crossframe.train.loop import Run, Trainer
 from crossframe.train.observers import Observers, bounded_line, close_loggers, plugin_of
 from crossframe.train.progress import Progress
+from crossframe.train.result import RunResult
 
 CONFIG_FILE = "config.yaml"
-
-
-@dataclass
-class RunResult:
-    """What a finished run returns."""
-
-    run_dir: Path
-    status: str
-    steps: int
-    metrics: dict[str, Any] = field(default_factory=dict)
-    checkpoint: Path | None = None
 
 
 def make_backend(name: str) -> Backend:
@@ -125,10 +115,7 @@ def run(
                 raise ConfigError(f"--resume: '{run_dir}' has no {CONFIG_FILE}; pass the config file too")
             config = saved
     cfg = load_config(config, overrides, backend=backend)
-    if cfg.compress or cfg.export:  # the whole config is checked before training, not after
-        from crossframe.compress.pipeline import check_steps
-
-        check_steps(cfg.compress, cfg.export)
+    get_plugin_manager().hook.check_run_config(config=cfg)  # the whole config, before training
     from crossframe.distributed.world import RUN_DIR_ENV, is_worker, record_failure
 
     worker = is_worker()
@@ -140,9 +127,11 @@ def run(
     if not worker and not quiet:
         _announce(run_dir, threads, resumed=checkpoint is not None)
     if not worker and (cfg.launch.nproc_per_node > 1 or cfg.launch.nnodes > 1):
-        from crossframe.distributed.launch import launch
+        from crossframe.distributed.launch import check_launch
+        from crossframe.train.launch import launch
 
-        return launch(cfg, run_dir, checkpoint, quiet)
+        check_launch(cfg)  # the launch settings first, then the backend's support for the strategy
+        return launch(cfg, run_dir, checkpoint, quiet, prepare_backend(cfg)[0])
     try:
         return _train(cfg, run_dir, checkpoint, quiet)
     except BaseException as exc:
@@ -283,9 +272,7 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     metrics = {k: v for k, v in run.last_eval.items() if k != "step"}
     run_world = getattr(run, "world", None)
     if (cfg.compress or cfg.export) and (run_world is None or run_world.is_main):
-        from crossframe.compress.pipeline import after_training  # compress, export, report.md/json
-
-        after_training(cfg, run_dir, quiet)
+        plugins.hook.on_run_finished(config=cfg, run_dir=run_dir, quiet=quiet)  # compress, export, report
     return RunResult(run_dir, status, run.step, metrics, run.last_checkpoint)
 
 

@@ -1,0 +1,243 @@
+"""A model as a tree of neutral layers: parsed from config, named, shaped, and run as numpy.
+
+Config items (``model.layers``) are written as::
+
+    - relu                                   # a bare name: an activation or a layer with no params
+    - {dense: 10}                            # a scalar or a list fills the layer's shorthand field
+    - {conv2d: {filters: 32, kernel: 3, padding: same}}
+    - {residual: [{norm: layer}, {attention: {heads: 4}}]}
+    - {sequential: {name: h, repeat: 4, layers: [...]}}
+
+Names: the children of a container are named by position (``0``, ``1``, ...) or by their ``name``;
+``name: ""`` puts a container's children straight into its parent's namespace. A parameter's
+canonical name is the path of its layer and its local name: ``h.0.attn.qkv.weight``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from crossframe.errors import ConfigError
+from crossframe.models.spec import ParamSpec, check_low_rank, dense_kernel_specs
+from crossframe.nn.layers import ACTIVATION_FUNCTIONS, Activation, Dense, Layer, Residual, Sequential, Shape
+from crossframe.validation import describe
+
+#: looks up a layer class by kind (``dense`` -> Dense); the graph model passes the plugin registry's
+LayerLookup = Callable[[str, str], type[Layer]]
+
+
+@dataclass
+class Node:
+    """One layer placed in the graph: its path, shapes and parameters (full canonical names)."""
+
+    path: str
+    layer: Layer
+    in_shape: Shape
+    out_shape: Shape
+    where: str  # the config location, for messages (``model.layers.2.residual.0``)
+    params: list[ParamSpec] = field(default_factory=list)
+    children: list[Node] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        """The layer's kind (``dense``, ``residual``, ...)."""
+        return self.layer.kind
+
+    def param_name(self, local: str) -> str:
+        """The canonical name of local parameter ``local`` of this node."""
+        return f"{self.path}.{local}" if self.path else local
+
+    def walk(self) -> Iterator[Node]:
+        """This node and every node below it, depth first, in order."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+    def local_weights(self, weights: Mapping[str, Any]) -> dict[str, Any]:
+        """This node's own parameters from a full weight dict, under their local names."""
+        prefix = f"{self.path}." if self.path else ""
+        return {p.name[len(prefix):]: weights[p.name] for p in self.params}
+
+    def reference(self, weights: Mapping[str, np.ndarray], x: np.ndarray, train: bool = False) -> np.ndarray:
+        """The float64 numpy forward of this node on a batch ``x``."""
+        if isinstance(self.layer, Sequential):
+            for child in self.children:
+                x = child.reference(weights, x, train)
+            return x
+        if isinstance(self.layer, Residual):
+            h = x
+            for child in self.children:
+                h = child.reference(weights, h, train)
+            return x + h
+        local = {k: np.asarray(v, np.float64) for k, v in self.local_weights(weights).items()}
+        return self.layer.reference(local, x, train)
+
+    @property
+    def flops(self) -> int:
+        """Forward FLOPs per example of this node (containers: their children's, plus the residual add)."""
+        if self.children or isinstance(self.layer, Sequential | Residual):
+            extra = math.prod(self.out_shape) if isinstance(self.layer, Residual) else 0
+            return extra + sum(c.flops for c in self.children)
+        return self.layer.flops(self.in_shape)
+
+
+@dataclass
+class Graph:
+    """A whole model: the root node, its input (shape, ids or features) and its parameter table."""
+
+    root: Node
+    input_shape: Shape
+    takes_ids: bool
+
+    @property
+    def table(self) -> list[ParamSpec]:
+        """Every parameter, in graph order."""
+        return [p for node in self.root.walk() for p in node.params]
+
+    @property
+    def output_shape(self) -> Shape:
+        """Per-example output shape."""
+        return self.root.out_shape
+
+    def nodes(self) -> list[Node]:
+        """Every leaf layer (no containers), in order."""
+        return [n for n in self.root.walk() if not isinstance(n.layer, Sequential | Residual)]
+
+    def kinds(self) -> set[str]:
+        """Every layer kind used (containers included)."""
+        return {n.kind for n in self.root.walk()}
+
+    def reference(self, weights: Mapping[str, np.ndarray], x: np.ndarray, train: bool = False) -> np.ndarray:
+        """The float64 numpy forward on a batch (ids stay integers)."""
+        x = np.asarray(x) if self.takes_ids else np.asarray(x, np.float64)
+        return self.root.reference(weights, x, train)
+
+    @property
+    def flops(self) -> int:
+        """Forward FLOPs per example."""
+        return self.root.flops
+
+    def summary_rows(self) -> list[tuple[str, str, str, int, int]]:
+        """``(name, kind, output shape, params, FLOPs per example)`` per node, containers included."""
+        rows = []
+        for node in self.root.walk():
+            if node is self.root:
+                continue
+            count = sum(math.prod(p.shape) for n in node.walk() for p in n.params)
+            kind = node.layer.fn if isinstance(node.layer, Activation) else node.kind
+            rows.append((node.path or "(root)", kind, str(tuple(node.out_shape)), count, node.flops))
+        return rows
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _item(raw: Any, where: str, lookup: LayerLookup) -> Layer:
+    """One config item as a validated layer."""
+    if isinstance(raw, str):
+        if raw in ACTIVATION_FUNCTIONS:
+            return Activation(fn=raw)
+        kind, value = raw, None
+    elif isinstance(raw, Mapping) and len(raw) == 1:
+        kind, value = next(iter(raw.items()))
+    else:
+        raise ConfigError(f"{where}: a layer is a name ('relu') or one {{kind: params}} mapping, got {raw!r}")
+    cls = lookup(str(kind), where)
+    if value is None:
+        params: dict[str, Any] = {}
+    elif isinstance(value, Mapping):
+        params = dict(value)
+    elif cls.shorthand is not None:
+        params = {cls.shorthand: value}
+    else:
+        raise ConfigError(f"{where}.{kind}: takes a mapping of params, got {value!r}")
+    try:
+        return cls.model_validate(params)
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, cls, prefix=f"{where}.{kind}")) from None
+
+
+def _resolve_outputs(layer: Layer, num_outputs: int) -> Layer:
+    updates = {f: num_outputs for f in ("units", "vocab") if getattr(layer, f, None) == "outputs"}
+    return layer.model_copy(update=updates) if updates else layer
+
+
+class _Builder:
+    def __init__(self, lookup: LayerLookup, num_outputs: int, low_rank: Mapping[str, int] | None = None) -> None:
+        self.lookup = lookup
+        self.num_outputs = num_outputs
+        self.seen: dict[str, str] = {}
+        self.low_rank = dict(low_rank or {})
+        self.dense: dict[str, tuple[int, int]] = {}  # factorisable layers: path -> (in, out)
+
+    def children(self, items: Any, path: str, shape: Shape, where: str) -> tuple[list[Node], Shape]:
+        if not isinstance(items, list) or not items:
+            raise ConfigError(f"{where}: needs a non-empty list of layers")
+        nodes = []
+        for i, raw in enumerate(items):
+            node = self.node(_item(raw, f"{where}.{i}", self.lookup), str(i), path, shape, f"{where}.{i}")
+            nodes.append(node)
+            shape = node.out_shape
+        return nodes, shape
+
+    def node(self, layer: Layer, index: str, parent: str, shape: Shape, where: str) -> Node:
+        layer = _resolve_outputs(layer, self.num_outputs)
+        own = index if layer.name is None else layer.name
+        path = ".".join(p for p in (parent, own) if p)
+        if own and path in self.seen:
+            raise ConfigError(f"{where}.name: '{own}' repeats the name of {self.seen[path]}")
+        self.seen[path] = where
+        if isinstance(layer, Sequential):
+            if layer.repeat == 1:
+                children, out = self.children(layer.layers, path, shape, f"{where}.layers")
+            else:
+                children, out = [], shape
+                for r in range(layer.repeat):
+                    block = Sequential(layers=layer.layers)
+                    child = self.node(block, str(r), path, out, f"{where}.layers")
+                    children.append(child)
+                    out = child.out_shape
+            return Node(path, layer, shape, out, where, children=children)
+        if isinstance(layer, Residual):
+            children, out = self.children(layer.layers, path, shape, f"{where}.layers")
+            if tuple(out) != tuple(shape):
+                raise ConfigError(f"{where}: a residual body must keep the shape {shape}, it gives {out}")
+            return Node(path, layer, shape, shape, where, children=children)
+        if not own:
+            raise ConfigError(f"{where}.name: only a container (sequential, residual) may have an empty name")
+        try:
+            out = tuple(int(d) for d in layer.output_shape(tuple(shape)))
+            local = layer.param_specs(tuple(shape))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        node = Node(path, layer, tuple(shape), out, where)
+        if isinstance(layer, Dense):
+            fan_in, fan_out = local[0].shape
+            self.dense[path] = (fan_in, fan_out)
+            if path in self.low_rank:  # factorised: weight_u [in, r] @ weight_v [r, out], the product's std as before
+                local = [*dense_kernel_specs("", fan_in, fan_out, local[0].scale, self.low_rank[path]), *local[1:]]
+                local = [ParamSpec(p.name.lstrip("."), p.shape, p.layout, p.init, p.scale, p.decay, p.dtype)
+                         for p in local]
+        node.params = [ParamSpec(node.param_name(p.name), p.shape, p.layout, p.init, p.scale, p.decay, p.dtype)
+                       for p in local]
+        return node
+
+
+def build_graph(layers: list[Any], input_shape: Shape, num_outputs: int, lookup: LayerLookup,
+                where: str = "model.layers", low_rank: Mapping[str, int] | None = None) -> Graph:
+    """Parse ``layers`` (config items) for inputs of per-example ``input_shape``; ``units: outputs`` and
+    ``vocab: outputs`` become ``num_outputs``; ``low_rank`` (``{dense layer path: rank}``) factorises those
+    dense layers. Bad items, shapes or names are one-line ConfigErrors."""
+    builder = _Builder(lookup, num_outputs, low_rank)
+    children, out = builder.children(layers, "", tuple(input_shape), where)
+    if builder.low_rank:
+        check_low_rank(builder.low_rank, builder.dense)
+    root = Node("", Sequential(layers=list(layers)), tuple(input_shape), out, where, children=children)
+    leaves = [n for n in root.walk() if not isinstance(n.layer, Sequential | Residual)]
+    return Graph(root, tuple(input_shape), bool(leaves and leaves[0].layer.takes_ids))

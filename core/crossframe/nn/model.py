@@ -1,0 +1,58 @@
+"""``model: {name: graph, layers: [...]}``: a model written as neutral layers in the config file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import ConfigDict, Field
+
+from crossframe.data.dataset import DataInfo
+from crossframe.errors import ConfigError
+from crossframe.models.spec import LowRank, LowRankModelParams, ModelSpec
+from crossframe.nn.graph import Graph, LayerLookup, build_graph
+from crossframe.nn.layers import Layer
+
+
+class GraphParams(LowRankModelParams):
+    """Params of ``model: {name: graph}``; ``low_rank`` keys are dense layer paths (``h.0.mlp.up``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    layers: list[Any] = Field(min_length=1, description="the layers, first to last (see docs/layers.md)")
+    low_rank: LowRank
+
+
+def registry_lookup(kind: str, where: str) -> type[Layer]:
+    """The layer class registered as ``kind`` (built-in or a plugin's), or a one-line ConfigError."""
+    from crossframe.plugins import component
+
+    return component("layer", kind, where).obj
+
+
+def expected_output(info: DataInfo) -> tuple[int, ...]:
+    """The per-example output shape the dataset's task needs."""
+    if info.task == "language_modeling":
+        return (*info.input_shape, info.num_outputs)
+    return (info.num_outputs,)
+
+
+def spec_from_graph(name: str, params: dict[str, Any], info: DataInfo, graph: Graph) -> ModelSpec:
+    """A :class:`ModelSpec` for ``graph``: its table, its reference forward, and the graph for the lowerings."""
+    wanted = expected_output(info)
+    if tuple(graph.output_shape) != wanted:
+        raise ConfigError(f"model.layers: the last layer gives {tuple(graph.output_shape)} per example; "
+                          f"the {info.task} data needs {wanted} (end with {{dense: outputs}})")
+    if graph.takes_ids != (info.task == "language_modeling"):
+        what = "token ids (start with an embedding)" if info.task == "language_modeling" else "features"
+        raise ConfigError(f"model.layers: the {info.task} data gives {what}; the first layer does not fit them")
+
+    def forward(weights: Any, x: np.ndarray) -> np.ndarray:
+        return graph.reference(weights, x)
+
+    return ModelSpec(name, params, info, graph.table, forward, graph=graph)
+
+
+def build_graph_model(params: GraphParams, info: DataInfo, lookup: LayerLookup = registry_lookup) -> ModelSpec:
+    """The spec of the graph ``params.layers`` on ``info``'s inputs."""
+    graph = build_graph(params.layers, info.input_shape, info.num_outputs, lookup, low_rank=params.low_rank)
+    return spec_from_graph("graph", params.model_dump(), info, graph)

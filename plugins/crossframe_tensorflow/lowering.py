@@ -1,0 +1,272 @@
+"""A graph of neutral layers lowered once into one ``tf.Module`` whose call the backend traces as a
+``tf.function``.
+
+Variables carry the canonical names in the canonical layouts (TensorFlow's own: dense ``[in, out]``,
+conv HWIO on NHWC). The graph is walked once into a list of closures; tracing runs them once, so the
+step is one TensorFlow graph. Dense layers are 2-D ``tf.matmul`` s over ``[B * T, D]``; attention is
+``softmax(q k^T / sqrt(hd) + causal mask) v`` with grouped-query heads repeated to the query heads;
+dropout draws stateless masks from the step's ``seed`` folded with the layer's index.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from crossframe.errors import CapabilityError
+from crossframe.models.spec import ModelSpec, Params
+from crossframe.nn import layers as L
+from crossframe.nn.graph import Graph, Node
+from crossframe_tensorflow.devices import tf
+from crossframe_tensorflow.models import RNG_ALG, Model
+
+BACKEND = "tensorflow"
+
+ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
+    "relu": tf.nn.relu,
+    # exact GELU through erf: tf.nn.gelu's erfc form has no ONNX converter
+    "gelu": lambda x: 0.5 * x * (1.0 + tf.math.erf(x * tf.cast(1.0 / math.sqrt(2.0), x.dtype))),
+    "gelu_tanh": lambda x: tf.nn.gelu(x, approximate=True),
+    "silu": tf.nn.silu,
+    "tanh": tf.math.tanh,
+    "sigmoid": tf.math.sigmoid,
+    "softmax": lambda x: tf.nn.softmax(x, axis=-1),
+}
+
+#: ``fn(weight, x, ctx) -> y``: ``weight(local_name)`` reads the layer's variable in the compute dtype
+Fn = Callable[[Callable[[str], tf.Tensor], tf.Tensor, dict], tf.Tensor]
+
+
+def _matmul(x: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
+    """``x @ w`` on the last axis as one 2-D matmul."""
+    if x.shape.rank == 2:
+        return tf.matmul(x, w)
+    lead = tf.shape(x)[:-1]
+    y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), w)
+    return tf.reshape(y, tf.concat([lead, [w.shape[-1]]], axis=0))
+
+
+def _linear(weight: Callable[[str], tf.Tensor], prefix: str, x: tf.Tensor, bias: bool) -> tf.Tensor:
+    y = _matmul(x, weight(f"{prefix}weight"))
+    return tf.nn.bias_add(y, weight(f"{prefix}bias")) if bias else y
+
+
+def _conv(layer: L.Conv2D, shape: tuple[int, ...]) -> Fn:
+    (pt, pb), (pl, pr) = layer.pads(shape)
+    # TensorFlow's own SAME / VALID pad exactly as the core does (the odd pixel after) and take its fast path
+    padding: Any = layer.padding.upper() if isinstance(layer.padding, str) else [[0, 0], [pt, pb], [pl, pr], [0, 0]]
+    stride, dilation = L._pair(layer.stride), L._pair(layer.dilation)
+    g = layer.groups
+
+    kh, kw = L._pair(layer.kernel)
+    dh, dw = dilation
+    # TensorFlow's CPU kernels have no dilated backward pass: spread the taps into a zero kernel instead
+    taps = [[i * dh, j * dw] for i in range(kh) for j in range(kw)]
+    spread = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
+
+    def dilate(w: tf.Tensor) -> tf.Tensor:
+        if dilation == (1, 1):
+            return w
+        values = tf.reshape(w, [kh * kw, w.shape[2], w.shape[3]])
+        return tf.scatter_nd(taps, values, [*spread, w.shape[2], w.shape[3]])
+
+    def conv(weight: Callable[[str], tf.Tensor], x: tf.Tensor, ctx: dict) -> tf.Tensor:
+        w = dilate(weight("weight"))
+        if g == 1:
+            y = tf.nn.conv2d(x, w, strides=stride, padding=padding)
+        else:  # grouped: one convolution per group (TensorFlow's CPU kernels have no groups)
+            xs, ws = tf.split(x, g, axis=-1), tf.split(w, g, axis=-1)
+            y = tf.concat([tf.nn.conv2d(a, b, strides=stride, padding=padding)
+                           for a, b in zip(xs, ws, strict=True)], axis=-1)
+        return tf.nn.bias_add(y, weight("bias")) if layer.bias else y
+
+    return conv
+
+
+def _pool(layer: L.Pool) -> Fn:
+    if layer.kind_ == "global_max":
+        return lambda weight, x, ctx: tf.reduce_max(x, axis=[1, 2])
+    if layer.kind_ == "global_avg":
+        return lambda weight, x, ctx: tf.reduce_mean(x, axis=[1, 2])
+    size, stride = layer.window()
+    pool = tf.nn.max_pool2d if layer.kind_ == "max" else tf.nn.avg_pool2d
+    return lambda weight, x, ctx: pool(x, ksize=size, strides=stride, padding="VALID")
+
+
+def _norm(layer: L.Norm) -> Fn:
+    def norm(weight: Callable[[str], tf.Tensor], x: tf.Tensor, ctx: dict) -> tf.Tensor:
+        h = tf.cast(x, tf.float32)  # statistics in float32 under mixed precision
+        if layer.kind_ == "rms":
+            y = h * tf.math.rsqrt(tf.reduce_mean(h * h, axis=-1, keepdims=True) + layer.eps)
+            y = y * tf.cast(weight("weight"), tf.float32)
+        else:
+            mu, var = tf.nn.moments(h, axes=[-1], keepdims=True)
+            y = (h - mu) * tf.math.rsqrt(var + layer.eps) * tf.cast(weight("weight"), tf.float32) + tf.cast(
+                weight("bias"), tf.float32)
+        return tf.cast(y, x.dtype)
+
+    return norm
+
+
+def _attention(layer: L.Attention, shape: tuple[int, ...]) -> Fn:
+    t_max, d = shape
+    h, kv, hd = layer.dims(d)
+    tables = None
+    if layer.rope:
+        cos, sin = L.rope_tables(t_max, hd, layer.rope_base)
+        tables = (cos.astype(np.float32), sin.astype(np.float32))
+    mask = np.tril(np.ones((t_max, t_max), bool))
+
+    def attention(weight: Callable[[str], tf.Tensor], x: tf.Tensor, ctx: dict) -> tf.Tensor:
+        b, n = tf.shape(x)[0], x.shape[1]
+        qkv = _linear(weight, "qkv.", x, layer.qkv_bias)
+        q = tf.transpose(tf.reshape(qkv[..., : h * hd], [b, n, h, hd]), [0, 2, 1, 3])
+        k = tf.transpose(tf.reshape(qkv[..., h * hd: (h + kv) * hd], [b, n, kv, hd]), [0, 2, 1, 3])
+        v = tf.transpose(tf.reshape(qkv[..., (h + kv) * hd:], [b, n, kv, hd]), [0, 2, 1, 3])
+        if tables is not None:
+            cos, sin = (tf.cast(a[:n], q.dtype) for a in tables)
+            q, k = (tf.concat([z[..., : hd // 2] * cos - z[..., hd // 2:] * sin,
+                               z[..., hd // 2:] * cos + z[..., : hd // 2] * sin], axis=-1) for z in (q, k))
+        if kv != h:
+            k, v = tf.repeat(k, h // kv, axis=1), tf.repeat(v, h // kv, axis=1)
+        scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) / math.sqrt(hd)
+        scores = tf.where(mask[:n, :n], scores, -np.inf)
+        att = tf.cast(tf.nn.softmax(scores, axis=-1), v.dtype)
+        y = tf.reshape(tf.transpose(tf.matmul(att, v), [0, 2, 1, 3]), [b, n, h * hd])
+        return _linear(weight, "proj.", y, layer.bias)
+
+    return attention
+
+
+def _gated(layer: L.GatedMLP) -> Fn:
+    act = ACTIVATIONS[layer.activation]
+
+    def gated(weight: Callable[[str], tf.Tensor], x: tf.Tensor, ctx: dict) -> tf.Tensor:
+        hidden = act(_linear(weight, "gate.", x, layer.bias)) * _linear(weight, "up.", x, layer.bias)
+        return _linear(weight, "down.", hidden, layer.bias)
+
+    return gated
+
+
+def _dropout(layer: L.Dropout, index: int) -> Fn:
+    def dropout(weight: Callable[[str], tf.Tensor], x: tf.Tensor, ctx: dict) -> tf.Tensor:
+        if not ctx["training"] or layer.rate == 0.0:
+            return x
+        if ctx["seed"] is None:
+            raise ValueError("graph: dropout in training needs a seed")
+        site = tf.random.experimental.stateless_fold_in(ctx["seed"], index, alg=RNG_ALG)
+        return tf.nn.experimental.stateless_dropout(x, layer.rate, seed=site, rng_alg=RNG_ALG)
+
+    return dropout
+
+
+def implementation(kind: str) -> str | None:
+    """The ``module:function`` a plugin registered for ``kind`` on this backend, if any."""
+    from crossframe.plugins import get_plugin_manager
+
+    comp = get_plugin_manager().components("layer").get(kind)
+    return None if comp is None else comp.extra.get(BACKEND)
+
+
+def missing_layers(graph: Graph) -> list[str]:
+    """The graph's layer kinds this backend cannot run (empty when it runs them all)."""
+    builtin = {cls.kind for cls in L.BUILTIN_LAYERS}
+    return sorted(k for k in graph.kinds() if k not in builtin and implementation(k) is None)
+
+
+def lower_layer(node: Node, index: int) -> Fn:
+    """The function of one leaf layer (``index``: its position, which keys its dropout)."""
+    layer, shape = node.layer, node.in_shape
+    if isinstance(layer, L.Dense):
+        def dense(weight: Callable[[str], tf.Tensor], x: tf.Tensor, ctx: dict) -> tf.Tensor:
+            if ctx["has"]("weight"):
+                return _linear(weight, "", x, layer.bias)
+            y = _matmul(_matmul(x, weight("weight_u")), weight("weight_v"))
+            return y + weight("bias") if layer.bias else y
+
+        return dense
+    if isinstance(layer, L.Conv2D):
+        return _conv(layer, shape)
+    if isinstance(layer, L.Pool):
+        return _pool(layer)
+    if isinstance(layer, L.Flatten):
+        size = math.prod(shape)
+        return lambda weight, x, ctx: tf.reshape(x, [-1, size])
+    if isinstance(layer, L.Reshape):
+        out = list(node.out_shape)
+        return lambda weight, x, ctx: tf.reshape(x, [-1, *out])
+    if isinstance(layer, L.Embedding):
+        return lambda weight, x, ctx: tf.cast(tf.gather(ctx["raw"]("weight"), x), ctx["dtype"])  # cast the rows only
+    if isinstance(layer, L.PositionalEmbedding):
+        return lambda weight, x, ctx: x + weight("weight")[: x.shape[1]]
+    if isinstance(layer, L.Norm):
+        return _norm(layer)
+    if isinstance(layer, L.Dropout):
+        return _dropout(layer, index)
+    if isinstance(layer, L.Activation):
+        act = ACTIVATIONS[layer.fn]
+        return lambda weight, x, ctx: act(x)
+    if isinstance(layer, L.GatedMLP):
+        return _gated(layer)
+    if isinstance(layer, L.Attention):
+        return _attention(layer, shape)
+    target = implementation(node.kind)
+    if target is None:
+        raise CapabilityError(f"{node.where}: backend '{BACKEND}' has no implementation of layer '{node.kind}'")
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)(node.layer, node.in_shape)
+
+
+class GraphModel(Model):
+    """The lowered graph: the canonical variables and one forward built from the graph once."""
+
+    def __init__(self, spec: ModelSpec, weights: Params) -> None:
+        graph: Graph = spec.graph
+        missing = missing_layers(graph)
+        if missing:
+            raise CapabilityError(f"model.layers: backend '{BACKEND}' has no implementation of layer "
+                                  f"{', '.join(repr(m) for m in missing)}")
+        super().__init__(spec, weights)
+        self._counter = 0
+        self._body = self._lower(graph.root)
+        self._rng = any(isinstance(n.layer, L.Dropout) and n.layer.rate > 0 for n in graph.root.walk())
+
+    @property
+    def uses_rng(self) -> bool:
+        """Dropout in training."""
+        return self._rng
+
+    def _lower(self, node: Node) -> Callable[[tf.Tensor, dict], tf.Tensor]:
+        if isinstance(node.layer, L.Sequential | L.Residual):
+            parts = [self._lower(child) for child in node.children]
+            residual = isinstance(node.layer, L.Residual)
+
+            def run(x: tf.Tensor, ctx: dict) -> tf.Tensor:
+                h = x
+                for part in parts:
+                    h = part(h, ctx)
+                return x + h if residual else h
+
+            return run
+        self._counter += 1
+        fn = lower_layer(node, self._counter)
+        prefix = f"{node.path}." if node.path else ""
+
+        def leaf(x: tf.Tensor, ctx: dict) -> tf.Tensor:
+            local = dict(ctx, has=lambda name: f"{prefix}{name}" in self.params,
+                         raw=lambda name: self.params[f"{prefix}{name}"])
+            return fn(lambda name: self.weight(f"{prefix}{name}", ctx["dtype"]), x, local)
+
+        return leaf
+
+    def __call__(self, x: tf.Tensor, dtype: tf.DType = tf.float32, *, training: bool = False,
+                 seed: tf.Tensor | None = None) -> tf.Tensor:
+        """Outputs (float32) for a batch ``x`` computed in ``dtype``."""
+        if not self.spec.graph.takes_ids:
+            x = tf.cast(x, dtype)
+        y = self._body(x, {"dtype": dtype, "training": training, "seed": seed})
+        return tf.cast(y, tf.float32)
