@@ -219,7 +219,7 @@ class PluginManager:
 
     def _unknown_hooks(self, obj: Any) -> str:
         """Describe hook implementations that match no hook spec (a misspelt hook name)."""
-        known = [name for name in dir(hookspecs) if name.startswith(("register_", "on_"))]
+        known = [name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "crossframe_spec")]
         for attr in dir(obj):
             opts = self.pm.parse_hookimpl_opts(obj, attr)
             if opts is None or opts.get("optionalhook"):

@@ -172,8 +172,15 @@ def test_a_failed_or_interrupted_run_is_marked_so(plugins: Any, workdir: Path, s
     class Breaks:
         @hookimpl
         def on_step_end(self, run: Any, step: int) -> None:
-            if step == 7:
+            if step != 7:
+                return
+            if error is KeyboardInterrupt:
                 raise error("broken on purpose")
+
+            def broken(*args: Any, **kwargs: Any) -> Any:
+                raise error("broken on purpose")
+
+            run.backend.train_step = broken  # the next step fails (an observer's own error is contained)
 
     plugins.register(Breaks(), "breaks")
     experiment = f"ended-{status.lower()}"

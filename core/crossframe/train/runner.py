@@ -6,7 +6,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -124,16 +124,22 @@ def run(
         run_dir = Path(chosen) if chosen else _unique_dir(Path(cfg.output_dir) / _run_name(cfg))
     assert run_dir is not None
     threads = _set_threads(cfg, worker)
-    if not worker and not quiet:
-        _announce(run_dir, threads, resumed=checkpoint is not None)
+    where = run_dir
+
+    def announce() -> None:  # once the config and the backend are known to be good
+        if not worker and not quiet:
+            _announce(where, threads, resumed=checkpoint is not None)
+
     if not worker and (cfg.launch.nproc_per_node > 1 or cfg.launch.nnodes > 1):
         from crossframe.distributed.launch import check_launch
         from crossframe.train.launch import launch
 
         check_launch(cfg)  # the launch settings first, then the backend's support for the strategy
-        return launch(cfg, run_dir, checkpoint, quiet, prepare_backend(cfg)[0])
+        backend = prepare_backend(cfg)[0]
+        announce()
+        return launch(cfg, run_dir, checkpoint, quiet, backend)
     try:
-        return _train(cfg, run_dir, checkpoint, quiet)
+        return _train(cfg, run_dir, checkpoint, quiet, announce)
     except BaseException as exc:
         if worker:
             record_failure(exc)  # the launcher names this rank and this line
@@ -177,10 +183,12 @@ def prepare_backend(cfg: RunConfig, training: bool = True) -> tuple[Backend, str
     return backend, device
 
 
-def _train(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quiet: bool) -> RunResult:
+def _train(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quiet: bool,
+           announce: Callable[[], None] = lambda: None) -> RunResult:
     from crossframe.distributed.world import fault_injector, world_from_env
 
     backend, device = prepare_backend(cfg)
+    announce()
     world = world_from_env(cfg)
     if world.world_size == 1 and cfg.strategy == "single":
         return _train_in(cfg, run_dir, checkpoint, quiet, backend, device, None)
