@@ -27,7 +27,7 @@ def serve_group() -> None:
 
 
 @serve_group.command("start")
-@click.argument("path", type=click.Path(exists=True))
+@click.argument("path")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0: every one).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--engine", type=click.Choice(["auto", "onnx", "native"]), default="auto", show_default=True,
@@ -59,6 +59,11 @@ def serve_command(path: str, host: str, port: int, engine: str, backend: str | N
 
     options = ServeOptions(max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_kb * 1024,
                            max_tokens_limit=max_tokens_limit, api_keys=Path(api_keys) if api_keys else None)
+    from crossframe.registry.uri import is_model_uri, resolve_run_path
+    from crossframe.rundirs import resolve_run_dir
+
+    # models:/NAME@ALIAS (a registered version, checked against its sha256 manifest) and runs/NAME@latest
+    path = str(resolve_run_path(path) if is_model_uri(path) else resolve_run_dir(path))
     serve(path, host=host, port=port, engine=engine, backend=backend, name=model_name, chat_template=chat_template,
           options=options, drain_seconds=drain_seconds, log_level=log_level, echo=lambda m: click.echo(m, err=True))
 
