@@ -136,7 +136,7 @@ def test_config_fields_appear_in_config_doc(model: type) -> None:
 
 PLUGINS_MD = DOCS / "plugins.md"
 #: "| `register_models(register)` |" -> a row of the hook table in docs/plugins.md
-HOOK_ROW = re.compile(r"^\|\s*`(?P<name>(?:register|on)_\w+)\((?P<args>[^)]*)\)`\s*\|", re.MULTILINE)
+HOOK_ROW = re.compile(r"^\|\s*`(?P<name>(?:register|on|check)_\w+)\((?P<args>[^)]*)\)`\s*\|", re.MULTILINE)
 
 
 def test_plugins_guide_lists_every_hook_with_its_exact_signature() -> None:

@@ -128,7 +128,7 @@ def test_cli_register_promote_ls_show_rm(trained: Path, tmp_path: Path, capsys: 
         handle.seek(0)
         handle.write(b"S" if original != b"S" else b"T")
     try:
-        assert main(["models", "register", str(trained), "--name", "cli", "--registry", reg]) == 1
+        assert main(["models", "register", str(trained), "--name", "cli", "--registry", reg]) == 2  # bad input
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and "model.onnx: sha256 does not match manifest.json" in err
     finally:
