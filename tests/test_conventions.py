@@ -86,9 +86,8 @@ _configs = st.dictionaries(_keys, _trees, max_size=4)
 
 @given(_configs, _configs)
 def test_merging_keeps_every_leaf_of_the_later_config(base: dict, later: dict) -> None:
-    from crossframe.runs.detail import flatten
-
     from crossframe.config.loading import merge_configs
+    from crossframe.runs.detail import flatten
 
     merged = merge_configs(base, later)
     flat_merged, flat_later = flatten(merged), flatten(later)

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from crossframe.runs import find_runs, list_runs, summarize
-from crossframe.runs.detail import config_diff, diff, flatten, show
-from crossframe.runs.summary import dir_size
 
 import crossframe
 from crossframe.cli.main import main
+from crossframe.runs import find_runs, list_runs, summarize
+from crossframe.runs.detail import config_diff, diff, flatten, show
+from crossframe.runs.summary import dir_size
 from tests.conftest import tiny_config
 
 pytest.importorskip("torch")
