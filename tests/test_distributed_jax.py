@@ -301,3 +301,26 @@ def test_a_worker_that_dies_stops_the_other_with_one_line(workdir: Path) -> None
     line = (errors / "rank_0.err").read_text().strip()
     assert line.startswith("DistributedError: collective: worker 0 of 2 lost its peers") and "\n" not in line
     assert (workdir / "runs" / "dies" / "checkpoints" / "step_3").is_dir()  # the last good checkpoint stays
+
+
+def test_an_interrupt_stops_both_processes_at_one_step_and_the_run_resumes(workdir: Path) -> None:
+    """The core's launcher passes a Ctrl-C on to its workers (each in a session of its own); rank 1 has it
+    after step 7, and the ranks agree at the next log boundary (10): one checkpoint, exit 130, one line."""
+    cfg = tiny_cfg()
+    (workdir / "cfg.json").write_text(json.dumps(cfg))
+    proc = subprocess.run([sys.executable, "-m", "crossframe", "run", "cfg.json", "--strategy", "data_parallel",
+                           "--nproc-per-node", "2", "--set", "name=ctrlc", "-q"], cwd=workdir,
+                          env=_env(CROSSFRAME_FAULT_SIGNAL="1:7"),  # test-only: rank 1 interrupts the launcher
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 130, (proc.stdout + proc.stderr)[-3000:]
+    run_dir = workdir / "runs" / "ctrlc"
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == ("interrupted after step 10: checkpoint written to 'runs/ctrlc/checkpoints/step_10'; "
+                    "continue with --resume runs/ctrlc"), last
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == ["step_10"]
+    two = subprocess.run([sys.executable, "-m", "crossframe", "run", "--resume", str(run_dir), "--strategy",
+                          "data_parallel", "--nproc-per-node", "2", "-q"], cwd=workdir, env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, (two.stdout + two.stderr)[-3000:]
+    one = crossframe.run({**cfg, "name": "one", "train": {**cfg["train"], "batch_size": 16}}, quiet=True)
+    assert max_gap(final_weights(run_dir), final_weights(one.run_dir)) <= TOL

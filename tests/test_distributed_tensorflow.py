@@ -287,3 +287,19 @@ def test_a_worker_dying_mid_run_stops_the_job_in_one_line(workspace: Path) -> No
     # rank 0 either saw the broken all-reduce (one line, no traceback) or was stopped by the launcher
     assert "Traceback" not in proc.stderr
     assert (workspace / "runs" / "fault" / "checkpoints" / "step_2").is_dir()  # the last good checkpoint stays
+
+
+def test_an_interrupt_stops_both_workers_at_one_step(workspace: Path) -> None:
+    """MultiWorkerMirroredStrategy's ranks agree at the log boundary after the interrupt (10, since rank 1
+    has it after step 7) through a gather, save that step once and exit 130 in one line."""
+    (workspace / "ctrlc.json").write_text(json.dumps({**tiny_cfg(), "output_dir": "runs"}))
+    proc = subprocess.run([sys.executable, "-m", "crossframe", "run", "ctrlc.json", "--backend", "tensorflow",
+                           "--strategy", "data_parallel", "--nproc-per-node", "2", "--set", "name=ctrlc", "-q"],
+                          cwd=workspace, env=_env(CROSSFRAME_FAULT_SIGNAL="1:7"), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 130, (proc.stdout + proc.stderr)[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "interrupted after step 10: checkpoint written to 'runs/ctrlc/checkpoints/step_10'; "
+        "continue with --resume runs/ctrlc")
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (workspace / "runs" / "ctrlc" / "checkpoints").glob("step_*")) == ["step_10"]

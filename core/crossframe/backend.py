@@ -249,6 +249,14 @@ class Backend(ABC):
         """Leave the multi-worker job (destroy process groups and the like); the default does nothing."""
         return None
 
+    def max_over_ranks(self, value: int) -> int:
+        """The largest ``value`` over every process of the job: a collective, so every rank calls it at
+        the same step (the loop does so at its log boundaries, to agree on where an interrupted job stops).
+
+        The default serves one process: it returns ``value``.
+        """
+        return value
+
     #: the module (``"crossframe_torch.export"``) that implements this backend's exports: ``FORMATS``,
     #: ``export(request, format, options)`` and ``load(artifact)``; ``None``: the backend exports nothing
     export_module: str | None = None

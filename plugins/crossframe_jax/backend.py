@@ -351,6 +351,10 @@ class JaxBackend(Backend):
         """``jax.distributed.shutdown`` when this process joined a job."""
         distributed.shutdown_distributed()
 
+    def max_over_ranks(self, value: int) -> int:
+        """The largest ``value`` over the job's processes (gathered from every host); ``value`` in one."""
+        return distributed.max_over_ranks(value)
+
     def device_memory_mb(self, device: str) -> float | None:
         """``bytes_in_use`` from the device's ``memory_stats()``; None where XLA keeps none (CPU)."""
         if device == "cpu":

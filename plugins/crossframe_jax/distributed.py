@@ -185,6 +185,20 @@ def shutdown_distributed() -> None:
         jax.distributed.shutdown()
 
 
+def max_over_ranks(value: int) -> int:
+    """The largest ``value`` over the job's processes (``process_allgather`` through the coordinator's
+    collectives), or ``value`` in a one-process job."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    try:
+        gathered = multihost_utils.process_allgather(np.asarray([value], np.int64))
+    except (jax.errors.JaxRuntimeError, ValueError) as exc:  # gloo reports a peer gone as a ValueError here
+        raise_collective_error(exc)
+    return int(np.max(gathered))
+
+
 def _kind_devices(device: str, local: bool) -> list[Any]:
     """Devices of crossframe kind ``device`` (this process's, or the whole job's), by process then id."""
     found = jax.local_devices() if local else jax.devices()

@@ -153,6 +153,10 @@ class TensorFlowBackend(Backend):
         self._replicas = None
         distributed.shutdown_distributed()
 
+    def max_over_ranks(self, value: int) -> int:
+        """The largest ``value`` over every replica of the job's strategy; ``value`` without one."""
+        return (self._replicas or distributed.Replicas()).max_over_ranks(value)
+
     # ------------------------------------------------------------------ state
 
     def create_state(self, setup: TrainSetup) -> TFState:

@@ -293,6 +293,13 @@ class Replicas:
             flat[i] = value
         return tf.nest.pack_sequence_as(values, flat)
 
+    def max_over_ranks(self, value: int) -> int:
+        """The largest ``value`` over every replica of every worker (a MAX all-reduce across the job)."""
+        if self.strategy is None:
+            return value
+        per_replica = self.strategy.run(lambda: tf.constant([value], tf.int64))
+        return int(tf.reduce_max(self.strategy.gather(per_replica, axis=0)))  # tf's ReduceOp has no MAX
+
     def replica_seed(self, seed: tf.Tensor) -> tf.Tensor:
         """A per-replica random seed (dropout masks differ between replicas); unchanged on one device."""
         if self.strategy is None:

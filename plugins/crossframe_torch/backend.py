@@ -108,6 +108,10 @@ class TorchBackend(Backend):
         """Destroy the process group."""
         distributed.shutdown()
 
+    def max_over_ranks(self, value: int) -> int:
+        """An all-reduce (MAX) over the process group; ``value`` itself outside one."""
+        return distributed.max_over_ranks(value)
+
     def set_threads(self, threads: int) -> None:
         """``torch.set_num_threads``; one inter-op thread where torch still allows the change."""
         torch.set_num_threads(threads)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -30,8 +31,8 @@ import torch
 import torch.distributed as dist
 
 from crossframe.backend import TrainSetup, WorldInfo
-from crossframe.distributed.launch import GRACE_S, POLL_S, Job, failure_line, first_failure
-from crossframe.errors import CapabilityError, DistributedError
+from crossframe.distributed.launch import INTERRUPT_GRACE_S, POLL_S, Job, JobInterrupted, failure_line, first_failure
+from crossframe.errors import CapabilityError, DistributedError, Interrupted
 from crossframe.models.spec import Params
 from crossframe_torch.models import to_canonical, to_native
 from crossframe_torch.optim import export_optimizer_state, load_optimizer_state
@@ -133,6 +134,17 @@ def sync_gradients(forward: Any, sync: bool) -> None:
         forward.require_backward_grad_sync = sync
 
 
+def max_over_ranks(value: int) -> int:
+    """The largest ``value`` over all processes (one small all-reduce on the group's device), or
+    ``value`` when no process group is running."""
+    if not dist.is_available() or not dist.is_initialized():
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    flag = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
 def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     """The mean of ``value`` over all processes (an all-reduce on the device; no host sync)."""
     total = value.detach().clone()
@@ -216,7 +228,8 @@ def launch_workers(job: Job) -> None:
     --master-port P -m crossframe run CONFIG`` with ``CROSSFRAME_WORKER=1``; no restarts, and a
     failed worker stops the others within the agent's shutdown timeout.
     """
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # only the launcher needs these
+    from torch.distributed.elastic.multiprocessing.api import SignalException  # only the launcher needs these
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(
@@ -224,7 +237,8 @@ def launch_workers(job: Job) -> None:
         run_id=f"crossframe-{job.master_port}", rdzv_backend="static",
         rdzv_endpoint=f"{job.master_addr}:{job.master_port}",
         rdzv_configs={"rank": job.node_rank, "timeout": int(max(job.timeout_s, 30))},
-        max_restarts=0, monitor_interval=POLL_S, start_method="spawn", shutdown_timeout=int(GRACE_S))
+        max_restarts=0, monitor_interval=POLL_S, start_method="spawn",
+        shutdown_timeout=int(INTERRUPT_GRACE_S))  # on a signal the agent passes it on, then waits this long
     quiet_loggers = [logging.getLogger(n) for n in ("torch.distributed.elastic", "torch.distributed.launcher")]
     levels = [lg.level for lg in quiet_loggers]
     for lg in quiet_loggers:
@@ -232,7 +246,11 @@ def launch_workers(job: Job) -> None:
     try:
         with _environ(job.env):
             elastic_launch(config, sys.executable)(*job.args)
+    except SignalException as exc:  # the launcher was interrupted; the agent passed the signal on and waited
+        raise JobInterrupted(int(exc.sigval)) from None
     except ChildFailedError as exc:
+        if all(f.exitcode == Interrupted.exit_code for f in exc.failures.values()):
+            raise JobInterrupted(signal.SIGINT) from None  # a worker was signalled directly; all agreed
         failed = {r: (f.exitcode, float(f.timestamp)) for r, f in exc.failures.items()}
         rank = first_failure(job, failed)
         raise DistributedError(failure_line(job, rank, failed[rank][0])) from None

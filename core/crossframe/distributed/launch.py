@@ -16,6 +16,12 @@ run`` on the resolved config with ``CROSSFRAME_WORKER=1`` (so it trains instead 
 Watchdog: when a worker exits non-zero, the others are terminated (SIGTERM, then SIGKILL after
 :data:`GRACE_S`) and the launcher raises one :class:`DistributedError` naming the rank and its last
 error line. Rank 0 writes the run directory; the launcher only reads its final checkpoint.
+
+Interrupts: the workers run in sessions of their own (as ``torchrun`` starts them), so a Ctrl-C at the
+terminal reaches the launcher alone, which passes SIGINT or SIGTERM on to every worker once. The
+workers agree on a step, checkpoint it and exit with :attr:`Interrupted.exit_code`; the launcher
+waits up to :data:`INTERRUPT_GRACE_S` for them and raises :class:`JobInterrupted`. A second signal is
+passed on too, and stops the workers at once.
 """
 
 from __future__ import annotations
@@ -32,11 +38,21 @@ from typing import Any
 
 from crossframe.config.loading import dump_yaml
 from crossframe.distributed.world import ERROR_DIR_ENV, RUN_DIR_ENV, WORKER_ENV, free_port
-from crossframe.errors import ConfigError, DistributedError
+from crossframe.errors import ConfigError, DistributedError, Interrupted
 
 #: seconds a worker gets between SIGTERM and SIGKILL once another worker has failed
 GRACE_S = 5.0
+#: seconds the workers get, after an interrupt, to reach the agreed step and checkpoint it
+INTERRUPT_GRACE_S = 30.0
 POLL_S = 0.1
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """The workers stopped on a signal (``signum``), each after checkpointing the step they agreed on."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 @dataclass(frozen=True)
@@ -125,34 +141,83 @@ def failure_line(job: Job, rank: int, exitcode: int | None) -> str:
 
 # ---------------------------------------------------------------------------------------- local workers
 
+class SignalRelay:
+    """While active (in the main thread), SIGINT and SIGTERM sent to the launcher are passed on to the
+    running workers instead of stopping the launcher; :attr:`signum` is the first one received."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, procs: Mapping[int, subprocess.Popen]) -> None:
+        self.procs = procs
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _relay(self, signum: int, frame: Any) -> None:
+        self.signum = self.signum or signum
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    def __enter__(self) -> SignalRelay:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._relay)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
 def run_local(job: Job) -> None:
-    """Start this node's workers as subprocesses and watch them until all end or one fails."""
+    """Start this node's workers as subprocesses and watch them until all end, one fails, or all stop
+    on an interrupt (:class:`JobInterrupted`)."""
     procs: dict[int, subprocess.Popen] = {}
-    try:
-        for local in range(job.nproc):
-            env = {**os.environ, **job.env, **job.rank_env(local)}
-            procs[job.node_rank * job.nproc + local] = subprocess.Popen([sys.executable, *job.args], env=env)
-        watch(procs, job)
-    finally:
-        stop_all(procs.values())
+    with SignalRelay(procs) as relay:
+        try:
+            for local in range(job.nproc):
+                env = {**os.environ, **job.env, **job.rank_env(local)}
+                procs[job.node_rank * job.nproc + local] = subprocess.Popen(
+                    [sys.executable, *job.args], env=env, start_new_session=True)
+            watch(procs, job, relay)
+        finally:
+            stop_all(procs.values(), INTERRUPT_GRACE_S if relay.signum else GRACE_S)
 
 
-def watch(procs: Mapping[int, subprocess.Popen], job: Job) -> None:
-    """Poll workers; on the first non-zero exit stop the rest and raise :class:`DistributedError`."""
+def watch(procs: Mapping[int, subprocess.Popen], job: Job, relay: SignalRelay | None = None) -> None:
+    """Poll workers until all have ended.
+
+    On the first exit that is neither 0 nor an interrupt, stop the rest and raise :class:`DistributedError`.
+    Workers that stopped on an interrupt (exit :attr:`Interrupted.exit_code`) end together at the step
+    they agreed on; once all have ended, :class:`JobInterrupted` is raised. A job whose workers have not
+    all ended :data:`INTERRUPT_GRACE_S` after the first one stopped so is stopped.
+    """
     running = dict(procs)
+    interrupted_at: float | None = None
     while running:
+        if interrupted_at is not None and time.monotonic() - interrupted_at > INTERRUPT_GRACE_S:
+            stop_all(running.values())
+            raise DistributedError(f"workers {sorted(running)} did not stop within {INTERRUPT_GRACE_S:g} s of "
+                                   "an interrupt; they were killed (the last periodic checkpoint resumes)")
         for rank, proc in list(running.items()):
             code = proc.poll()
             if code is None:
                 continue
             del running[rank]
-            if code != 0:
+            if code == Interrupted.exit_code:
+                interrupted_at = interrupted_at or time.monotonic()
+            elif code != 0:
                 now = time.time()
-                failed = {r: (p.poll(), now) for r, p in procs.items() if p.poll() not in (None, 0)}
+                failed = {r: (p.poll(), now) for r, p in procs.items()
+                          if p.poll() not in (None, 0, Interrupted.exit_code)}
                 stop_all(running.values())
                 first = first_failure(job, failed)
                 raise DistributedError(failure_line(job, first, failed[first][0]))
         time.sleep(POLL_S)
+    if interrupted_at is not None:
+        raise JobInterrupted(relay.signum if relay is not None and relay.signum else signal.SIGINT)
 
 
 def stop_all(procs: Any, grace_s: float = GRACE_S) -> None:

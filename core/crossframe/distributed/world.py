@@ -28,6 +28,8 @@ RUN_DIR_ENV = "CROSSFRAME_RUN_DIR"
 ERROR_DIR_ENV = "CROSSFRAME_ERROR_DIR"
 #: test-only fault injection: ``RANK:STEP`` makes that rank ``os._exit(3)`` after finishing that step
 FAULT_ENV = "CROSSFRAME_FAULT_EXIT"
+#: test-only: ``RANK:STEP`` makes that rank send SIGINT to the launcher after that step, as a Ctrl-C would
+FAULT_SIGNAL_ENV = "CROSSFRAME_FAULT_SIGNAL"
 
 _FIELDS = (  # WorldInfo field, our variable, torchrun's variable
     ("rank", "CROSSFRAME_RANK", "RANK"),
@@ -99,16 +101,17 @@ def record_failure(exc: BaseException, rank: int | None = None) -> None:
         (Path(directory) / f"rank_{rank}.err").write_text(f"{type(exc).__name__}: {line}\n", encoding="utf-8")
 
 
-def fault_step(world: WorldInfo, environ: Mapping[str, str] | None = None) -> int | None:
-    """The step after which this rank must die (test-only ``CROSSFRAME_FAULT_EXIT=RANK:STEP``), or None."""
+def fault_step(world: WorldInfo, environ: Mapping[str, str] | None = None, variable: str = FAULT_ENV) -> int | None:
+    """The step after which this rank must fail (test-only ``CROSSFRAME_FAULT_EXIT=RANK:STEP``, or the
+    ``variable`` given), or None."""
     env = os.environ if environ is None else environ
-    spec = env.get(FAULT_ENV, "")
+    spec = env.get(variable, "")
     if not spec:
         return None
     try:
         rank, step = (int(v) for v in spec.split(":"))
     except ValueError:
-        raise DistributedError(f"{FAULT_ENV}: '{spec}' is not RANK:STEP") from None
+        raise DistributedError(f"{variable}: '{spec}' is not RANK:STEP") from None
     return step if rank == world.rank else None
 
 
@@ -129,16 +132,38 @@ class _FaultExit:
             os._exit(3)
 
 
-def fault_injector(world: WorldInfo) -> str | None:
-    """Register the ``CROSSFRAME_FAULT_EXIT`` hook for this rank; returns its plugin name (or None).
+class _FaultSignal:
+    """Test-only: interrupts the launcher (this worker's parent) after a given step, as a Ctrl-C would."""
 
-    Used by the tests of worker failure; never set it in real runs.
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    @hookimpl
+    def on_step_end(self, run: Any, step: int, batch: Any, logs: Any) -> None:
+        """Send SIGINT to the launcher right after step ``self.step``, then wait until the launcher has
+        passed it back to this worker (so the test knows which log boundary the ranks agree at)."""
+        if step == self.step:
+            import signal
+            import time
+
+            os.kill(os.getppid(), signal.SIGINT)
+            deferred = getattr(signal.getsignal(signal.SIGINT), "__self__", None)  # the loop's DeferredSignals
+            deadline = time.monotonic() + 60.0
+            while getattr(deferred, "received", 0) is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+
+def fault_injector(world: WorldInfo) -> str | None:
+    """Register the ``CROSSFRAME_FAULT_EXIT`` or ``CROSSFRAME_FAULT_SIGNAL`` hook for this rank; returns
+    its plugin name (or None).
+
+    Used by the tests of worker failure and interrupts; never set them in real runs.
     """
-    step = fault_step(world)
-    if step is None:
+    exit_step, signal_step = fault_step(world), fault_step(world, variable=FAULT_SIGNAL_ENV)
+    if exit_step is None and signal_step is None:
         return None
     from crossframe.plugins import get_plugin_manager
 
     name = "crossframe-fault-injection"
-    get_plugin_manager().register(_FaultExit(step), name)
+    get_plugin_manager().register(_FaultExit(exit_step) if exit_step is not None else _FaultSignal(signal_step), name)
     return name

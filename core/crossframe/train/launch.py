@@ -11,7 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from crossframe.distributed.launch import check_launch, prepare_job, run_local
+from crossframe.distributed.launch import JobInterrupted, check_launch, prepare_job, run_local
+from crossframe.train.interrupts import RunInterrupted
 from crossframe.train.result import RunResult
 
 
@@ -35,13 +36,29 @@ def launch(cfg: Any, run_dir: Path, checkpoint: Any, quiet: bool, backend: Any) 
     _prepare_data(cfg)
     with tempfile.TemporaryDirectory(prefix="crossframe-launch-") as tmp:
         job = prepare_job(cfg, run_dir, checkpoint, quiet, Path(tmp))
-        if cfg.launch.launcher == "ray":
-            from crossframe.distributed.ray import run_on_ray
+        try:
+            if cfg.launch.launcher == "ray":
+                from crossframe.distributed.ray import run_on_ray
 
-            run_on_ray(job, gpus_per_worker=1.0 if cfg.device == "gpu" else 0.0)
-        elif backend.launch_workers(job) is False:  # the backend leaves it to the core's launcher
-            run_local(job)
+                run_on_ray(job, gpus_per_worker=1.0 if cfg.device == "gpu" else 0.0)
+            elif backend.launch_workers(job) is False:  # the backend leaves it to the core's launcher
+                run_local(job)
+        except JobInterrupted as exc:
+            raise interrupted_result(run_dir, exc.signum) from None
     return finished_result(run_dir, cfg.launch.node_rank == 0, cfg.train.steps or 0)
+
+
+def interrupted_result(run_dir: Path, signum: int) -> RunInterrupted:
+    """What the launcher reports when the workers stopped on a signal: the step they agreed on and
+    checkpointed (rank 0's latest checkpoint), or that none was written."""
+    from crossframe.checkpoint import load_checkpoint
+    from crossframe.errors import CheckpointError
+
+    try:
+        ckpt = load_checkpoint(run_dir)
+    except CheckpointError:
+        return RunInterrupted(run_dir, 0, None, signum)
+    return RunInterrupted(run_dir, ckpt.step, ckpt.path, signum)
 
 
 def finished_result(run_dir: Path, main_node: bool, steps: int = 0) -> RunResult:

@@ -108,13 +108,15 @@ class Trainer:
 
         SIGINT and SIGTERM are deferred past the running step (and any eval or save); then the
         loop writes a checkpoint and raises :class:`~crossframe.train.interrupts.RunInterrupted`.
+        In a multi-process job the ranks first agree on the step to stop at (see :meth:`_stop_signal`).
         """
         run, backend, total = self.run, self.run.backend, self.run.total_steps
         pending: list[dict[str, Any]] = []
         window = (time.perf_counter(), run.step)
         monitor, clock, profile = self.monitor, time.perf_counter, self.profile
         with DeferredSignals() as signals:
-            while run.step < total and not run.should_stop and signals.received is None:
+            stop: int | None = None
+            while run.step < total and not run.should_stop and (stop := self._stop_signal(signals)) is None:
                 step = run.step
                 if profile is not None:
                     profile.before(step)
@@ -140,21 +142,43 @@ class Trainer:
                     self.evaluate()
                 if self.ckpt_every and done % self.ckpt_every == 0 and done != total:
                     self.save()
-            if signals.received is not None:
+            if stop is not None:
                 if profile is not None:
                     profile.close()
                 run.status = "interrupted"
                 path = self.save() if self._saved_step != run.step else run.last_checkpoint
-                raise RunInterrupted(run.run_dir, run.step, path, signals.received)
+                raise RunInterrupted(run.run_dir, run.step, path, stop)
             run.status = "completed" if run.step >= total else "stopped"
             if run.last_eval.get("step") != run.step:
                 self.evaluate()
             self.save()
-            if signals.received is not None:  # during the final eval or save: it finished first
+            if signals.received is not None and not self._multiprocess:  # during the final eval or save
+                # (it finished first); in a job the ranks ended together and complete together
                 raise RunInterrupted(run.run_dir, run.step, run.last_checkpoint, signals.received)
         if self.observers.fatal is not None:  # strict plugins: checkpointed above, now stop
             raise RunError(f"{self.observers.fatal}; checkpoint written to '{run.last_checkpoint}'")
         return run.status
+
+    @property
+    def _multiprocess(self) -> bool:
+        """Whether this loop is one rank of a job of several processes."""
+        return self.run.world is not None and self.run.world.world_size > 1
+
+    def _stop_signal(self, signals: DeferredSignals) -> int | None:
+        """The signal that stops the loop before the next step, or None to go on.
+
+        One process stops as soon as it has a signal. The ranks of a job must stop at the same step,
+        or the ranks still stepping wait in a collective for the ones that stopped (a Ctrl-C reaches
+        the launcher, which passes it on, so ranks see it between different steps). So they agree at
+        every log boundary (``train.log_every``) through :meth:`Backend.max_over_ranks`, where the loop
+        syncs anyway: a job stops at most ``log_every`` steps after the signal, and all ranks save the
+        same step.
+        """
+        if not self._multiprocess:
+            return signals.received
+        if self.run.step % self.log_every:
+            return None
+        return self.run.backend.max_over_ranks(signals.received or 0) or None
 
     def _log(self, pending: list[dict[str, Any]], lr: float,
              window: tuple[float, int]) -> tuple[dict[str, Any], tuple[float, int]]:
