@@ -77,9 +77,11 @@ class Objective:
         from crossframe.train.runner import run
 
         plan = self.plan
+        # parameters first, owner second: a trial that names its process always has its parameters,
+        # so one whose process dies can be queued again (see crossframe.tune.study.recover_dead_trials)
+        values = {key: suggest(trial, key, param) for key, param in plan.tune.space.items()}
         for key, value in {**owner_attrs(), "threads": os.environ.get(THREAD_ENV, "")}.items():
             trial.set_user_attr(key, value)
-        values = {key: suggest(trial, key, param) for key, param in plan.tune.space.items()}
         reporter = PruneOnEval(trial, plan.tune.metric)
         manager = get_plugin_manager()
         plugin_name = f"crossframe-tune-trial-{trial.number}"
