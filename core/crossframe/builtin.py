@@ -89,7 +89,22 @@ def register_metrics(register: Any) -> None:
     register("confusion_matrix", m.confusion_matrix, tasks=cls, description="[C, C] counts")
     register("mae", m.mae, tasks=reg, description="mean absolute error")
     register("rmse", m.rmse, tasks=reg, description="root mean squared error")
+    register("per_class", m.per_class, tasks=cls, description="[C, 4] precision, recall, f1, support")
     register("perplexity", m.perplexity, tasks=("language_modeling",), description="exp(mean token loss)")
+
+
+@hookimpl
+def register_score_metrics(register: Any) -> None:
+    """Register ROC-AUC, PR-AUC, top-k, log-loss and ECE (they see every example's scores)."""
+    from crossframe.metrics import scores as s
+
+    cls = ("classification",)
+    register("roc_auc", s.roc_auc, tasks=cls, description="ROC-AUC (binary, or one-vs-rest macro)")
+    register("pr_auc", s.pr_auc, tasks=cls, description="average precision (binary, or macro)")
+    register("top_k", s.top_5, tasks=cls, description="top-5 accuracy")
+    register("top_3", s.top_3, tasks=cls, description="top-3 accuracy")
+    register("log_loss", s.log_loss, tasks=cls, description="mean -log p(true class)")
+    register("ece", s.expected_calibration_error, tasks=cls, description="expected calibration error, 15 bins")
 
 
 @hookimpl

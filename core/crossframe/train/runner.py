@@ -17,6 +17,7 @@ from crossframe.config.schema import RunConfig
 from crossframe.config.validation import validate_params
 from crossframe.errors import CapabilityError, ConfigError, PluginError, RunError, one_of
 from crossframe.metrics import DEFAULT_METRICS
+from crossframe.metrics.lookup import find_metric, metric_function
 from crossframe.models import build_model
 from crossframe.models.flops import flops_per_step
 from crossframe.perf import device_peak, peak_key
@@ -285,14 +286,15 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
 
 
 def metric_functions(cfg: RunConfig, task: str) -> dict[str, Any]:
+    """The configured metrics (or the task's defaults) by name, checked against the task."""
     names = cfg.train.metrics or DEFAULT_METRICS[task]
     out = {}
     for i, name in enumerate(names):
-        comp = component("metric", name, f"train.metrics.{i}")
+        comp = find_metric(name, f"train.metrics.{i}")
         tasks = comp.extra.get("tasks", ("classification",))
         if task not in tasks:
             raise ConfigError(f"train.metrics.{i}: '{name}' is for {' or '.join(tasks)} data; this dataset is {task}")
-        out[name] = comp.obj
+        out[name] = metric_function(comp)
     return out
 
 
