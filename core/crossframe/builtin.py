@@ -34,13 +34,17 @@ def register_layers(register: Any) -> None:
 
 @hookimpl
 def register_datasets(register: Any) -> None:
-    """Register ``digits``, ``synthetic``, ``npz``, ``csv`` and the text sources."""
+    """Register ``digits``, ``synthetic``, ``npz``, ``csv``, ``parquet``, ``arrow`` and the text sources."""
     from crossframe.data import sources as s
 
     register("digits", s.load_digits, schema=s.DigitsParams, description="scikit-learn's 8x8 digits")
     register("synthetic", s.load_synthetic, schema=s.SyntheticParams, description="seeded generated data")
     register("npz", s.load_npz, schema=s.NpzParams, description="arrays from a .npz file")
-    register("csv", s.load_csv, schema=s.CsvParams, description="numeric CSV with a header row")
+    from crossframe.data import tabular as t
+
+    register("csv", t.load_csv, schema=t.CsvParams, description="CSV with a header row (categorical columns too)")
+    register("parquet", t.load_parquet, schema=t.TabularParams, description="a Parquet table (pyarrow)")
+    register("arrow", t.load_arrow, schema=t.TabularParams, description="an Arrow IPC / Feather table (pyarrow)")
     from crossframe.text import registry as text
 
     text.register_datasets(register)  # text-files, jsonl, python-stdlib

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -48,12 +48,18 @@ class Dataset:
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
     class_names: tuple[str, ...] = field(default=())
+    #: per-example group ids (``data.split.group``): a group never straddles two splits
+    groups: np.ndarray | None = None
+    #: a transform fitted on the training split only (tabular normalisation), see :mod:`crossframe.data.tabular`
+    transform: Any = None
 
     def __post_init__(self) -> None:
         self.x = np.ascontiguousarray(self.x, dtype=np.float32)
         self.y = self._targets(self.y)
         if len(self.x) != len(self.y):
             raise DataError(f"data: {len(self.x)} inputs but {len(self.y)} targets")
+        if self.groups is not None and len(self.groups) != len(self.x):
+            raise DataError(f"data: {len(self.groups)} group ids for {len(self.x)} examples")
         if self.x_val is not None and self.y_val is not None:
             self.x_val = np.ascontiguousarray(self.x_val, dtype=np.float32)
             self.y_val = self._targets(self.y_val)
@@ -90,6 +96,11 @@ class Dataset:
         val, train = order[:n_val], order[n_val:]
         return (Dataset(self.x[train], self.y[train], self.task, class_names=self.class_names),
                 Dataset(self.x[val], self.y[val], self.task, class_names=self.class_names))
+
+    def subset(self, index: np.ndarray) -> Dataset:
+        """The examples at ``index`` (their groups too), with the same class names and transform."""
+        return Dataset(self.x[index], self.y[index], self.task, class_names=self.class_names,
+                       groups=None if self.groups is None else self.groups[index], transform=self.transform)
 
     def __len__(self) -> int:
         return len(self.x)

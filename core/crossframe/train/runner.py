@@ -244,6 +244,10 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
+        if data.transform is not None:  # tabular: eval and serve apply the training split's statistics
+            from crossframe.data.tabular import save_transform
+
+            save_transform(run_dir, data.transform)
         if data.tokenizer_dir is not None and not (run_dir / "tokenizer").exists():
             shutil.copytree(data.tokenizer_dir, run_dir / "tokenizer")  # generation needs it
     run = Run(cfg, run_dir, backend, spec, total, device, step=start, world=world)
