@@ -36,7 +36,8 @@ class DataInfo:
 
 @dataclass
 class Dataset:
-    """Features ``x`` (float32, ``[N, *input_shape]``) and targets ``y``.
+    """Features ``x`` (float32, ``[N, *input_shape]``; float64 while a tabular ``transform`` is unapplied)
+    and targets ``y``.
 
     Classification targets are int64 class ids; regression targets are float32 ``[N, k]``.
     ``x_val`` / ``y_val`` may be given by the source; otherwise the run splits ``x``.
@@ -54,7 +55,8 @@ class Dataset:
     transform: Any = None
 
     def __post_init__(self) -> None:
-        self.x = np.ascontiguousarray(self.x, dtype=np.float32)
+        # raw tabular inputs stay float64 until the training split's statistics standardise them
+        self.x = np.ascontiguousarray(self.x, dtype=np.float64 if self.transform is not None else np.float32)
         self.y = self._targets(self.y)
         if len(self.x) != len(self.y):
             raise DataError(f"data: {len(self.x)} inputs but {len(self.y)} targets")
@@ -94,8 +96,7 @@ class Dataset:
         if n_val >= len(self.x):
             raise DataError(f"data.val_fraction: {val_fraction} leaves no training examples")
         val, train = order[:n_val], order[n_val:]
-        return (Dataset(self.x[train], self.y[train], self.task, class_names=self.class_names),
-                Dataset(self.x[val], self.y[val], self.task, class_names=self.class_names))
+        return self.subset(train), self.subset(val)
 
     def subset(self, index: np.ndarray) -> Dataset:
         """The examples at ``index`` (their groups too), with the same class names and transform."""

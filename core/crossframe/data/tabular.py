@@ -174,11 +174,10 @@ def load_transform(run_dir: Path) -> TabularTransform | None:
 
 
 def normalised(ds: Dataset | None, transform: TabularTransform) -> Dataset | None:
-    """``ds`` with its inputs standardised by ``transform``."""
+    """``ds`` with its inputs standardised by ``transform`` (float32: what the model sees)."""
     if ds is None:
         return None
-    return Dataset(transform.normalise(ds.x), ds.y, ds.task, class_names=ds.class_names, groups=ds.groups,
-                   transform=transform)
+    return Dataset(transform.normalise(ds.x), ds.y, ds.task, class_names=ds.class_names, groups=ds.groups)
 
 
 # --------------------------------------------------------------------------- reading
