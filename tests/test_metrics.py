@@ -201,7 +201,21 @@ def test_a_run_logs_score_metrics_that_equal_sklearn_on_its_predictions(workdir:
     assert np.asarray(got["val/per_class"]).shape == (3, 4)
 
 
-@pytest.mark.parametrize("backend_name", ["torch", "jax", "tensorflow"])
+def test_eval_prints_the_per_class_report(workdir: Any, tiny: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import crossframe
+    from crossframe.cli.main import main
+
+    run_dir = crossframe.run(tiny(steps=5, metrics=["accuracy"]), quiet=True).run_dir
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--set", "train.metrics=[accuracy, per_class]"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["precision", "recall", "f1-score", "support"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:5]}
+    assert set(rows) == {"0", "1", "2"} and sum(int(r[-1]) for r in rows.values()) == int(lines[5].split()[-1])
+    assert lines[5].startswith(" " * 3) and "macro avg" in lines[5] and "weighted avg" in lines[6]
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "jax", pytest.param("tensorflow", marks=pytest.mark.slow)])
 def test_scores_are_gathered_in_one_fetch_and_equal_predict(backend_name: str) -> None:
     """Every backend's eval_step gives logits the loop gathers with a single fetch; they equal predict's."""
     from crossframe.data.dataset import Dataset

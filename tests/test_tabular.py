@@ -180,3 +180,23 @@ def test_serve_applies_the_runs_transform_to_raw_rows(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_group_column_keeps_each_group_in_one_split_and_is_not_a_feature(tmp_path: Path) -> None:
+    from crossframe.config.loading import load_config
+    from crossframe.errors import ConfigError
+    from crossframe.train.data import load_training_data
+
+    table = _table(3)
+    table["customer"] = [f"c{i // 4}" for i in range(N)]  # 20 customers, 4 rows each
+    cfg = _config(tmp_path, _write_csv(tmp_path / "t.csv", table))
+    cfg["data"]["split"] = {"val": 0.25, "test": 0.25, "group": "customer"}
+    data = load_training_data(load_config(cfg))
+    parts = [data.loader.dataset, data.val, data.test]
+    assert sum(len(p) for p in parts) == N and all(p.groups is not None for p in parts)
+    owners = [set(p.groups.tolist()) for p in parts]
+    assert not (owners[0] & owners[1]) and not (owners[0] & owners[2]) and not (owners[1] & owners[2])
+    assert data.info.input_shape == (7,)  # age, plan x3, region x2, income: no customer column
+    cfg["data"] = {"name": "synthetic", "split": {"group": "customer"}}
+    with pytest.raises(ConfigError, match=r"data\.split\.group: source 'synthetic' has no group ids"):
+        load_training_data(load_config(cfg))
