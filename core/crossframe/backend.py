@@ -153,7 +153,11 @@ class Backend(ABC):
 
     @abstractmethod
     def eval_step(self, state: Any, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        """Device sums for one eval batch: ``loss_sum``, ``count`` and ``confusion`` or error sums."""
+        """Device sums for one eval batch: ``loss_sum``, ``count`` and ``confusion`` or error sums.
+
+        A classifier may add its ``logits`` ``[B, C]`` (float32, on the device): the loop keeps them
+        only when a score metric is configured, and otherwise asks :meth:`predict` for them.
+        """
 
     @abstractmethod
     def predict(self, state: Any, x: np.ndarray) -> np.ndarray:

@@ -34,13 +34,17 @@ def register_layers(register: Any) -> None:
 
 @hookimpl
 def register_datasets(register: Any) -> None:
-    """Register ``digits``, ``synthetic``, ``npz``, ``csv`` and the text sources."""
+    """Register ``digits``, ``synthetic``, ``npz``, ``csv``, ``parquet``, ``arrow`` and the text sources."""
     from crossframe.data import sources as s
 
     register("digits", s.load_digits, schema=s.DigitsParams, description="scikit-learn's 8x8 digits")
     register("synthetic", s.load_synthetic, schema=s.SyntheticParams, description="seeded generated data")
     register("npz", s.load_npz, schema=s.NpzParams, description="arrays from a .npz file")
-    register("csv", s.load_csv, schema=s.CsvParams, description="numeric CSV with a header row")
+    from crossframe.data import tabular as t
+
+    register("csv", t.load_csv, schema=t.CsvParams, description="CSV with a header row (categorical columns too)")
+    register("parquet", t.load_parquet, schema=t.TabularParams, description="a Parquet table (pyarrow)")
+    register("arrow", t.load_arrow, schema=t.TabularParams, description="an Arrow IPC / Feather table (pyarrow)")
     from crossframe.text import registry as text
 
     text.register_datasets(register)  # text-files, jsonl, python-stdlib
@@ -89,7 +93,22 @@ def register_metrics(register: Any) -> None:
     register("confusion_matrix", m.confusion_matrix, tasks=cls, description="[C, C] counts")
     register("mae", m.mae, tasks=reg, description="mean absolute error")
     register("rmse", m.rmse, tasks=reg, description="root mean squared error")
+    register("per_class", m.per_class, tasks=cls, description="[C, 4] precision, recall, f1, support")
     register("perplexity", m.perplexity, tasks=("language_modeling",), description="exp(mean token loss)")
+
+
+@hookimpl
+def register_score_metrics(register: Any) -> None:
+    """Register ROC-AUC, PR-AUC, top-k, log-loss and ECE (they see every example's scores)."""
+    from crossframe.metrics import scores as s
+
+    cls = ("classification",)
+    register("roc_auc", s.roc_auc, tasks=cls, description="ROC-AUC (binary, or one-vs-rest macro)")
+    register("pr_auc", s.pr_auc, tasks=cls, description="average precision (binary, or macro)")
+    register("top_k", s.top_5, tasks=cls, description="top-5 accuracy")
+    register("top_3", s.top_3, tasks=cls, description="top-3 accuracy")
+    register("log_loss", s.log_loss, tasks=cls, description="mean -log p(true class)")
+    register("ece", s.expected_calibration_error, tasks=cls, description="expected calibration error, 15 bins")
 
 
 @hookimpl
@@ -128,12 +147,12 @@ def register_exporters(register: Any) -> None:
 @hookimpl
 def register_commands(cli: Any) -> None:
     """Add ``run``, ``plugins`` and ``config``."""
-    from crossframe.cli import commands, compress, model, serve, tune
+    from crossframe.cli import commands, compress, cv, model, serve, tune
     from crossframe.cli import models as models_cli
     from crossframe.cli import runs as runs_cli
 
     for command in [*commands.COMMANDS, *compress.COMMANDS, *model.COMMANDS, *tune.COMMANDS, *serve.COMMANDS,
-                    *runs_cli.COMMANDS, *models_cli.COMMANDS]:
+                    *runs_cli.COMMANDS, *models_cli.COMMANDS, *cv.COMMANDS]:
         cli.add_command(command)
 
 

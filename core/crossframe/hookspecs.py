@@ -106,6 +106,20 @@ def register_metrics(register: Any) -> None:
 
 
 @hookspec
+def register_score_metrics(register: Any) -> None:
+    """Register evaluation metrics of every example's scores (ROC-AUC, log-loss, calibration, ...).
+
+    Called the first time a metric is looked up or listed; names share ``train.metrics`` with
+    :func:`register_metrics` (a name both provide is an error naming both plugins).
+    ``register(name, fn, *, tasks=("classification",), description="")``: ``fn(scores)`` takes a
+    :class:`crossframe.metrics.ScoreSet` (``labels`` int64 ``[N]``, ``logits`` float64 ``[N, C]``,
+    ``probs`` their softmax: the whole evaluation, fetched from the device once) and returns a float
+    or an array. The loop keeps the evaluation's logits only when such a metric is configured.
+    Returns nothing.
+    """
+
+
+@hookspec
 def register_loggers(register: Any) -> None:
     """Register metric loggers.
 

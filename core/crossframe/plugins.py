@@ -41,6 +41,7 @@ KINDS: dict[str, str] = {
     "optimizer": "register_optimizers",
     "schedule": "register_schedules",
     "metric": "register_metrics",
+    "score_metric": "register_score_metrics",
     "logger": "register_loggers",
     "tokenizer": "register_tokenizers",
     "compressor": "register_compressors",
@@ -337,6 +338,11 @@ class PluginManager:
         broken = [r.name for r in self.failures]
         extra = f" (plugins that failed to load: {', '.join(broken)})" if broken else ""
         raise PluginError(f"{where}unknown {kind} '{name}'{hint} (available: {one_of(available)}){extra}")
+
+    def has(self, kind: str, name: str) -> bool:
+        """Whether ``name`` (or ``plugin:name``) names a component of ``kind``, even one two plugins clash on."""
+        components = self.components(kind)
+        return name in components or name in self._qualified.get(kind, {}) or name in self._clashes.get(kind, {})
 
     def provided_by(self, plugin: str) -> dict[str, list[str]]:
         """Component names by kind that ``plugin`` provides (calls every registration hook)."""

@@ -260,6 +260,7 @@ def make_eval_fn(setup: TrainSetup, forward: Forward, traces: dict[str, int]) ->
         if loss_name == "cross_entropy":
             pred = jnp.argmax(out, axis=1)
             sums["confusion"] = jnp.zeros((classes, classes), jnp.int32).at[y, pred].add(1)
+            sums["logits"] = out  # kept by the loop only for score metrics (ROC-AUC, log-loss, ...)
         else:
             err = out - y
             sums["abs_err_sum"] = jnp.abs(err).sum()

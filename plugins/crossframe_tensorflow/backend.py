@@ -427,6 +427,7 @@ def _eval_function(state: TFState) -> Compiled:
                 cells = tf.math.unsorted_segment_sum(tf.ones_like(y, tf.int32), y * classes + pred,
                                                      classes * classes)
                 sums["confusion"] = tf.reshape(cells, [classes, classes])  # rows truth, columns prediction
+                sums["logits"] = tf.cast(out, tf.float32)  # kept by the loop only for score metrics
             else:
                 err = out - y
                 sums["abs_err_sum"] = tf.reduce_sum(tf.abs(err))

@@ -324,6 +324,7 @@ class TorchBackend(Backend):
             classes = out.shape[1]
             pred = out.argmax(dim=1)
             sums["confusion"] = torch.bincount(y * classes + pred, minlength=classes * classes).view(classes, classes)
+            sums["logits"] = out  # kept by the loop only for score metrics (ROC-AUC, log-loss, ...)
         else:
             err = out - y
             sums["abs_err_sum"] = err.abs().sum()

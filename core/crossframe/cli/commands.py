@@ -86,7 +86,7 @@ def _scalar(value: Any) -> bool:
 @click.argument("run_dir", type=click.Path())
 @click.option("--backend", "-b", help="Evaluate on this backend instead of the run's own.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a value (repeatable).")
-@click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
+@click.option("--split", type=click.Choice(["val", "train", "test"]), default="val", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def eval_command(run_dir: str, backend: str | None, overrides: tuple[str, ...], split: str, as_json: bool) -> None:
     """Evaluate RUN_DIR's latest checkpoint (or a checkpoints/step_N directory, or a models:/NAME@ALIAS
@@ -100,6 +100,10 @@ def eval_command(run_dir: str, backend: str | None, overrides: tuple[str, ...], 
         return
     scalars = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("step", "backend") and _scalar(v))
     click.echo(f"step {metrics['step']} on {metrics['backend']}: {scalars}")
+    for key in (k for k in metrics if k.endswith("/per_class")):  # train.metrics: [..., per_class]
+        from crossframe.metrics.report import per_class_table
+
+        click.echo(per_class_table(metrics[key]))
 
 
 @click.command("generate")

@@ -248,8 +248,10 @@ def resolve(config: RunConfig) -> RunConfig:
     out.train.schedule = _resolved(config.train.schedule, "schedule", "train.schedule")
     out.text.tokenizer = _resolved(config.text.tokenizer, "tokenizer", "text.tokenizer")
     out.loggers = [_resolved(lg, "logger", f"loggers.{i}") for i, lg in enumerate(config.loggers)]
+    from crossframe.metrics.lookup import find_metric
+
     for i, name in enumerate(config.train.metrics or []):
-        lookup("metric", name, f"train.metrics.{i}")
+        find_metric(name, f"train.metrics.{i}")
     return out
 
 

@@ -36,15 +36,36 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class SplitConfig(Strict):
+    """``data.split``: a test part, stratified or grouped splits, and k folds (``crossframe cv``)."""
+
+    val: float | None = Field(None, gt=0.0, lt=1.0, description="validation share (default: data.val_fraction)")
+    test: float = Field(0.0, ge=0.0, lt=1.0, description="held-out test share, for `crossframe eval --split test`")
+    stratify: bool = Field(False, description="every split keeps each class's share (classification)")
+    group: str | None = Field(None, min_length=1,
+                              description="column (csv, parquet) or array (npz) of group ids kept in one split")
+    folds: int | None = Field(None, ge=2, description="k-fold: validation is fold `fold` of this many")
+    fold: int | None = Field(None, ge=0, description="which fold validates (with folds)")
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> SplitConfig:
+        if (self.folds is None) != (self.fold is None):
+            raise ValueError("give both 'folds' and 'fold' (crossframe cv sets them), or neither")
+        if self.folds is not None and self.fold is not None and self.fold >= self.folds:
+            raise ValueError(f"fold {self.fold} of {self.folds}: folds count from 0")
+        return self
+
+
 class DataConfig(ComponentConfig):
     """``data``: a dataset source plus the split every source shares."""
 
     name: str = "digits"
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="used when the source has no validation part")
+    split: SplitConfig = Field(default_factory=SplitConfig)
 
     @property
     def params(self) -> dict[str, Any]:
-        """The source's own params (everything but ``name`` and ``val_fraction``)."""
+        """The source's own params (everything but ``name``, ``val_fraction`` and ``split``)."""
         return dict(self.model_extra or {})
 
 

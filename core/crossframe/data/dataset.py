@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -36,7 +36,8 @@ class DataInfo:
 
 @dataclass
 class Dataset:
-    """Features ``x`` (float32, ``[N, *input_shape]``) and targets ``y``.
+    """Features ``x`` (float32, ``[N, *input_shape]``; float64 while a tabular ``transform`` is unapplied)
+    and targets ``y``.
 
     Classification targets are int64 class ids; regression targets are float32 ``[N, k]``.
     ``x_val`` / ``y_val`` may be given by the source; otherwise the run splits ``x``.
@@ -48,12 +49,19 @@ class Dataset:
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
     class_names: tuple[str, ...] = field(default=())
+    #: per-example group ids (``data.split.group``): a group never straddles two splits
+    groups: np.ndarray | None = None
+    #: a transform fitted on the training split only (tabular normalisation), see :mod:`crossframe.data.tabular`
+    transform: Any = None
 
     def __post_init__(self) -> None:
-        self.x = np.ascontiguousarray(self.x, dtype=np.float32)
+        # raw tabular inputs stay float64 until the training split's statistics standardise them
+        self.x = np.ascontiguousarray(self.x, dtype=np.float64 if self.transform is not None else np.float32)
         self.y = self._targets(self.y)
         if len(self.x) != len(self.y):
             raise DataError(f"data: {len(self.x)} inputs but {len(self.y)} targets")
+        if self.groups is not None and len(self.groups) != len(self.x):
+            raise DataError(f"data: {len(self.groups)} group ids for {len(self.x)} examples")
         if self.x_val is not None and self.y_val is not None:
             self.x_val = np.ascontiguousarray(self.x_val, dtype=np.float32)
             self.y_val = self._targets(self.y_val)
@@ -88,8 +96,12 @@ class Dataset:
         if n_val >= len(self.x):
             raise DataError(f"data.val_fraction: {val_fraction} leaves no training examples")
         val, train = order[:n_val], order[n_val:]
-        return (Dataset(self.x[train], self.y[train], self.task, class_names=self.class_names),
-                Dataset(self.x[val], self.y[val], self.task, class_names=self.class_names))
+        return self.subset(train), self.subset(val)
+
+    def subset(self, index: np.ndarray) -> Dataset:
+        """The examples at ``index`` (their groups too), with the same class names and transform."""
+        return Dataset(self.x[index], self.y[index], self.task, class_names=self.class_names,
+                       groups=None if self.groups is None else self.groups[index], transform=self.transform)
 
     def __len__(self) -> int:
         return len(self.x)

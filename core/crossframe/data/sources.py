@@ -1,8 +1,7 @@
-"""Built-in dataset sources: ``digits``, ``synthetic``, ``npz`` and ``csv``."""
+"""Built-in dataset sources: ``digits``, ``synthetic`` and ``npz`` (tabular files: :mod:`crossframe.data.tabular`)."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Literal
 
@@ -10,6 +9,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
 
 from crossframe.data.dataset import Dataset
+from crossframe.data.tabular import CsvParams, load_csv
 from crossframe.errors import DataError
 
 
@@ -69,6 +69,7 @@ class NpzParams(Params):
     x_key: str = "x"
     y_key: str = "y"
     task: Literal["auto", "classification", "regression"] = "auto"
+    group: str | None = Field(None, description="set from data.split.group: the array of group ids")
 
 
 def _infer_task(y: np.ndarray, task: str) -> Literal["classification", "regression"]:
@@ -90,41 +91,15 @@ def load_npz(params: NpzParams) -> Dataset:
         for key in (params.x_key, params.y_key):
             if key not in archive:
                 raise DataError(f"data: '{params.path}' has no array '{key}' (it has: {', '.join(archive.files)})")
+        if params.group is not None and params.group not in archive:
+            raise DataError(f"data.split.group: '{params.path}' has no array '{params.group}' "
+                            f"(it has: {', '.join(archive.files)})")
         y = archive[params.y_key]
         val = {k: archive[k] for k in ("x_val", "y_val") if k in archive}
         return Dataset(archive[params.x_key], y, _infer_task(y, params.task),
-                       x_val=val.get("x_val"), y_val=val.get("y_val"))
+                       x_val=val.get("x_val"), y_val=val.get("y_val"),
+                       groups=None if params.group is None else archive[params.group])
 
 
-class CsvParams(Params):
-    """``data: {name: csv, path: data.csv, target: label}``: numeric columns with a header row."""
-
-    path: Path
-    target: str = Field(description="name of the target column")
-    delimiter: str = ","
-    task: Literal["auto", "classification", "regression"] = "auto"
-
-
-def load_csv(params: CsvParams) -> Dataset:
-    """Read a header-row CSV of numbers; the target column is split off."""
-    if not params.path.is_file():
-        raise DataError(f"data.path: file '{params.path}' not found")
-    with params.path.open(newline="") as handle:
-        rows = list(csv.reader(handle, delimiter=params.delimiter))
-    if len(rows) < 2:
-        raise DataError(f"data.path: '{params.path}' needs a header row and at least one data row")
-    header, body = rows[0], rows[1:]
-    if params.target not in header:
-        raise DataError(f"data.target: column '{params.target}' not in '{params.path}' (columns: {', '.join(header)})")
-    try:
-        table = np.array([[float(cell) for cell in row] for row in body], dtype=np.float64)
-    except ValueError as exc:
-        raise DataError(f"data.path: '{params.path}' has a non-numeric cell ({exc})") from None
-    col = header.index(params.target)
-    y = table[:, col]
-    if params.task == "classification" or (params.task == "auto" and np.all(y == np.round(y))):
-        y_out: np.ndarray = y.astype(np.int64)
-        task: Literal["classification", "regression"] = "classification"
-    else:
-        y_out, task = y, "regression"
-    return Dataset(np.delete(table, col, axis=1), y_out, task)
+__all__ = ["CsvParams", "DigitsParams", "NpzParams", "SyntheticParams", "load_csv", "load_digits", "load_npz",
+           "load_synthetic"]

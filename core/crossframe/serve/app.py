@@ -269,7 +269,7 @@ def _routes(app: FastAPI, server: Server) -> None:
         softmax scores, the label and its score."""
         server.authorize(request)
         server.check_model(body.model, language_model=False)
-        x = _examples(body.inputs, model.input_shape)
+        x = _table_rows(model, body.rows) if body.rows is not None else _examples(body.inputs or [], model.input_shape)
         assert server.batcher is not None
         out = await server.batcher.predict(x)
         data: list[dict[str, Any]] = []
@@ -283,6 +283,18 @@ def _routes(app: FastAPI, server: Server) -> None:
             data = [{"index": i, "values": row} for i, row in enumerate(out.reshape(len(out), -1).tolist())]
         # a JSONResponse directly: FastAPI's encoder would walk every score again
         return Json({"object": "list", "model": model.name, "task": model.task, "data": data})
+
+
+def _table_rows(model: Any, rows: list[dict[str, Any]]) -> np.ndarray:
+    """Raw table records through the run's saved transform (``preprocess.json``); 400 naming what is wrong."""
+    if model.transform is None:
+        raise APIError(400, f"rows: model '{model.name}' was not trained on a table; send 'inputs'", param="rows")
+    from crossframe.errors import DataError
+
+    try:
+        return model.transform.rows(rows).reshape(len(rows), *model.input_shape)
+    except DataError as exc:
+        raise APIError(400, str(exc), param="rows") from None
 
 
 def _examples(inputs: list[Any], shape: tuple[int, ...]) -> np.ndarray:

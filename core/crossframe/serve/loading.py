@@ -42,6 +42,8 @@ class ServedModel:
     #: ``slots -> Decoder`` (a backend's KV cache); ``None``: recompute through ``predict``
     batch_decoder: Callable[[int], Any] | None = None
     chat_template: str | None = None
+    #: a tabular run's fitted transform (``preprocess.json``): ``/v1/predict`` ``rows`` go through it
+    transform: Any = None
 
     @property
     def is_language_model(self) -> bool:
@@ -100,6 +102,9 @@ def load_served_model(path: str | os.PathLike, *, engine: str = "auto", backend:
                         num_outputs=int(info["num_outputs"]), class_names=tuple(info.get("class_names") or ()),
                         predict=_unset, source=path, tokenizer=tokenizer, window=window,
                         chat_template=_chat_template(run_dir, chat_template))
+    from crossframe.data.tabular import load_transform
+
+    model.transform = load_transform(run_dir)
     use_native = engine == "native" or not exported
     if not use_native and engine == "auto" and task == "language_modeling":
         use_native = _native_has_kv_cache(run_dir, backend)

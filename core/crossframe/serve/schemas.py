@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -60,8 +60,17 @@ class ChatRequest(_Sampling):
 
 
 class PredictRequest(_Strict):
-    """``POST /v1/predict``: examples as nested arrays (each of the model's input shape, or flat)."""
+    """``POST /v1/predict``: examples as nested arrays (each of the model's input shape, or flat), or,
+    for a model trained on a table, raw ``rows`` (``{column: value}``) that go through its saved transform."""
 
     model: str | None = None
-    inputs: list[Any] = Field(min_length=1)
+    inputs: list[Any] | None = Field(None, min_length=1)
+    rows: list[dict[str, Any]] | None = Field(None, min_length=1, max_length=100_000)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> PredictRequest:
+        if (self.inputs is None) == (self.rows is None):
+            raise ValueError("give either 'inputs' (model-ready numbers) or 'rows' (a table's raw records)")
+        return self
+
     top_k: int = Field(1, ge=1, description="scores of the k likeliest classes per example")

@@ -289,6 +289,11 @@ class BackendConformance:
         want_cm = np.zeros((4, 4), np.int64)
         np.add.at(want_cm, (batch["y"], logits.argmax(axis=1)), 1)
         assert np.array_equal(np.asarray(host["confusion"]), want_cm), "confusion matrix (rows: truth) differs"
+        if "logits" in host:  # optional; score metrics (ROC-AUC, log-loss) read them when present
+            got = np.asarray(host["logits"], np.float64)
+            assert got.shape == logits.shape, f"eval_step logits have shape {got.shape}, expected {logits.shape}"
+            diff = float(np.max(np.abs(got - logits)))
+            assert diff <= self.atol, f"eval_step logits differ from the reference forward by {diff:.3g}"
 
     def _create_or_skip(self, impl: Backend, setup: TrainSetup, feature: str) -> Any:
         """A training state, or a skip when the backend cannot train or declines ``feature`` (CapabilityError)."""

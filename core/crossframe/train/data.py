@@ -15,8 +15,10 @@ from crossframe.config.schema import RunConfig
 from crossframe.config.validation import validate_params
 from crossframe.data.dataset import DataInfo, Dataset
 from crossframe.data.loader import BatchLoader
+from crossframe.data.tabular import normalised
 from crossframe.errors import ConfigError
 from crossframe.plugins import component
+from crossframe.train.splitting import split_dataset
 
 
 @dataclass
@@ -50,16 +52,29 @@ class TrainingData:
     val: Any  # Dataset | TokenEvalSet: .eval_batches(batch_size), .task
     info: DataInfo
     tokenizer_dir: Path | None = None
+    test: Any = None  # Dataset of data.split.test, or None
+    transform: Any = None  # the fitted TabularTransform of a tabular source, saved with the run
 
 
 def load_source(cfg: RunConfig) -> Any:
-    """The configured source: a :class:`Dataset` or a text corpus."""
+    """The configured source: a :class:`Dataset` or a text corpus (``data.split.group`` reaches a
+    source whose schema has a ``group`` field)."""
     data_comp = component("dataset", cfg.data.name, "data.name")
-    return data_comp.obj(validate_params(data_comp.schema, cfg.data.params, "data"))
+    params = cfg.data.params
+    if cfg.data.split.group is not None:
+        if "group" not in getattr(data_comp.schema, "model_fields", {}):
+            raise ConfigError(f"data.split.group: source '{cfg.data.name}' has no group ids; "
+                              "csv, parquet, arrow and npz sources do")
+        params = {**params, "group": cfg.data.split.group}
+    return data_comp.obj(validate_params(data_comp.schema, params, "data"))
 
 
-def load_training_data(cfg: RunConfig, world: Any = None, local_replicas: int = 1) -> TrainingData:
+def load_training_data(cfg: RunConfig, world: Any = None, local_replicas: int = 1,
+                       transform: Any = None) -> TrainingData:
     """Split the source and build the training order.
+
+    A tabular source's transform is fitted on the training split, unless ``transform`` (a run's
+    saved ``preprocess.json``) is given.
 
     A step's global batch is ``batch_size * grad_accum * local_replicas * world.world_size`` rows;
     the loader yields this process's part of it (see :mod:`crossframe.data.sharding`).
@@ -69,8 +84,13 @@ def load_training_data(cfg: RunConfig, world: Any = None, local_replicas: int = 
     batch = cfg.train.batch_size * cfg.train.grad_accum * local_replicas * world_size
     shard = {"rank": rank, "world_size": world_size, "micro_batches": cfg.train.grad_accum}
     if isinstance(source, Dataset):
-        train, val = source.split(cfg.data.val_fraction, cfg.seed)
-        return TrainingData(BatchLoader(train, batch, cfg.seed, **shard), val, train.info)
+        train, val, test = split_dataset(source, cfg.data, cfg.seed)
+        fitted = None
+        if source.transform is not None:  # tabular: statistics of the training split only, or the run's own
+            fitted = transform if transform is not None else source.transform.fit(train.x)
+            train, val, test = (normalised(d, fitted) for d in (train, val, test))
+        return TrainingData(BatchLoader(train, batch, cfg.seed, **shard), val, train.info, test=test,
+                            transform=fitted)
     from crossframe.text.corpus import TextCorpus
     from crossframe.text.loader import LMBatchLoader
 
@@ -87,7 +107,8 @@ def load_training_data(cfg: RunConfig, world: Any = None, local_replicas: int = 
 
 def store_key(cfg: RunConfig) -> str:
     """A short hash of what determines a token store: the source, its split and the tokenizer."""
-    what = {"data": cfg.data.model_dump(mode="json"), "tokenizer": cfg.text.tokenizer.model_dump(mode="json")}
+    what = {"data": cfg.data.model_dump(mode="json", exclude={"split"}),  # text splits by val_fraction alone
+            "tokenizer": cfg.text.tokenizer.model_dump(mode="json")}
     return hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from crossframe.checkpoint import load_checkpoint
 from crossframe.config.loading import load_config
 from crossframe.data.loader import BatchLoader
+from crossframe.data.tabular import load_transform
 from crossframe.errors import ConfigError
 from crossframe.models import spec_from_json
 from crossframe.train.data import load_training_data
@@ -22,10 +23,11 @@ def evaluate(run: str | os.PathLike, overrides: Iterable[str] = (), *, backend: 
     """Metrics of a run's latest checkpoint (or the ``checkpoints/step_N`` given) on ``split``.
 
     The run's saved config gives the data and metrics; ``backend`` evaluates on another backend
-    (an inference-only one too). ``split`` is ``val`` or ``train``.
+    (an inference-only one too). ``split`` is ``val``, ``train`` or ``test`` (with ``data.split.test``).
+    A tabular run's inputs go through its saved ``preprocess.json``.
     """
-    if split not in ("val", "train"):
-        raise ConfigError(f"--split: '{split}' is not a split; use 'val' or 'train'")
+    if split not in ("val", "train", "test"):
+        raise ConfigError(f"--split: '{split}' is not a split; use 'val', 'train' or 'test'")
     checkpoint = load_checkpoint(Path(run))
     run_dir = checkpoint.path.parent.parent
     saved = run_dir / CONFIG_FILE
@@ -36,11 +38,15 @@ def evaluate(run: str | os.PathLike, overrides: Iterable[str] = (), *, backend: 
     impl, device = prepare_backend(cfg, training=False)
     spec.check_checkpoint(checkpoint.weights, {}, f"checkpoint '{checkpoint.path}'")
     state = impl.inference_state(spec, checkpoint.weights, device, cfg.precision)
-    data = load_training_data(cfg)
+    data = load_training_data(cfg, transform=load_transform(run_dir))
     if split == "train":
         if not isinstance(data.loader, BatchLoader):
             raise ConfigError("--split: 'train' is available for array datasets only")
         dataset = data.loader.dataset
+    elif split == "test":
+        if data.test is None:
+            raise ConfigError(f"--split: '{run_dir}' has no test split; train with data.split.test")
+        dataset = data.test
     else:
         dataset = data.val
     metrics = evaluate_dataset(impl, state, dataset, cfg.train.eval_batch_size,

@@ -20,8 +20,8 @@ from crossframe import __version__
 from crossframe.backend import Backend, WorldInfo
 from crossframe.checkpoint import remove_stale_temporaries, save_checkpoint
 from crossframe.config.schema import RunConfig
-from crossframe.errors import RunError
-from crossframe.metrics import EvalTotals, loss
+from crossframe.errors import ConfigError, RunError
+from crossframe.metrics import MAX_SCORE_VALUES, EvalTotals, loss, needs_scores
 from crossframe.models.spec import ModelSpec
 from crossframe.perf import peak_host_memory_mb, raise_peak
 from crossframe.train.early_stopping import EarlyStopping
@@ -35,13 +35,36 @@ from crossframe.train.progress import Progress
 def evaluate_dataset(backend: Backend, state: Any, dataset: Any, batch_size: int,
                      metric_fns: dict[str, Callable[[EvalTotals], Any]], prefix: str = "val/") -> dict[str, Any]:
     """Loss and metrics of ``state`` over all of ``dataset`` (anything with ``eval_batches``),
-    fetched from the device once."""
-    outs = [backend.eval_step(state, b) for b in dataset.eval_batches(batch_size)]
-    totals = EvalTotals.from_batches(backend.fetch(outs))
+    fetched from the device once (with score metrics, the logits too; see :func:`gather_eval`)."""
+    totals = gather_eval(backend, state, dataset, batch_size, needs_scores(metric_fns))
     metrics: dict[str, Any] = {f"{prefix}loss": loss(totals)}
     for name, fn in metric_fns.items():
         metrics[f"{prefix}{name}"] = fn(totals)
     return metrics
+
+
+def gather_eval(backend: Backend, state: Any, dataset: Any, batch_size: int, scores: bool) -> EvalTotals:
+    """Every batch's device sums, fetched once. With ``scores``, each batch's ``logits`` stay on the
+    device until that fetch (a backend whose ``eval_step`` gives none has them from ``predict``) and
+    the host labels join them, at most :data:`~crossframe.metrics.MAX_SCORE_VALUES` values."""
+    outs: list[dict[str, Any]] = []
+    labels: list[np.ndarray] = []
+    kept = 0
+    for batch in dataset.eval_batches(batch_size):
+        out = backend.eval_step(state, batch)
+        if not scores:
+            out.pop("logits", None)  # frees the device buffer now
+        else:
+            if "logits" not in out:
+                out["logits"] = backend.predict(state, batch["x"])
+            labels.append(batch["y"])
+            kept += math.prod(int(d) for d in out["logits"].shape)
+            if kept > MAX_SCORE_VALUES:
+                raise ConfigError(f"train.metrics: score metrics keep every example's scores, and this evaluation "
+                                  f"has more than {MAX_SCORE_VALUES} (examples x classes); evaluate a smaller "
+                                  "split or use confusion metrics only")
+        outs.append(out)
+    return EvalTotals.from_batches(backend.fetch(outs), labels if scores else None)
 
 
 @dataclass

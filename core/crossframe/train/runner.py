@@ -17,6 +17,7 @@ from crossframe.config.schema import RunConfig
 from crossframe.config.validation import validate_params
 from crossframe.errors import CapabilityError, ConfigError, PluginError, RunError, one_of
 from crossframe.metrics import DEFAULT_METRICS
+from crossframe.metrics.lookup import find_metric, metric_function
 from crossframe.models import build_model
 from crossframe.models.flops import flops_per_step
 from crossframe.perf import device_peak, peak_key
@@ -243,6 +244,10 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
+        if data.transform is not None:  # tabular: eval and serve apply the training split's statistics
+            from crossframe.data.tabular import save_transform
+
+            save_transform(run_dir, data.transform)
         if data.tokenizer_dir is not None and not (run_dir / "tokenizer").exists():
             shutil.copytree(data.tokenizer_dir, run_dir / "tokenizer")  # generation needs it
     run = Run(cfg, run_dir, backend, spec, total, device, step=start, world=world)
@@ -285,14 +290,15 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
 
 
 def metric_functions(cfg: RunConfig, task: str) -> dict[str, Any]:
+    """The configured metrics (or the task's defaults) by name, checked against the task."""
     names = cfg.train.metrics or DEFAULT_METRICS[task]
     out = {}
     for i, name in enumerate(names):
-        comp = component("metric", name, f"train.metrics.{i}")
+        comp = find_metric(name, f"train.metrics.{i}")
         tasks = comp.extra.get("tasks", ("classification",))
         if task not in tasks:
             raise ConfigError(f"train.metrics.{i}: '{name}' is for {' or '.join(tasks)} data; this dataset is {task}")
-        out[name] = comp.obj
+        out[name] = metric_function(comp)
     return out
 
 
