@@ -53,6 +53,9 @@ OPTIMIZER_CASES: dict[str, dict[str, Any]] = {
     "sgd": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.05},
     "adam": {"lr": 0.05, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.05},
     "adamw": {"lr": 0.05, "betas": (0.8, 0.95), "eps": 1e-8, "weight_decay": 0.1},
+    "rmsprop": {"lr": 0.01, "alpha": 0.9, "eps": 1e-8, "weight_decay": 0.05},
+    "adagrad": {"lr": 0.05, "eps": 1e-10, "weight_decay": 0.05},
+    "lion": {"lr": 0.01, "betas": (0.9, 0.99), "weight_decay": 0.1},
 }
 
 

@@ -66,6 +66,10 @@ def optimizer_step(name: str, hp: Mapping[str, object], params: Mapping[str, np.
                 new_state[f"momentum/{key}"] = np.zeros_like(p)
             new_params[key] = p - lr * g
             continue
+        if name in EXTRA_RULES:
+            new_params[key], slots = EXTRA_RULES[name](hp, p, g, state, key, lr, decays, wd)
+            new_state.update(slots)
+            continue
         b1, b2 = (float(v) for v in hp.get("betas", (0.9, 0.999)))  # type: ignore[union-attr]
         eps = float(hp.get("eps", 1e-8))  # type: ignore[arg-type]
         if name == "adam" and decays:
@@ -80,6 +84,38 @@ def optimizer_step(name: str, hp: Mapping[str, object], params: Mapping[str, np.
         new_state[f"exp_avg/{key}"], new_state[f"exp_avg_sq/{key}"] = m, v
     assert set(STATE_SLOTS[name])  # the slots written above are the documented ones
     return new_params, new_state
+
+
+def _rmsprop(hp: Mapping[str, object], p: np.ndarray, g: np.ndarray, state: Mapping[str, np.ndarray], key: str,
+             lr: float, decays: bool, wd: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    alpha, eps = float(hp.get("alpha", 0.99)), float(hp.get("eps", 1e-8))  # type: ignore[arg-type]
+    if decays:
+        g = g + wd * p
+    v = alpha * state.get(f"square_avg/{key}", np.zeros_like(p)).astype(np.float64) + (1 - alpha) * g * g
+    return p - lr * g / (np.sqrt(v) + eps), {f"square_avg/{key}": v}
+
+
+def _adagrad(hp: Mapping[str, object], p: np.ndarray, g: np.ndarray, state: Mapping[str, np.ndarray], key: str,
+             lr: float, decays: bool, wd: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    eps = float(hp.get("eps", 1e-10))  # type: ignore[arg-type]
+    if decays:
+        g = g + wd * p
+    s = state.get(f"sum/{key}", np.zeros_like(p)).astype(np.float64) + g * g
+    return p - lr * g / (np.sqrt(s) + eps), {f"sum/{key}": s}
+
+
+def _lion(hp: Mapping[str, object], p: np.ndarray, g: np.ndarray, state: Mapping[str, np.ndarray], key: str,
+          lr: float, decays: bool, wd: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    b1, b2 = (float(v) for v in hp.get("betas", (0.9, 0.99)))  # type: ignore[union-attr]
+    m = state.get(f"exp_avg/{key}", np.zeros_like(p)).astype(np.float64)
+    update = np.sign(b1 * m + (1 - b1) * g)
+    if decays:
+        update = update + wd * p
+    return p - lr * update, {f"exp_avg/{key}": b2 * m + (1 - b2) * g}
+
+
+#: the rules of rmsprop, adagrad and lion (see :mod:`crossframe.optimizers`)
+EXTRA_RULES = {"rmsprop": _rmsprop, "adagrad": _adagrad, "lion": _lion}
 
 
 def distill_loss(student: np.ndarray, teacher: np.ndarray, temperature: float,

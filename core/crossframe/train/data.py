@@ -70,13 +70,18 @@ def load_training_data(cfg: RunConfig, world: Any = None, local_replicas: int = 
     shard = {"rank": rank, "world_size": world_size, "micro_batches": cfg.train.grad_accum}
     if isinstance(source, Dataset):
         train, val = source.split(cfg.data.val_fraction, cfg.seed)
-        return TrainingData(BatchLoader(train, batch, cfg.seed, **shard), val, train.info)
+        loader_cls = BatchLoader
+        if cfg.train.sampler == "oversample":
+            from crossframe.data.samplers import OversampleLoader as loader_cls  # type: ignore[assignment]
+        return TrainingData(loader_cls(train, batch, cfg.seed, **shard), val, train.info)
     from crossframe.text.corpus import TextCorpus
     from crossframe.text.loader import LMBatchLoader
 
     if not isinstance(source, TextCorpus):
         raise ConfigError(f"data.name: '{cfg.data.name}' gives {type(source).__name__}, "
                           "neither a Dataset nor a text corpus")
+    if cfg.train.sampler != "shuffle":
+        raise ConfigError(f"train.sampler: '{cfg.train.sampler}' is for class-labelled arrays, not text")
     store = token_store(cfg, source)
     seq_len = cfg.text.seq_len
     loader = LMBatchLoader(store["train"], seq_len, batch, cfg.seed, dtype=np.int64, **shard)
