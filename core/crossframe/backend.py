@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from crossframe.losses import LossSetup
 from crossframe.models.spec import ModelSpec, Params
 
 if TYPE_CHECKING:
@@ -105,6 +106,9 @@ class TrainSetup:
     distill: DistillSetup | None = None
     #: this process's place in a multi-worker job (``None``: a single process, one device).
     world: WorldInfo | None = None
+    #: classification training loss with class weights, focal term or label smoothing (see
+    #: :mod:`crossframe.losses`); ``None``: plain cross-entropy. ``eval_step`` ignores it.
+    objective: LossSetup | None = None
 
     @property
     def loss(self) -> str:

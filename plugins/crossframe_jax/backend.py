@@ -152,9 +152,15 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
         kd = jnp.sum(per * m) / total if m is not None else per.mean() / k
         return (1.0 - distill.alpha) * label + distill.alpha * kd, kd
 
+    objective = setup.objective if loss_name == "cross_entropy" else None
+
     def mean_loss(params: Mapping[str, jax.Array], x: jax.Array, y: jax.Array, teacher: Any = None,
                   key: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
         out = forward(params, x, train=True) if key is None else forward(params, x, train=True, rng=key)
+        if objective is not None:  # class weights, focal loss, label smoothing
+            from crossframe_jax.losses import per_example
+
+            return mixed(per_example(out, y, objective).mean() / k, out, x, teacher)
         return mixed(per_example_loss(loss_name, out, y).mean() / k, out, x, teacher)
 
     def token_loss_part(params: Mapping[str, jax.Array], x: jax.Array, y: jax.Array, m: jax.Array,

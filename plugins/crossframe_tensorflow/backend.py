@@ -285,6 +285,10 @@ def _train_function(state: TFState) -> Compiled:
     setup, model, optimizer, loss_scale = state.setup, state.model, state.optimizer, state.loss_scale
     assert optimizer is not None
     per_example = _loss_fn(state)
+    if setup.objective is not None and setup.loss == "cross_entropy":  # class weights, focal, smoothing
+        from crossframe_tensorflow.losses import bound
+
+        per_example = bound(setup.objective)
     names = [p.name for p in setup.spec.table]
     variables = model.ordered
     k, clip_norm = setup.grad_accum, setup.clip_norm
