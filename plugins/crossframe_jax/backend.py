@@ -334,6 +334,13 @@ class JaxBackend(Backend):
                    "compile": "steps are always jax.jit-compiled; train.compile is accepted and ignored"},
         )
 
+    def input_gradients(self, state: Any, x: np.ndarray, targets: np.ndarray,
+                        objective: str = "output") -> np.ndarray:
+        """Gradients of outputs (or losses) with respect to inputs (see :mod:`crossframe_jax.explain`)."""
+        from crossframe_jax.explain import input_gradients
+
+        return input_gradients(state, x, targets, objective)
+
     def measure_peak_flops(self, device: str, precision: str) -> float:
         """Matmul FLOP/s of XLA on ``device`` at ``precision`` (a short probe, for MFU)."""
         from crossframe.perf import probe_peak

@@ -99,6 +99,13 @@ class TensorFlowBackend(Backend):
                    "fully_sharded": "tf.distribute mirrors variables, it does not shard them; use data_parallel"},
         )
 
+    def input_gradients(self, state: Any, x: np.ndarray, targets: np.ndarray,
+                        objective: str = "output") -> np.ndarray:
+        """Gradients of outputs (or losses) with respect to inputs (see :mod:`crossframe_tensorflow.explain`)."""
+        from crossframe_tensorflow.explain import input_gradients
+
+        return input_gradients(state, x, targets, objective)
+
     def set_threads(self, threads: int) -> None:
         """TensorFlow's intra-op pool size, and one inter-op thread, if its runtime has not started yet
         (afterwards the pools are fixed; the environment set before import already holds the count)."""

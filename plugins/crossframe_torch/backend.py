@@ -108,6 +108,13 @@ class TorchBackend(Backend):
         """Destroy the process group."""
         distributed.shutdown()
 
+    def input_gradients(self, state: Any, x: np.ndarray, targets: np.ndarray,
+                        objective: str = "output") -> np.ndarray:
+        """Gradients of outputs (or losses) with respect to inputs (see :mod:`crossframe_torch.explain`)."""
+        from crossframe_torch.explain import input_gradients
+
+        return input_gradients(state, x, targets, objective)
+
     def set_threads(self, threads: int) -> None:
         """``torch.set_num_threads``; one inter-op thread where torch still allows the change."""
         torch.set_num_threads(threads)

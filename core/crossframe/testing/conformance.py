@@ -389,6 +389,30 @@ class BackendConformance:
         for name in a:
             assert _max_diff(a[name], b[name]) <= 1e-7, f"after loading, the next step differs on '{name}'"
 
+    @pytest.mark.parametrize("objective", ["output", "loss"])
+    def test_input_gradients_match_finite_differences(self, impl: Backend, objective: str) -> None:
+        """``input_gradients`` equals central differences (float64) of the numpy reference forward."""
+        models = [m for m in self.claimed_models(impl) if m in ("mlp", "cnn")]
+        if not models:
+            pytest.skip("backend claims neither mlp nor cnn")
+        for model in models:
+            spec = self.spec(model)
+            weights = spec.init(5)
+            try:
+                state = impl.inference_state(spec, weights)
+                x = _batch(spec.data_info, 3, 9)["x"]
+                targets = np.arange(len(x)) % spec.data_info.num_outputs
+                got = impl.input_gradients(state, x, targets, objective)  # type: ignore[arg-type]
+            except CapabilityError as exc:
+                pytest.skip(str(exc))
+            want = reference.input_gradients_fd(spec.reference_forward, weights, x, targets, objective)
+            scale = max(1.0, float(np.max(np.abs(want))))
+            diff = _max_diff(got, want)
+            # float32 backward against float64 differences (step 1e-5: truncation ~1e-10, rounding ~1e-11)
+            assert got.shape == x.shape and diff <= 1e-4 * scale, (
+                f"{model}: input gradients ({objective}) differ from finite differences by {diff:.3g} "
+                f"(allowed {1e-4 * scale:.3g})")
+
     def test_capability_errors_are_one_line(self, impl: Backend) -> None:
         """A run asking for a missing device or an unclaimed model fails before it starts."""
         from crossframe.config.loading import load_config

@@ -8,6 +8,7 @@ The optimizer rules are those documented in :mod:`crossframe.optimizers`; clippi
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -153,3 +154,28 @@ def linear_distill_grads(weights: Mapping[str, np.ndarray], x: np.ndarray, y: np
     kd_grads = {"layers.0.weight": flat.T @ delta, "layers.0.bias": delta.sum(axis=0)}
     loss = (1 - alpha) * ce + alpha * distill_loss(logits, teacher, temperature)
     return loss, {k: (1 - alpha) * grads[k] + alpha * kd_grads[k] for k in grads}
+
+
+def input_gradients_fd(forward: Any, weights: Mapping[str, np.ndarray], x: np.ndarray, targets: np.ndarray,
+                       objective: str = "output", h: float = 1e-5) -> np.ndarray:
+    """Central differences, in float64, of ``sum_i out[i, targets[i]]`` (or of the summed cross-entropy)."""
+    w64 = {k: np.asarray(v, np.float64) for k, v in weights.items()}
+    rows = np.arange(len(x))
+
+    def value_per_example(inputs: np.ndarray) -> np.ndarray:
+        out = np.asarray(forward(w64, inputs), np.float64)
+        picked = out[rows, targets]
+        if objective == "loss":
+            top = out.max(axis=1)
+            return top + np.log(np.exp(out - top[:, None]).sum(axis=1)) - picked
+        return picked
+
+    base = np.asarray(x, np.float64)
+    flat = base.reshape(len(x), -1)
+    grad = np.zeros_like(flat)
+    for j in range(flat.shape[1]):  # every example moves at once: they do not interact
+        up, down = flat.copy(), flat.copy()
+        up[:, j] += h
+        down[:, j] -= h
+        grad[:, j] = (value_per_example(up.reshape(base.shape)) - value_per_example(down.reshape(base.shape))) / (2 * h)
+    return grad.reshape(base.shape)
