@@ -134,11 +134,12 @@ def register_exporters(register: Any) -> None:
 def register_commands(cli: Any) -> None:
     """Add ``run``, ``plugins`` and ``config``."""
     from crossframe.cli import commands, compress, model, serve, tune
+    from crossframe.cli import explain as explain_cli
     from crossframe.cli import models as models_cli
     from crossframe.cli import runs as runs_cli
 
     for command in [*commands.COMMANDS, *compress.COMMANDS, *model.COMMANDS, *tune.COMMANDS, *serve.COMMANDS,
-                    *runs_cli.COMMANDS, *models_cli.COMMANDS]:
+                    *runs_cli.COMMANDS, *models_cli.COMMANDS, *explain_cli.COMMANDS]:
         cli.add_command(command)
 
 

@@ -15,9 +15,7 @@ def input_gradients(state: Any, x: np.ndarray, targets: np.ndarray, objective: s
     inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(state.device).requires_grad_(True)
     index = torch.from_numpy(np.asarray(targets, dtype=np.int64)).to(state.device)
     out = state.module(inputs).float()
-    if objective == "loss":
-        value = F.cross_entropy(out, index, reduction="sum")
-    else:
-        value = out.gather(1, index[:, None]).sum()
+    picked = out.gather(1, index[:, None]).sum()
+    value = F.cross_entropy(out, index, reduction="sum") if objective == "loss" else picked
     (grad,) = torch.autograd.grad(value, inputs)
     return grad.detach().cpu().numpy().astype(np.float32)
