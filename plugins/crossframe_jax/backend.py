@@ -134,7 +134,7 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
     """
     k, loss_name, clip = setup.grad_accum, setup.loss, setup.clip_norm
     lm = loss_name == "token_cross_entropy"
-    uses_rng = lm and float(setup.spec.params.get("dropout", 0.0)) > 0.0
+    uses_rng = float(setup.spec.params.get("dropout", 0.0)) > 0.0  # gpt, mlp and cnn
     if setup.spec.graph is not None:  # a graph draws dropout masks wherever it has a dropout layer
         from crossframe_jax.lowering import uses_rng as graph_uses_rng
 
