@@ -121,7 +121,7 @@ def one_cycle(params: OneCycleParams, base_lr: float, total_steps: int) -> Sched
     """The one-cycle policy (Smith & Topin): a cosine rise over ``pct_start`` of the steps, a cosine fall after."""
     total = params.total_steps or total_steps
     up = max(params.pct_start * total, 1.0)
-    down = max(total - up, 1.0)
+    down = max(total - 1 - up, 1.0)  # the last step (total - 1) reaches the final rate
     start, end = base_lr / params.div_factor, base_lr / (params.div_factor * params.final_div_factor)
 
     def cos_between(a: float, b: float, progress: float) -> float:

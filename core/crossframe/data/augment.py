@@ -132,6 +132,7 @@ class AugmentedLoader:
 
     def __init__(self, loader: Any, entries: list[dict[str, Any]], seed: int) -> None:
         self.loader, self.augments, self.seed = loader, parse(entries), seed
+        self.batch(0)  # an augmentation that does not fit the data fails here, before any training
 
     def batch(self, step: int) -> Batch:
         """The wrapped loader's batch at ``step``, augmented."""
