@@ -67,7 +67,7 @@ def test_augmentation_is_a_pure_function_of_seed_and_step() -> None:
     ({"flip": "diagonal"}, "flip: must be 'horizontal' or 'vertical'"),
 ])
 def test_bad_augmentations_are_config_errors_naming_the_field(entry: dict, message: str) -> None:
-    with pytest.raises(ConfigError, match="train.augment") as info:
+    with pytest.raises(ConfigError, match=r"train\.augment") as info:
         load_config({"train": {"augment": [entry]}})
     assert message in str(info.value) and "\n" not in str(info.value)
 
