@@ -179,3 +179,24 @@ def input_gradients_fd(forward: Any, weights: Mapping[str, np.ndarray], x: np.nd
         down[:, j] -= h
         grad[:, j] = (value_per_example(up.reshape(base.shape)) - value_per_example(down.reshape(base.shape))) / (2 * h)
     return grad.reshape(base.shape)
+
+
+def linear_objective_grads(weights: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray, objective: Any,
+                           h: float = 1e-6) -> tuple[float, dict[str, np.ndarray]]:
+    """Mean :func:`crossframe.losses.reference_loss` of a one-layer ``mlp`` and its gradients
+    (``d loss / d logits`` by float64 central differences, then the chain rule)."""
+    from crossframe.losses import reference_loss
+
+    w = weights["layers.0.weight"].astype(np.float64)
+    b = weights["layers.0.bias"].astype(np.float64)
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    z = flat @ w + b
+    loss = float(reference_loss(z, y, objective).mean())
+    dz = np.zeros_like(z)
+    for j in range(z.shape[1]):  # examples are independent: move one logit of every example at once
+        up, down = z.copy(), z.copy()
+        up[:, j] += h
+        down[:, j] -= h
+        dz[:, j] = (reference_loss(up, y, objective) - reference_loss(down, y, objective)) / (2 * h)
+    dz /= len(y)
+    return loss, {"layers.0.weight": flat.T @ dz, "layers.0.bias": dz.sum(axis=0)}
