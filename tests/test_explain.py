@@ -12,6 +12,7 @@ from crossframe.cli.main import main
 from crossframe.data.dataset import DataInfo
 from crossframe.explain.api import explain, robustness
 from crossframe.explain.attacks import attack
+from crossframe.explain.attention import attention_maps
 from crossframe.explain.gradients import integrated_gradients, saliency
 from crossframe.models import build_model
 from crossframe.train.runner import make_backend
@@ -90,7 +91,21 @@ def test_explain_cli_writes_the_report_and_refuses_attention_in_one_line(
     assert "completeness gap" in out and (planted_run / "explain" / "integrated-gradients.html").is_file()
     assert main(["explain", str(planted_run), "--method", "attention"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "attention" in err and "\n" not in err
+    assert "'attention' needs a 'gpt' run; this run's model is 'mlp'" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("rope", [False, True])
+def test_attention_maps_are_causal_distributions_of_the_model_itself(rope: bool) -> None:
+    spec = build_model("gpt", {"n_layer": 2, "n_head": 2, "d_model": 8, "max_seq_len": 8, "rope": rope},
+                       DataInfo("language_modeling", (6,), 13))
+    weights = spec.init(2)
+    tokens = np.random.default_rng(0).integers(0, 13, (3, 6))
+    maps, logits = attention_maps(spec, weights, tokens)
+    assert maps.shape == (2, 3, 2, 6, 6)
+    np.testing.assert_allclose(maps.sum(axis=-1), 1.0, atol=1e-12)
+    assert np.all(maps[..., np.triu_indices(6, 1)[0], np.triu_indices(6, 1)[1]] == 0.0)  # no look-ahead
+    # the maps belong to the reference model: the same pass gives the reference's logits
+    np.testing.assert_allclose(logits, spec.reference_forward(weights, tokens), atol=1e-10, rtol=0)
 
 
 def test_fgsm_on_a_linear_model_moves_each_logit_margin_by_eps_times_the_l1_norm() -> None:

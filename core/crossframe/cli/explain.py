@@ -1,4 +1,4 @@
-"""``crossframe explain RUN_DIR --method permutation|integrated-gradients|saliency``."""
+"""``crossframe explain RUN_DIR --method permutation|integrated-gradients|saliency|attention``."""
 
 from __future__ import annotations
 
@@ -31,8 +31,12 @@ def explain_command(run_dir: str, method: str, backend: str | None, samples: int
         return
     extra = (f"  completeness gap {summary['completeness_gap_max']:.2e} ({summary['steps']} steps)"
              if "completeness_gap_max" in summary else "")
-    click.echo(f"{method} on {summary['backend']} (step {summary['step']}): top features "
-               f"{summary['top_features']}{extra}")
+    if method == "attention":
+        click.echo(f"attention (step {summary['step']}): {summary['layers']} layers x {summary['heads']} heads "
+                   f"over {summary['sequences']} sequences of {summary['seq_len']} tokens")
+    else:
+        click.echo(f"{method} on {summary['backend']} (step {summary['step']}): top features "
+                   f"{summary['top_features']}{extra}")
     click.echo(f"report: {summary['files']['html']}")
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from crossframe.errors import CapabilityError, ConfigError
+from crossframe.errors import ConfigError
 from crossframe.explain.gradients import integrated_gradients, saliency
 from crossframe.explain.load import load_run
 from crossframe.explain.permutation import permutation_importance
@@ -28,11 +28,10 @@ def explain(run: str | os.PathLike, method: str, *, overrides: Iterable[str] = (
     """
     if method not in METHODS:
         raise ConfigError(f"--method: '{method}' is not a method; use one of {', '.join(METHODS)}")
-    if method == "attention":
-        raise CapabilityError("--method: 'attention' maps are not available yet (they need a GPT attention "
-                              "read-out from every backend); use permutation, integrated-gradients or saliency")
     if samples < 1 or steps < 1 or repeats < 1:
         raise ConfigError("explain: --samples, --steps and --repeats must each be >= 1")
+    if method == "attention":
+        return _attention(run, overrides, samples, out_dir)
     loaded = load_run(run, overrides, backend)
     x = np.asarray(loaded.dataset.x[:samples], np.float32)
     y = np.asarray(loaded.dataset.y[:samples])
@@ -84,3 +83,36 @@ def robustness(run: str | os.PathLike, method: str, eps: float, steps: int = 10,
     result = robust_accuracy(loaded.backend, loaded.state, x, y, method, eps, steps,
                              loaded.config.train.eval_batch_size)
     return {f"{split}/{k}": v for k, v in result.items()} | {"attack_eps": eps}
+
+
+def _attention(run: str | os.PathLike, overrides: Iterable[str], samples: int,
+               out_dir: str | os.PathLike | None) -> dict[str, Any]:
+    """Attention maps of a ``gpt`` run on its first validation sequences (at most ``samples``, at most 4)."""
+    from crossframe.checkpoint import load_checkpoint
+    from crossframe.config.loading import load_config
+    from crossframe.explain.attention import attention_maps, draw_maps
+    from crossframe.explain.report import write_attention_report
+    from crossframe.models import spec_from_json
+    from crossframe.train.data import load_training_data
+    from crossframe.train.runner import CONFIG_FILE
+
+    checkpoint = load_checkpoint(Path(run))
+    run_dir = checkpoint.path.parent.parent
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise ConfigError(f"explain: '{run_dir}' has no {CONFIG_FILE}")
+    spec = spec_from_json(checkpoint.state["model"])
+    if spec.name != "gpt":
+        raise ConfigError(f"--method: 'attention' needs a 'gpt' run; this run's model is '{spec.name}'")
+    cfg = load_config(run_dir / CONFIG_FILE, overrides)
+    val = load_training_data(cfg).val
+    seq_len = spec.data_info.input_shape[0]
+    count = max(1, min(samples, 4, (len(val.tokens) - 1) // seq_len))
+    tokens = np.asarray(val.tokens[: count * seq_len], dtype=np.int64).reshape(count, seq_len)
+    maps, _ = attention_maps(spec, checkpoint.weights, tokens)
+    summary: dict[str, Any] = {"run": run_dir.name, "step": checkpoint.step, "method": "attention",
+                               "sequences": count, "layers": int(maps.shape[0]), "heads": int(maps.shape[2]),
+                               "seq_len": seq_len, "source": "numpy reference on the canonical weights"}
+    png = draw_maps(maps, f"attention - {run_dir.name} (step {checkpoint.step})")
+    out = Path(out_dir) if out_dir is not None else run_dir / "explain"
+    paths = write_attention_report(out, png, maps, summary)
+    return {**summary, "files": {k: str(v) for k, v in paths.items()}, "top_features": []}

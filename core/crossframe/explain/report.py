@@ -88,3 +88,22 @@ def write_report(out_dir: Path, method: str, per_feature: np.ndarray, summary: d
     data = {**summary, "ranking": ranking, "per_feature": flat.tolist(), "shape": list(per_feature.shape)}
     atomic_write_text(paths["json"], json.dumps(data, indent=1))
     return paths
+
+
+def write_attention_report(out_dir: Path, png: bytes, maps: np.ndarray, summary: dict[str, Any]) -> dict[str, Path]:
+    """``attention.png``, ``attention.html`` (the PNG inlined) and ``attention.json`` (first sequence's maps)."""
+    title = f"attention - {summary.get('run', '')} (step {summary.get('step', '?')})"
+    facts = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                    for k, v in summary.items())
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><table>{facts}</table><p>Rows: layers; columns: heads. Each map is "
+            "query position (down) by key position (across) for the first sequence.</p>"
+            f"<p><img alt='attention' src='data:image/png;base64,{base64.b64encode(png).decode()}'></p></body></html>")
+    paths = {"png": out_dir / "attention.png", "html": out_dir / "attention.html", "json": out_dir / "attention.json"}
+    atomic_write_bytes(paths["png"], png)
+    atomic_write_text(paths["html"], page)
+    data = {**summary, "shape": list(maps.shape), "first_sequence": np.round(maps[:, 0], 6).tolist()}
+    atomic_write_text(paths["json"], json.dumps(data))
+    return paths
