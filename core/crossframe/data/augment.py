@@ -55,9 +55,13 @@ def _random_crop(value: Any) -> Augment:
         padded = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
         dy = rng.integers(0, 2 * padding + 1, b)
         dx = rng.integers(0, 2 * padding + 1, b)
-        rows = dy[:, None] + np.arange(h)[None, :]  # [B, H]
-        cols = dx[:, None] + np.arange(w)[None, :]  # [B, W]
-        return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+        out = np.empty_like(x)
+        offsets = dy * (2 * padding + 1) + dx
+        for offset in np.unique(offsets):  # one slice per distinct window: (2P + 1)^2 at most
+            rows = np.flatnonzero(offsets == offset)
+            oy, ox = divmod(int(offset), 2 * padding + 1)
+            out[rows] = padded[rows, oy:oy + h, ox:ox + w]
+        return out
 
     return crop
 
@@ -68,7 +72,7 @@ def _noise(value: Any) -> Augment:
     std = float(value)
 
     def noise(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return (x + rng.normal(0.0, std, x.shape)).astype(x.dtype)
+        return x + (rng.standard_normal(x.shape, dtype=np.float32) * np.float32(std)).astype(x.dtype)
 
     return noise
 
