@@ -97,7 +97,8 @@ def test_overrides_parse_values_as_yaml_and_reach_lists() -> None:
 
 def test_backend_flag_and_resolution_fill_component_defaults() -> None:
     cfg = load_config("digits-mlp", ["model={name: cnn}"], backend="torch")
-    assert cfg.model.params == {"channels": [16, 32], "kernel_size": 3, "hidden": 64, "activation": "relu"}
+    assert cfg.model.params == {"channels": [16, 32], "kernel_size": 3, "hidden": 64, "activation": "relu",
+                                "dropout": 0.0}
     assert cfg.train.schedule.params["warmup_steps"] == 30
     assert cfg.train.optimizer.params["betas"] == (0.9, 0.999)
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from crossframe.losses import LossSetup
 from crossframe.models.spec import ModelSpec, Params
 
 if TYPE_CHECKING:
@@ -105,6 +106,9 @@ class TrainSetup:
     distill: DistillSetup | None = None
     #: this process's place in a multi-worker job (``None``: a single process, one device).
     world: WorldInfo | None = None
+    #: classification training loss with class weights, focal term or label smoothing (see
+    #: :mod:`crossframe.losses`); ``None``: plain cross-entropy. ``eval_step`` ignores it.
+    objective: LossSetup | None = None
 
     @property
     def loss(self) -> str:
@@ -179,6 +183,20 @@ class Backend(ABC):
                         precision: str = "fp32") -> Any:
         """A state for :meth:`predict` only (by default a training state with plain SGD)."""
         return self.create_state(TrainSetup(spec, weights, device=device, precision=precision))  # type: ignore[arg-type]
+
+    def input_gradients(self, state: Any, x: np.ndarray, targets: np.ndarray,
+                        objective: Literal["output", "loss"] = "output") -> np.ndarray:
+        """Gradients of the model's outputs with respect to its inputs ``x``, float32, shaped like ``x``.
+
+        ``objective="output"``: of ``sum_i f(x)[i, targets[i]]`` (one output, a class logit or a
+        regression output, per example); ``"loss"``: of ``sum_i cross_entropy(f(x)[i], targets[i])``
+        (classification). In eval mode (no dropout), float32. Saliency, integrated gradients and
+        adversarial attacks (:mod:`crossframe.explain`) are built on it; the conformance kit checks it
+        against finite differences of the numpy reference. The default: the backend cannot.
+        """
+        from crossframe.errors import CapabilityError
+
+        raise CapabilityError(f"explain: backend '{self.name}' does not compute input gradients")
 
     def set_threads(self, threads: int) -> None:
         """Use ``threads`` intra-op CPU threads (and one inter-op thread) from now on.

@@ -66,6 +66,9 @@ def register_optimizers(register: Any) -> None:
     register("sgd", o.SGDParams, description="SGD with optional momentum")
     register("adam", o.AdamParams, description="Adam (L2 weight decay)")
     register("adamw", o.AdamWParams, description="Adam, decoupled weight decay")
+    register("rmsprop", o.RMSpropParams, description="RMSprop (torch's rule, eps outside the root)")
+    register("adagrad", o.AdagradParams, description="Adagrad (sum of squared gradients)")
+    register("lion", o.LionParams, description="Lion (sign of interpolated momentum), decoupled decay")
 
 
 @hookimpl
@@ -78,6 +81,8 @@ def register_schedules(register: Any) -> None:
     register("exponential", s.exponential, schema=s.ExponentialParams, description="x gamma per step")
     register("cosine", s.cosine, schema=s.CosineParams, description="warmup + cosine decay")
     register("linear", s.linear, schema=s.LinearParams, description="warmup + linear decay")
+    register("one_cycle", s.one_cycle, schema=s.OneCycleParams, description="cosine up, then cosine down")
+    register("plateau", s.plateau, schema=s.PlateauParams, description="x factor when an eval metric stalls")
 
 
 @hookimpl
@@ -148,11 +153,13 @@ def register_exporters(register: Any) -> None:
 def register_commands(cli: Any) -> None:
     """Add ``run``, ``plugins`` and ``config``."""
     from crossframe.cli import commands, compress, cv, model, serve, tune
+    from crossframe.cli import explain as explain_cli
     from crossframe.cli import models as models_cli
     from crossframe.cli import runs as runs_cli
 
     for command in [*commands.COMMANDS, *compress.COMMANDS, *model.COMMANDS, *tune.COMMANDS, *serve.COMMANDS,
-                    *runs_cli.COMMANDS, *models_cli.COMMANDS, *cv.COMMANDS]:
+                    *runs_cli.COMMANDS, *models_cli.COMMANDS, *cv.COMMANDS,
+                    *explain_cli.COMMANDS]:
         cli.add_command(command)
 
 

@@ -105,3 +105,102 @@ def linear(params: LinearParams, base_lr: float, total_steps: int) -> Schedule:
     end = base_lr * params.end_factor
     return with_warmup(params.warmup_steps, base_lr,
                        lambda step: base_lr + (end - base_lr) * min(step / span, 1.0))
+
+
+class OneCycleParams(WarmupParams):
+    """``one_cycle``: up from ``base_lr / div_factor`` to ``base_lr``, then down to ``base_lr / (div_factor *
+    final_div_factor)``, both halves cosine-shaped (``warmup_steps`` is not used: the cycle warms up)."""
+
+    pct_start: float = Field(0.3, gt=0.0, lt=1.0, description="share of the steps spent rising")
+    div_factor: float = Field(25.0, ge=1.0)
+    final_div_factor: float = Field(1e4, ge=1.0)
+    total_steps: PositiveInt | None = Field(None, description="default: train.steps")
+
+
+def one_cycle(params: OneCycleParams, base_lr: float, total_steps: int) -> Schedule:
+    """The one-cycle policy (Smith & Topin): a cosine rise over ``pct_start`` of the steps, a cosine fall after."""
+    total = params.total_steps or total_steps
+    up = max(params.pct_start * total, 1.0)
+    down = max(total - 1 - up, 1.0)  # the last step (total - 1) reaches the final rate
+    start, end = base_lr / params.div_factor, base_lr / (params.div_factor * params.final_div_factor)
+
+    def cos_between(a: float, b: float, progress: float) -> float:
+        return b + 0.5 * (a - b) * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+    def schedule(step: int) -> float:
+        if step < up:
+            return cos_between(start, base_lr, step / up)
+        return cos_between(base_lr, end, (step - up) / down)
+
+    return schedule
+
+
+class PlateauParams(WarmupParams):
+    """``plateau``: multiply by ``factor`` when ``monitor`` has not improved for ``patience`` evaluations."""
+
+    monitor: str = "val/loss"
+    mode: str = Field("auto", pattern="^(min|max|auto)$", description="auto: max for accuracy-like names")
+    factor: float = Field(0.5, gt=0.0, lt=1.0)
+    patience: NonNegativeInt = 2
+    threshold: float = Field(0.0, ge=0.0, description="an improvement must beat the best by more than this")
+    min_lr: float = Field(0.0, ge=0.0)
+
+
+class Plateau:
+    """Reduce-on-plateau: the loop calls :meth:`observe` after each evaluation; the rate is a value.
+
+    It is still a function of the step for the loop (``schedule(step)``), so the backends get the
+    rate as an argument of each step and nothing recompiles when it drops. Its state (best value,
+    evaluations without improvement, reductions so far) goes into checkpoints and back on resume.
+    """
+
+    def __init__(self, params: PlateauParams, base_lr: float) -> None:
+        self.params, self.base_lr = params, base_lr
+        mode = params.mode
+        if mode == "auto":
+            mode = "max" if any(k in params.monitor for k in ("acc", "f1", "precision", "recall", "auc")) else "min"
+        self.mode = mode
+        self.best: float | None = None
+        self.bad_evals = 0
+        self.reductions = 0
+        self._warm = with_warmup(params.warmup_steps, base_lr, lambda step: base_lr)
+
+    @property
+    def lr(self) -> float:
+        """The current (reduced) rate."""
+        return max(self.base_lr * self.params.factor ** self.reductions, self.params.min_lr)
+
+    def __call__(self, step: int) -> float:
+        """The rate at ``step``: warmup, then the current plateau rate."""
+        if step < self.params.warmup_steps:
+            return min(self._warm(step), self.lr)
+        return self.lr
+
+    def observe(self, metrics: dict) -> None:
+        """Update with an evaluation's metrics (a missing monitor is ignored: nothing to compare)."""
+        value = metrics.get(self.params.monitor)
+        if value is None or not math.isfinite(float(value)):
+            return
+        value = float(value)
+        sign = 1.0 if self.mode == "min" else -1.0
+        if self.best is None or sign * (self.best - value) > self.params.threshold:
+            self.best, self.bad_evals = value, 0
+            return
+        self.bad_evals += 1
+        if self.bad_evals > self.params.patience:
+            self.reductions += 1
+            self.bad_evals = 0
+
+    def state(self) -> dict:
+        """JSON-ready state for checkpoints."""
+        return {"best": self.best, "bad_evals": self.bad_evals, "reductions": self.reductions}
+
+    def restore(self, state: dict) -> None:
+        """Inverse of :meth:`state`."""
+        self.best, self.bad_evals = state.get("best"), int(state.get("bad_evals", 0))
+        self.reductions = int(state.get("reductions", 0))
+
+
+def plateau(params: PlateauParams, base_lr: float, total_steps: int) -> Plateau:
+    """A :class:`Plateau` schedule (``total_steps`` is not used)."""
+    return Plateau(params, base_lr)

@@ -134,7 +134,7 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
     """
     k, loss_name, clip = setup.grad_accum, setup.loss, setup.clip_norm
     lm = loss_name == "token_cross_entropy"
-    uses_rng = lm and float(setup.spec.params.get("dropout", 0.0)) > 0.0
+    uses_rng = float(setup.spec.params.get("dropout", 0.0)) > 0.0  # gpt, mlp and cnn
     if setup.spec.graph is not None:  # a graph draws dropout masks wherever it has a dropout layer
         from crossframe_jax.lowering import uses_rng as graph_uses_rng
 
@@ -152,9 +152,15 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
         kd = jnp.sum(per * m) / total if m is not None else per.mean() / k
         return (1.0 - distill.alpha) * label + distill.alpha * kd, kd
 
+    objective = setup.objective if loss_name == "cross_entropy" else None
+
     def mean_loss(params: Mapping[str, jax.Array], x: jax.Array, y: jax.Array, teacher: Any = None,
                   key: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
         out = forward(params, x, train=True) if key is None else forward(params, x, train=True, rng=key)
+        if objective is not None:  # class weights, focal loss, label smoothing
+            from crossframe_jax.losses import per_example
+
+            return mixed(per_example(out, y, objective).mean() / k, out, x, teacher)
         return mixed(per_example_loss(loss_name, out, y).mean() / k, out, x, teacher)
 
     def token_loss_part(params: Mapping[str, jax.Array], x: jax.Array, y: jax.Array, m: jax.Array,
@@ -328,6 +334,13 @@ class JaxBackend(Backend):
                    "fp16": "no loss scaling in the jax backend yet; use bf16",
                    "compile": "steps are always jax.jit-compiled; train.compile is accepted and ignored"},
         )
+
+    def input_gradients(self, state: Any, x: np.ndarray, targets: np.ndarray,
+                        objective: str = "output") -> np.ndarray:
+        """Gradients of outputs (or losses) with respect to inputs (see :mod:`crossframe_jax.explain`)."""
+        from crossframe_jax.explain import input_gradients
+
+        return input_gradients(state, x, targets, objective)
 
     def measure_peak_flops(self, device: str, precision: str) -> float:
         """Matmul FLOP/s of XLA on ``device`` at ``precision`` (a short probe, for MFU)."""

@@ -94,6 +94,7 @@ def make_forward(spec: ModelSpec, dtype: Any = None, *, remat: bool = False,
         return lower(spec.graph, dtype)
     if spec.name == "gpt":
         return partial(gpt_forward, config=GPTConfig.from_spec(spec, dtype, remat, attention))
+    rate = float(p.get("dropout", 0.0))  # mlp and cnn: dropout in training, keyed by (rng, layer)
     if spec.name == "mlp":
         act = ACTIVATIONS[p["activation"]]
         n_layers = len(p["hidden"]) + 1
@@ -106,6 +107,8 @@ def make_forward(spec: ModelSpec, dtype: Any = None, *, remat: bool = False,
                 h = dense_layer(params, f"layers.{i}", h, precision)
                 if i < n_layers - 1:
                     h = act(h)
+                    if train and rate > 0.0:
+                        h = dropout(h, rate, jax.random.fold_in(rng, i))
             return h
 
         return mlp
@@ -121,6 +124,8 @@ def make_forward(spec: ModelSpec, dtype: Any = None, *, remat: bool = False,
                 h = max_pool2(act(h))
             h = h.reshape(h.shape[0], -1)  # NHWC flatten order, as the canonical dense layer expects
             h = act(dense_layer(params, "fc.0", h, precision))
+            if train and rate > 0.0:
+                h = dropout(h, rate, jax.random.fold_in(rng, 0))
             return dense_layer(params, "fc.1", h, precision)
 
         return cnn

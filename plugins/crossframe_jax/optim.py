@@ -35,12 +35,13 @@ from crossframe.backend import TrainSetup
 from crossframe.errors import CapabilityError
 from crossframe.models.spec import ModelSpec, Params
 from crossframe.optimizers import STATE_SLOTS, state_step
+from crossframe_jax import more_optim
 from crossframe_jax.models import host_copy, place, to_canonical, to_native
 
 SUPPORTED = tuple(STATE_SLOTS)
 
 #: optimizer name -> index, in its two-link chain, of the link that holds the slots
-STATEFUL_LINK = {"sgd": 1, "adam": 1, "adamw": 0}
+STATEFUL_LINK = {"sgd": 1, "adam": 1, "adamw": 0, **more_optim.STATEFUL_LINK}
 
 
 class OptState(NamedTuple):
@@ -94,6 +95,9 @@ def build_transform(setup: TrainSetup) -> optax.GradientTransformation:
         b1, b2 = (float(b) for b in o.get("betas", (0.9, 0.999)))
         adam = scale_by_adam(b1, b2, float(o.get("eps", 1e-8)))
         return optax.chain(decay, adam) if setup.optimizer == "adam" else optax.chain(adam, decay)
+    other = more_optim.build(setup.optimizer, o, decay)
+    if other is not None:
+        return other
     raise CapabilityError(f"train.optimizer.name: backend 'jax' does not support '{setup.optimizer}'")
 
 
@@ -109,6 +113,8 @@ def _slots(name: str, link: Any) -> dict[str, Mapping[str, jax.Array]]:
         return {"momentum": link.trace}
     if isinstance(link, optax.ScaleByAdamState):
         return {"exp_avg": link.mu, "exp_avg_sq": link.nu}
+    if isinstance(link, more_optim.Slots):
+        return dict(link.values)
     return {}  # sgd without momentum keeps no state
 
 
@@ -153,5 +159,7 @@ def load_optimizer_state(name: str, tx: optax.GradientTransformation, params: Ma
     elif isinstance(link, optax.ScaleByAdamState):
         link = optax.ScaleByAdamState(count=jax.device_put(np.int32(step), device), mu=place(wanted["exp_avg"], device),
                                       nu=place(wanted["exp_avg_sq"], device))
+    elif isinstance(link, more_optim.Slots):
+        link = more_optim.Slots({slot: place(wanted[slot], device) for slot in link.values})
     inner = tuple(link if i == index else s for i, s in enumerate(fresh.inner))
     return OptState(inner, jax.device_put(np.int32(step), device))  # its own buffer: both are donated

@@ -99,6 +99,13 @@ class TensorFlowBackend(Backend):
                    "fully_sharded": "tf.distribute mirrors variables, it does not shard them; use data_parallel"},
         )
 
+    def input_gradients(self, state: Any, x: np.ndarray, targets: np.ndarray,
+                        objective: str = "output") -> np.ndarray:
+        """Gradients of outputs (or losses) with respect to inputs (see :mod:`crossframe_tensorflow.explain`)."""
+        from crossframe_tensorflow.explain import input_gradients
+
+        return input_gradients(state, x, targets, objective)
+
     def set_threads(self, threads: int) -> None:
         """TensorFlow's intra-op pool size, and one inter-op thread, if its runtime has not started yet
         (afterwards the pools are fixed; the environment set before import already holds the count)."""
@@ -289,6 +296,10 @@ def _train_function(state: TFState) -> Compiled:
     setup, model, optimizer, loss_scale = state.setup, state.model, state.optimizer, state.loss_scale
     assert optimizer is not None
     per_example = _loss_fn(state)
+    if setup.objective is not None and setup.loss == "cross_entropy":  # class weights, focal, smoothing
+        from crossframe_tensorflow.losses import bound
+
+        per_example = bound(setup.objective)
     names = [p.name for p in setup.spec.table]
     variables = model.ordered
     k, clip_norm = setup.grad_accum, setup.clip_norm

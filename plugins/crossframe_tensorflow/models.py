@@ -30,7 +30,7 @@ ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
     "gelu": lambda x: tf.nn.gelu(x, approximate=True),  # the tanh approximation, as the reference
 }
 
-Forward = Callable[[Mapping[str, tf.Tensor], tf.Tensor], tf.Tensor]
+Forward = Callable[..., tf.Tensor]  # (weights, x[, seed]) -> outputs
 
 
 def _dense(h: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
@@ -44,18 +44,27 @@ def _linear(w: Mapping[str, tf.Tensor], prefix: str, h: tf.Tensor) -> tf.Tensor:
     return _dense(tf.matmul(h, w[f"{prefix}.weight_u"]), w[f"{prefix}.weight_v"], w[f"{prefix}.bias"])
 
 
+def _drop(h: tf.Tensor, rate: float, seed: tf.Tensor | None, site: int) -> tf.Tensor:
+    """Stateless dropout keyed by (step seed, site); identity when ``seed`` is None (eval) or rate is 0."""
+    if seed is None or rate <= 0.0:
+        return h
+    site_seed = tf.random.experimental.stateless_fold_in(seed, site, alg=RNG_ALG)
+    return tf.nn.experimental.stateless_dropout(h, rate, seed=site_seed, rng_alg=RNG_ALG)
+
+
 def mlp_forward(spec: ModelSpec) -> Forward:
-    """``mlp``: flatten, then dense layers with the activation between them."""
+    """``mlp``: flatten, then dense layers with the activation (and dropout in training) between them."""
     flat = math.prod(spec.data_info.input_shape)
     n_layers = len(spec.params["hidden"]) + 1
     act = ACTIVATIONS[spec.params["activation"]]
+    rate = float(spec.params.get("dropout", 0.0))
 
-    def forward(w: Mapping[str, tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+    def forward(w: Mapping[str, tf.Tensor], x: tf.Tensor, seed: tf.Tensor | None = None) -> tf.Tensor:
         h = tf.reshape(x, [-1, flat])
         for i in range(n_layers):
             h = _linear(w, f"layers.{i}", h)
             if i < n_layers - 1:
-                h = act(h)
+                h = _drop(act(h), rate, seed, i)
         return h
 
     return forward
@@ -66,15 +75,16 @@ def cnn_forward(spec: ModelSpec) -> Forward:
     flat = spec.dense_dims("fc.0")[0]
     n_conv = len(spec.params["channels"])
     act = ACTIVATIONS[spec.params["activation"]]
+    rate = float(spec.params.get("dropout", 0.0))
 
-    def forward(w: Mapping[str, tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+    def forward(w: Mapping[str, tf.Tensor], x: tf.Tensor, seed: tf.Tensor | None = None) -> tf.Tensor:
         h = x
         for i in range(n_conv):
             h = tf.nn.bias_add(tf.nn.conv2d(h, w[f"conv.{i}.weight"], strides=1, padding="SAME"),
                                w[f"conv.{i}.bias"])
             h = tf.nn.max_pool2d(act(h), ksize=2, strides=2, padding="VALID")
         h = tf.reshape(h, [-1, flat])  # NHWC flatten order, as the canonical dense weights expect
-        h = act(_linear(w, "fc.0", h))
+        h = _drop(act(_linear(w, "fc.0", h)), rate, seed, 0)
         return _linear(w, "fc.1", h)
 
     return forward
@@ -132,14 +142,21 @@ class FeedForward(Model):
     def __init__(self, spec: ModelSpec, weights: Params) -> None:
         super().__init__(spec, weights)
         self._forward = FORWARDS[spec.name](spec)
+        self._rate = float(spec.params.get("dropout", 0.0))
+
+    @property
+    def uses_rng(self) -> bool:
+        """Whether training draws dropout masks (a positive ``dropout`` param)."""
+        return self._rate > 0.0
 
     def __call__(self, x: tf.Tensor, dtype: tf.DType = tf.float32, *, training: bool = False,
                  seed: tf.Tensor | None = None) -> tf.Tensor:
-        """Outputs (float32) for a batch ``x`` computed in ``dtype``."""
+        """Outputs (float32) for a batch ``x`` computed in ``dtype`` (dropout only when ``training``)."""
+        seed = seed if training and self.uses_rng else None
         if dtype == tf.float32:
-            return self._forward(self.params, x)
+            return self._forward(self.params, x, seed)
         weights = {name: tf.cast(v, dtype) for name, v in self.params.items()}
-        return tf.cast(self._forward(weights, tf.cast(x, dtype)), tf.float32)
+        return tf.cast(self._forward(weights, tf.cast(x, dtype), seed), tf.float32)
 
 
 class GPT(Model):

@@ -49,7 +49,10 @@ class Optimizer(tf.Module):
         self.momentum = float(hp.get("momentum", 0.0))
         self.nesterov = bool(hp.get("nesterov", False))
         self.b1, self.b2 = (float(b) for b in hp.get("betas", (0.9, 0.999)))
-        self.eps = float(hp.get("eps", 1e-8))
+        self.eps = float(hp.get("eps", 1e-10 if self.kind == "adagrad" else 1e-8))
+        self.alpha = float(hp.get("alpha", 0.99))
+        if self.kind == "lion":
+            self.b1, self.b2 = (float(b) for b in hp.get("betas", (0.9, 0.99)))
         # slots that exist natively: sgd without momentum keeps none (and exports zeros)
         self.slot_names: tuple[str, ...] = () if self.kind == "sgd" and not self.momentum else STATE_SLOTS[self.kind]
         with self.name_scope:
@@ -66,6 +69,10 @@ class Optimizer(tf.Module):
             for name, p in self.params.items():
                 self._sgd(name, p, grads[name], lr)
             return
+        if self.kind in ("rmsprop", "adagrad", "lion"):
+            for name, p in self.params.items():
+                self._more(name, p, grads[name], lr)
+            return
         t = tf.cast(step, tf.float32)
         step_size = lr / _one_minus_power(self.b1, t)
         bc2_sqrt = tf.sqrt(_one_minus_power(self.b2, t))
@@ -80,6 +87,25 @@ class Optimizer(tf.Module):
             v = buf.assign(buf * self.momentum + g)
             g = g + self.momentum * v if self.nesterov else v
         p.assign_sub(lr * g)
+
+    def _more(self, name: str, p: tf.Variable, g: tf.Tensor, lr: tf.Tensor) -> None:
+        """rmsprop, adagrad (L2 decay into ``g``) and lion (decoupled decay), as :mod:`crossframe.optimizers`."""
+        if self.kind == "lion":
+            m = self.slots[f"exp_avg/{name}"]
+            direction = tf.sign(m * self.b1 + (1.0 - self.b1) * g)
+            value = p * (1.0 - lr * self.weight_decay) if self.decays[name] else p
+            p.assign(value - lr * direction)
+            m.assign(m * self.b2 + (1.0 - self.b2) * g)
+            return
+        if self.decays[name]:
+            g = g + self.weight_decay * p
+        if self.kind == "rmsprop":
+            v = self.slots[f"square_avg/{name}"]
+            avg = v.assign(v * self.alpha + (1.0 - self.alpha) * g * g)
+        else:
+            v = self.slots[f"sum/{name}"]
+            avg = v.assign_add(g * g)
+        p.assign_sub(lr * g / (tf.sqrt(avg) + self.eps))
 
     def _adam(self, name: str, p: tf.Variable, g: tf.Tensor, lr: tf.Tensor, step_size: tf.Tensor,
               bc2_sqrt: tf.Tensor) -> None:

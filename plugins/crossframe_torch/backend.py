@@ -112,6 +112,13 @@ class TorchBackend(Backend):
         """An all-reduce (MAX) over the process group; ``value`` itself outside one."""
         return distributed.max_over_ranks(value)
 
+    def input_gradients(self, state: Any, x: np.ndarray, targets: np.ndarray,
+                        objective: str = "output") -> np.ndarray:
+        """Gradients of outputs (or losses) with respect to inputs (see :mod:`crossframe_torch.explain`)."""
+        from crossframe_torch.explain import input_gradients
+
+        return input_gradients(state, x, targets, objective)
+
     def set_threads(self, threads: int) -> None:
         """``torch.set_num_threads``; one inter-op thread where torch still allows the change."""
         torch.set_num_threads(threads)
@@ -227,9 +234,16 @@ class TorchBackend(Backend):
                 mask = put(np.asarray(batch["mask"], dtype=np.float32))
         return x, y, mask
 
-    def _loss(self, state: TorchState, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    def _loss(self, state: TorchState, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean",
+              train: bool = False) -> torch.Tensor:
         if out.dtype != torch.float32:
             out = out.float()
+        objective = state.setup.objective
+        if train and objective is not None and state.setup.loss == "cross_entropy":
+            from crossframe_torch.losses import per_example
+
+            per = per_example(out, y, objective)
+            return per.mean() if reduction == "mean" else per.sum()
         if state.setup.loss == "cross_entropy":
             return F.cross_entropy(out, y, reduction=reduction)
         per_example = F.mse_loss(out, y, reduction="none").mean(dim=1)
@@ -280,7 +294,7 @@ class TorchBackend(Backend):
             if tokens:
                 loss = self._token_loss_sum(out, yi, mi) / total
             else:
-                loss = self._loss(state, out, yi)
+                loss = self._loss(state, out, yi, train=True)
                 if k > 1:
                     loss = loss / k
             if distill is not None:

@@ -57,8 +57,10 @@ def linear(in_features: int, out_features: int, rank: int | None = None, bias: b
 class MLP(nn.Module):
     """``mlp``: flatten, then dense layers with an activation between them."""
 
-    def __init__(self, widths: list[int], activation: str, ranks: list[int | None] | None = None) -> None:
+    def __init__(self, widths: list[int], activation: str, ranks: list[int | None] | None = None,
+                 dropout: float = 0.0) -> None:
         super().__init__()
+        self.drop = nn.Dropout(dropout)
         ranks = ranks or [None] * (len(widths) - 1)
         self.layers = nn.ModuleList(linear(a, b, r) for a, b, r in zip(widths[:-1], widths[1:], ranks, strict=True))
         self.act = ACTIVATIONS[activation]
@@ -70,7 +72,7 @@ class MLP(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer(h)
             if i < last:
-                h = self.act(h)
+                h = self.drop(self.act(h))
         return h
 
 
@@ -78,8 +80,10 @@ class CNN(nn.Module):
     """``cnn``: conv + activation + 2x2 max-pool blocks on NHWC input, then two dense layers."""
 
     def __init__(self, in_channels: int, channels: list[int], kernel_size: int, flat: int,
-                 hidden: int, outputs: int, activation: str, low_rank: dict[str, int] | None = None) -> None:
+                 hidden: int, outputs: int, activation: str, low_rank: dict[str, int] | None = None,
+                 dropout: float = 0.0) -> None:
         super().__init__()
+        self.drop = nn.Dropout(dropout)
         sizes = [in_channels, *channels]
         rank = (low_rank or {}).get
         self.conv = nn.ModuleList(nn.Conv2d(a, b, kernel_size, padding=kernel_size // 2)
@@ -93,7 +97,7 @@ class CNN(nn.Module):
         for conv in self.conv:
             h = F.max_pool2d(self.act(conv(h)), 2)
         h = h.permute(0, 2, 3, 1).flatten(1)  # flatten in the canonical NHWC order
-        return self.fc[1](self.act(self.fc[0](h)))
+        return self.fc[1](self.drop(self.act(self.fc[0](h))))
 
 
 # ---------------------------------------------------------------------- gpt
@@ -292,11 +296,12 @@ def build_module(spec: ModelSpec, activation_checkpointing: bool = False) -> nn.
         return lower(spec.graph)
     if spec.name == "mlp":
         ranks = [low_rank.get(f"layers.{i}") for i in range(len(p["hidden"]) + 1)]
-        return MLP([math.prod(info.input_shape), *p["hidden"], info.num_outputs], p["activation"], ranks)
+        return MLP([math.prod(info.input_shape), *p["hidden"], info.num_outputs], p["activation"], ranks,
+                   p.get("dropout", 0.0))
     if spec.name == "cnn":
         flat = spec.dense_dims("fc.0")[0]
         return CNN(info.input_shape[-1], p["channels"], p["kernel_size"], flat, p["hidden"],
-                   info.num_outputs, p["activation"], low_rank)
+                   info.num_outputs, p["activation"], low_rank, p.get("dropout", 0.0))
     if spec.name == "gpt":
         return GPT(info.num_outputs, p["n_layer"], p["n_head"], p["d_model"], p.get("d_ff"), p["max_seq_len"],
                    p.get("dropout", 0.0), p.get("tied_embeddings", True), p.get("rope", False),

@@ -14,7 +14,8 @@ from crossframe.optimizers import STATE_SLOTS, state_step
 from crossframe_torch.models import to_canonical, to_native
 
 SUPPORTED = tuple(STATE_SLOTS)
-_NATIVE_SLOT = {"momentum": "momentum_buffer", "exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"}
+_NATIVE_SLOT = {"momentum": "momentum_buffer", "exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq",
+                "square_avg": "square_avg", "sum": "sum"}
 
 
 def build_optimizer(setup: TrainSetup, params: dict[str, torch.nn.Parameter], device: torch.device
@@ -35,6 +36,15 @@ def build_optimizer(setup: TrainSetup, params: dict[str, torch.nn.Parameter], de
         cls = torch.optim.AdamW if setup.optimizer == "adamw" else torch.optim.Adam
         return cls(groups, lr=o["lr"], betas=tuple(o.get("betas", (0.9, 0.999))), eps=o.get("eps", 1e-8),
                    foreach=not fused, fused=fused or None)
+    if setup.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=o["lr"], alpha=o.get("alpha", 0.99), eps=o.get("eps", 1e-8),
+                                   foreach=True)
+    if setup.optimizer == "adagrad":
+        return torch.optim.Adagrad(groups, lr=o["lr"], eps=o.get("eps", 1e-10), foreach=True)
+    if setup.optimizer == "lion":
+        from crossframe_torch.lion import Lion
+
+        return Lion(groups, lr=o["lr"], betas=tuple(o.get("betas", (0.9, 0.99))))
     raise CapabilityError(f"train.optimizer.name: backend 'torch' does not support '{setup.optimizer}'")
 
 
@@ -61,6 +71,9 @@ def load_optimizer_state(opt: torch.optim.Optimizer, name: str, params: dict[str
     step = state_step(state)
     opt.state.clear()
     if step == 0:
+        if name == "adagrad":  # torch.optim.Adagrad makes its state at construction and expects it
+            for param in params.values():
+                opt.state[param] = {"step": torch.tensor(0.0), "sum": torch.zeros_like(param)}
         return 0
     for pname, param in params.items():
         native: dict[str, Any] = {}

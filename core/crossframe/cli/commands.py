@@ -88,13 +88,22 @@ def _scalar(value: Any) -> bool:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a value (repeatable).")
 @click.option("--split", type=click.Choice(["val", "train", "test"]), default="val", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def eval_command(run_dir: str, backend: str | None, overrides: tuple[str, ...], split: str, as_json: bool) -> None:
+@click.option("--attack", type=click.Choice(["fgsm", "pgd"]), help="Also report accuracy under this attack.")
+@click.option("--eps", default=0.03, show_default=True, type=float, help="Attack budget (L-infinity).")
+@click.option("--attack-steps", default=10, show_default=True, type=int, help="PGD steps.")
+def eval_command(run_dir: str, backend: str | None, overrides: tuple[str, ...], split: str, as_json: bool,
+                 attack: str | None, eps: float, attack_steps: int) -> None:
     """Evaluate RUN_DIR's latest checkpoint (or a checkpoints/step_N directory, or a models:/NAME@ALIAS
-    version) on any backend."""
+    version) on any backend; --attack fgsm|pgd --eps E adds accuracy under attack."""
     from crossframe.registry.uri import resolve_run_path
     from crossframe.train.evaluate import evaluate
 
     metrics = evaluate(resolve_run_path(run_dir), overrides, backend=backend, split=split)
+    if attack:
+        from crossframe.explain.api import robustness
+
+        metrics.update(robustness(resolve_run_path(run_dir), attack, eps, attack_steps, overrides=overrides,
+                                  backend=backend, split=split))
     if as_json:
         click.echo(json.dumps({k: v.tolist() if hasattr(v, "tolist") else v for k, v in metrics.items()}))
         return

@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from crossframe.data.augment import AugmentList
+from crossframe.losses import LossConfig
 from crossframe.validation import ComponentConfig
 
 DEFAULT_STEPS = 1000
@@ -107,6 +109,14 @@ class TrainConfig(Strict):
     compile: bool = Field(False, description="compile the step (torch.compile, XLA, ...)")
     activation_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
     distill: DistillConfig | None = Field(None, description="knowledge distillation from a teacher run")
+    class_weights: Literal["balanced"] | list[NonNegativeFloat] | None = Field(
+        None, description="per-class loss weights: 'balanced' (N / (K * count)) or one weight per class")
+    loss: LossConfig | None = Field(None, description="{name: focal, gamma: 2.0}; default cross-entropy")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="mix eps / K into every target")
+    sampler: Literal["shuffle", "oversample"] = Field(
+        "shuffle", description="oversample: every class drawn as often as the largest (seeded, resumable)")
+    augment: AugmentList = Field(default_factory=list, description="numpy augmentations, in order, e.g. "
+                                 "[{flip: horizontal}, {random_crop: {padding: 2}}, {noise: 0.05}]")
     profile_steps: NonNegativeInt = Field(0, description="run the backend's profiler over this many steps "
                                           "(after profile_warmup); the trace goes to RUN_DIR/profile; 0 = off")
     profile_warmup: NonNegativeInt = Field(2, description="steps before the profiled window (compilation)")

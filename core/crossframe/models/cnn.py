@@ -35,6 +35,7 @@ class CNNParams(LowRankModelParams):
     kernel_size: PositiveInt = 3
     hidden: PositiveInt = 64
     activation: Literal["relu", "gelu", "tanh"] = "relu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="before the last dense layer, in training only")
     low_rank: LowRank
 
     @field_validator("low_rank")

@@ -29,6 +29,7 @@ class MLPParams(LowRankModelParams):
     model_config = ConfigDict(extra="forbid")
     hidden: list[PositiveInt] = Field(default_factory=lambda: [128, 64], description="hidden layer widths")
     activation: Literal["relu", "gelu", "tanh"] = "relu"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="after each hidden activation, in training only")
     low_rank: LowRank
 
     @field_validator("low_rank")

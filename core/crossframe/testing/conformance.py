@@ -53,6 +53,9 @@ OPTIMIZER_CASES: dict[str, dict[str, Any]] = {
     "sgd": {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.05},
     "adam": {"lr": 0.05, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.05},
     "adamw": {"lr": 0.05, "betas": (0.8, 0.95), "eps": 1e-8, "weight_decay": 0.1},
+    "rmsprop": {"lr": 0.01, "alpha": 0.9, "eps": 1e-8, "weight_decay": 0.05},
+    "adagrad": {"lr": 0.05, "eps": 1e-10, "weight_decay": 0.05},
+    "lion": {"lr": 0.01, "betas": (0.9, 0.99), "weight_decay": 0.1},
 }
 
 
@@ -390,6 +393,54 @@ class BackendConformance:
         a, b = impl.export_state(state)[0], impl.export_state(fresh)[0]
         for name in a:
             assert _max_diff(a[name], b[name]) <= 1e-7, f"after loading, the next step differs on '{name}'"
+
+    def test_training_objective_matches_reference(self, impl: Backend) -> None:
+        """Class weights, focal loss and label smoothing (``TrainSetup.objective``): the step's loss and
+        its SGD update equal :func:`crossframe.losses.reference_loss` and its float64 gradient."""
+        from crossframe.losses import LossSetup
+
+        if "sgd" not in impl.capabilities().optimizers:
+            pytest.skip("backend does not claim sgd")
+        spec = build_model("mlp", {"hidden": []}, DataInfo("classification", (6,), 4))
+        weights = {k: v * 3 for k, v in spec.init(4).items()}
+        batch = _batch(spec.data_info, 12, 8)
+        objective = LossSetup(class_weights=(1.0, 0.2, 4.0, 1.5), gamma=2.0, label_smoothing=0.1)
+        lr = 0.5
+        state = impl.create_state(TrainSetup(spec, weights, "sgd", {"lr": lr}, "cpu", objective=objective))
+        state, out = impl.train_step(state, batch, lr)
+        loss, grads = reference.linear_objective_grads(weights, batch["x"], batch["y"], objective)
+        got = float(impl.fetch(out)["loss"])
+        # float32 forward and backward of a 6x4 linear model against float64 (differences: ~1e-9)
+        assert abs(got - loss) <= self.atol * max(1.0, loss), (
+            f"weighted focal smoothed loss {got:.6f}, reference {loss:.6f} (see crossframe.losses)")
+        after = impl.export_state(state)[0]
+        for name, g in grads.items():
+            diff = _max_diff(after[name], weights[name].astype(np.float64) - lr * g)
+            assert diff <= self.atol, f"'{name}' after one SGD step on the objective is {diff:.3g} off the reference"
+
+    @pytest.mark.parametrize("objective", ["output", "loss"])
+    def test_input_gradients_match_finite_differences(self, impl: Backend, objective: str) -> None:
+        """``input_gradients`` equals central differences (float64) of the numpy reference forward."""
+        models = [m for m in self.claimed_models(impl) if m in ("mlp", "cnn")]
+        if not models:
+            pytest.skip("backend claims neither mlp nor cnn")
+        for model in models:
+            spec = self.spec(model)
+            weights = spec.init(5)
+            try:
+                state = impl.inference_state(spec, weights)
+                x = _batch(spec.data_info, 3, 9)["x"]
+                targets = np.arange(len(x)) % spec.data_info.num_outputs
+                got = impl.input_gradients(state, x, targets, objective)  # type: ignore[arg-type]
+            except CapabilityError as exc:
+                pytest.skip(str(exc))
+            want = reference.input_gradients_fd(spec.reference_forward, weights, x, targets, objective)
+            scale = max(1.0, float(np.max(np.abs(want))))
+            diff = _max_diff(got, want)
+            # float32 backward against float64 differences (step 1e-5: truncation ~1e-10, rounding ~1e-11)
+            assert got.shape == x.shape and diff <= 1e-4 * scale, (
+                f"{model}: input gradients ({objective}) differ from finite differences by {diff:.3g} "
+                f"(allowed {1e-4 * scale:.3g})")
 
     def test_capability_errors_are_one_line(self, impl: Backend) -> None:
         """A run asking for a missing device or an unclaimed model fails before it starts."""

@@ -8,6 +8,7 @@ The optimizer rules are those documented in :mod:`crossframe.optimizers`; clippi
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +67,10 @@ def optimizer_step(name: str, hp: Mapping[str, object], params: Mapping[str, np.
                 new_state[f"momentum/{key}"] = np.zeros_like(p)
             new_params[key] = p - lr * g
             continue
+        if name in EXTRA_RULES:
+            new_params[key], slots = EXTRA_RULES[name](hp, p, g, state, key, lr, decays, wd)
+            new_state.update(slots)
+            continue
         b1, b2 = (float(v) for v in hp.get("betas", (0.9, 0.999)))  # type: ignore[union-attr]
         eps = float(hp.get("eps", 1e-8))  # type: ignore[arg-type]
         if name == "adam" and decays:
@@ -80,6 +85,38 @@ def optimizer_step(name: str, hp: Mapping[str, object], params: Mapping[str, np.
         new_state[f"exp_avg/{key}"], new_state[f"exp_avg_sq/{key}"] = m, v
     assert set(STATE_SLOTS[name])  # the slots written above are the documented ones
     return new_params, new_state
+
+
+def _rmsprop(hp: Mapping[str, object], p: np.ndarray, g: np.ndarray, state: Mapping[str, np.ndarray], key: str,
+             lr: float, decays: bool, wd: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    alpha, eps = float(hp.get("alpha", 0.99)), float(hp.get("eps", 1e-8))  # type: ignore[arg-type]
+    if decays:
+        g = g + wd * p
+    v = alpha * state.get(f"square_avg/{key}", np.zeros_like(p)).astype(np.float64) + (1 - alpha) * g * g
+    return p - lr * g / (np.sqrt(v) + eps), {f"square_avg/{key}": v}
+
+
+def _adagrad(hp: Mapping[str, object], p: np.ndarray, g: np.ndarray, state: Mapping[str, np.ndarray], key: str,
+             lr: float, decays: bool, wd: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    eps = float(hp.get("eps", 1e-10))  # type: ignore[arg-type]
+    if decays:
+        g = g + wd * p
+    s = state.get(f"sum/{key}", np.zeros_like(p)).astype(np.float64) + g * g
+    return p - lr * g / (np.sqrt(s) + eps), {f"sum/{key}": s}
+
+
+def _lion(hp: Mapping[str, object], p: np.ndarray, g: np.ndarray, state: Mapping[str, np.ndarray], key: str,
+          lr: float, decays: bool, wd: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    b1, b2 = (float(v) for v in hp.get("betas", (0.9, 0.99)))  # type: ignore[union-attr]
+    m = state.get(f"exp_avg/{key}", np.zeros_like(p)).astype(np.float64)
+    update = np.sign(b1 * m + (1 - b1) * g)
+    if decays:
+        update = update + wd * p
+    return p - lr * update, {f"exp_avg/{key}": b2 * m + (1 - b2) * g}
+
+
+#: the rules of rmsprop, adagrad and lion (see :mod:`crossframe.optimizers`)
+EXTRA_RULES = {"rmsprop": _rmsprop, "adagrad": _adagrad, "lion": _lion}
 
 
 def distill_loss(student: np.ndarray, teacher: np.ndarray, temperature: float,
@@ -117,3 +154,49 @@ def linear_distill_grads(weights: Mapping[str, np.ndarray], x: np.ndarray, y: np
     kd_grads = {"layers.0.weight": flat.T @ delta, "layers.0.bias": delta.sum(axis=0)}
     loss = (1 - alpha) * ce + alpha * distill_loss(logits, teacher, temperature)
     return loss, {k: (1 - alpha) * grads[k] + alpha * kd_grads[k] for k in grads}
+
+
+def input_gradients_fd(forward: Any, weights: Mapping[str, np.ndarray], x: np.ndarray, targets: np.ndarray,
+                       objective: str = "output", h: float = 1e-5) -> np.ndarray:
+    """Central differences, in float64, of ``sum_i out[i, targets[i]]`` (or of the summed cross-entropy)."""
+    w64 = {k: np.asarray(v, np.float64) for k, v in weights.items()}
+    rows = np.arange(len(x))
+
+    def value_per_example(inputs: np.ndarray) -> np.ndarray:
+        out = np.asarray(forward(w64, inputs), np.float64)
+        picked = out[rows, targets]
+        if objective == "loss":
+            top = out.max(axis=1)
+            return top + np.log(np.exp(out - top[:, None]).sum(axis=1)) - picked
+        return picked
+
+    base = np.asarray(x, np.float64)
+    flat = base.reshape(len(x), -1)
+    grad = np.zeros_like(flat)
+    for j in range(flat.shape[1]):  # every example moves at once: they do not interact
+        up, down = flat.copy(), flat.copy()
+        up[:, j] += h
+        down[:, j] -= h
+        grad[:, j] = (value_per_example(up.reshape(base.shape)) - value_per_example(down.reshape(base.shape))) / (2 * h)
+    return grad.reshape(base.shape)
+
+
+def linear_objective_grads(weights: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray, objective: Any,
+                           h: float = 1e-6) -> tuple[float, dict[str, np.ndarray]]:
+    """Mean :func:`crossframe.losses.reference_loss` of a one-layer ``mlp`` and its gradients
+    (``d loss / d logits`` by float64 central differences, then the chain rule)."""
+    from crossframe.losses import reference_loss
+
+    w = weights["layers.0.weight"].astype(np.float64)
+    b = weights["layers.0.bias"].astype(np.float64)
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    z = flat @ w + b
+    loss = float(reference_loss(z, y, objective).mean())
+    dz = np.zeros_like(z)
+    for j in range(z.shape[1]):  # examples are independent: move one logit of every example at once
+        up, down = z.copy(), z.copy()
+        up[:, j] += h
+        down[:, j] -= h
+        dz[:, j] = (reference_loss(up, y, objective) - reference_loss(down, y, objective)) / (2 * h)
+    dz /= len(y)
+    return loss, {"layers.0.weight": flat.T @ dz, "layers.0.bias": dz.sum(axis=0)}

@@ -89,7 +89,10 @@ def load_training_data(cfg: RunConfig, world: Any = None, local_replicas: int = 
         if source.transform is not None:  # tabular: statistics of the training split only, or the run's own
             fitted = transform if transform is not None else source.transform.fit(train.x)
             train, val, test = (normalised(d, fitted) for d in (train, val, test))
-        return TrainingData(BatchLoader(train, batch, cfg.seed, **shard), val, train.info, test=test,
+        loader_cls = BatchLoader
+        if cfg.train.sampler == "oversample":
+            from crossframe.data.samplers import OversampleLoader as loader_cls  # type: ignore[assignment]
+        return TrainingData(loader_cls(train, batch, cfg.seed, **shard), val, train.info, test=test,
                             transform=fitted)
     from crossframe.text.corpus import TextCorpus
     from crossframe.text.loader import LMBatchLoader
@@ -97,6 +100,8 @@ def load_training_data(cfg: RunConfig, world: Any = None, local_replicas: int = 
     if not isinstance(source, TextCorpus):
         raise ConfigError(f"data.name: '{cfg.data.name}' gives {type(source).__name__}, "
                           "neither a Dataset nor a text corpus")
+    if cfg.train.sampler != "shuffle":
+        raise ConfigError(f"train.sampler: '{cfg.train.sampler}' is for class-labelled arrays, not text")
     store = token_store(cfg, source)
     seq_len = cfg.text.seq_len
     loader = LMBatchLoader(store["train"], seq_len, batch, cfg.seed, dtype=np.int64, **shard)

@@ -260,6 +260,8 @@ class Trainer:
         scalars = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if np.ndim(v) == 0)
         self.progress.print(f"step {run.step}: {scalars}")
         self.observers.call("on_eval_end", run=run, step=run.step, metrics=metrics)
+        if hasattr(self.schedule, "observe"):  # reduce-on-plateau: the next steps get the new rate
+            self.schedule.observe(metrics)
         if self.early_stopping and self.early_stopping.update(run.step, metrics):
             es = self.early_stopping
             self.progress.print(f"early stopping: {es.monitor} has not improved for {es.patience} evals "
@@ -284,6 +286,7 @@ class Trainer:
             "status": run.status,
             "last_eval": scalars,
             "early_stopping": self.early_stopping.state() if self.early_stopping else None,
+            "schedule": self.schedule.state() if hasattr(self.schedule, "state") else None,
             "time": time.time(),
         }
         path = save_checkpoint(run.run_dir / "checkpoints", run.step, weights, opt_state, state,

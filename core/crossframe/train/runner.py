@@ -212,7 +212,9 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     data = load_training_data(cfg, world, replicas)
     spec = build_model(cfg.model.name, cfg.model.params, data.info)
     metric_fns = metric_functions(cfg, data.info.task)
-    loader = data.loader
+    from crossframe.data.augment import augmented
+
+    loader = augmented(data.loader, cfg.train.augment, cfg.seed)  # unchanged without train.augment
     total = cfg.train.steps or (cfg.train.epochs or 1) * loader.steps_per_epoch
     opt_params = cfg.train.optimizer.params
     if "lr" not in opt_params:
@@ -227,7 +229,8 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     state = backend.create_state(TrainSetup(
         spec, weights, cfg.train.optimizer.name, opt_params, device, cfg.precision,
         cfg.train.grad_accum, cfg.train.clip_norm, cfg.train.compile, cfg.seed,
-        cfg.train.activation_checkpointing, masks=None, distill=distill, world=world))
+        cfg.train.activation_checkpointing, masks=None, distill=distill, world=world,
+        objective=training_objective(cfg, data)))
     early = EarlyStopping.from_config(cfg.train.early_stopping) if cfg.train.early_stopping else None
     start = 0
     if checkpoint is not None:
@@ -236,6 +239,8 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
         start = checkpoint.step
         if early and checkpoint.state.get("early_stopping"):
             early.restore(checkpoint.state["early_stopping"])
+        if hasattr(schedule, "restore") and checkpoint.state.get("schedule"):
+            schedule.restore(checkpoint.state["schedule"])  # reduce-on-plateau's state
         if start >= total:
             budget = "train.steps" if cfg.train.steps else f"train.epochs ({total} steps)"
             raise ConfigError(f"--resume: the checkpoint is at step {start}, the budget {budget} is {total}; "
@@ -287,6 +292,15 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     if (cfg.compress or cfg.export) and (run_world is None or run_world.is_main):
         plugins.hook.on_run_finished(config=cfg, run_dir=run_dir, quiet=quiet)  # compress, export, report
     return RunResult(run_dir, status, run.step, metrics, run.last_checkpoint)
+
+
+def training_objective(cfg: RunConfig, data: Any) -> Any:
+    """The run's :class:`~crossframe.losses.LossSetup` (class weights, focal, smoothing), or None."""
+    from crossframe.losses import loss_setup
+
+    t = cfg.train
+    labels = getattr(getattr(data.loader, "dataset", None), "y", None)
+    return loss_setup(t.class_weights, t.loss, t.label_smoothing, labels, data.info.num_outputs, data.info.task)
 
 
 def metric_functions(cfg: RunConfig, task: str) -> dict[str, Any]:
