@@ -23,6 +23,7 @@ from crossframe.perf import device_peak, peak_key
 from crossframe.plugins import component, get_plugin_manager
 from crossframe.rundirs import LATEST_SUFFIX
 from crossframe.threads import ThreadChoice, apply_thread_environment, available_cores, choose_threads
+from crossframe.train.compile_choice import choose_compile
 from crossframe.train.data import load_training_data
 from crossframe.train.distill import load_teacher
 from crossframe.train.early_stopping import EarlyStopping
@@ -70,7 +71,7 @@ def check_capabilities(config: RunConfig, caps: Capabilities, device: str, model
             note = caps.notes.get(wanted, "")
             raise CapabilityError(f"{field_name}: '{wanted}' requested, but backend '{name}' {verb} only "
                                   f"{one_of(available)}{f' ({note})' if note else ''}")
-    if training and config.train.compile and not caps.compile:
+    if training and config.train.compile is True and not caps.compile:
         raise CapabilityError(f"train.compile: backend '{name}' cannot compile steps")
 
 
@@ -222,10 +223,13 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
                                  float(opt_params["lr"]), total)
 
     weights = spec.init(cfg.seed)
+    compiled = choose_compile(cfg.train.compile, cfg.backend, backend, device, cfg.strategy)
+    if main and not quiet and cfg.train.compile == "auto":
+        print(compiled.describe(cfg.train.compile), file=sys.stderr, flush=True)
     distill = load_teacher(cfg, data.info) if cfg.train.distill is not None else None
     state = backend.create_state(TrainSetup(
         spec, weights, cfg.train.optimizer.name, opt_params, device, cfg.precision,
-        cfg.train.grad_accum, cfg.train.clip_norm, cfg.train.compile, cfg.seed,
+        cfg.train.grad_accum, cfg.train.clip_norm, compiled.enabled, cfg.seed,
         cfg.train.activation_checkpointing, masks=None, distill=distill, world=world))
     early = EarlyStopping.from_config(cfg.train.early_stopping) if cfg.train.early_stopping else None
     start = 0
