@@ -19,6 +19,7 @@ from crossframe.errors import CapabilityError, ConfigError, PluginError, RunErro
 from crossframe.metrics import DEFAULT_METRICS
 from crossframe.models import build_model
 from crossframe.models.flops import flops_per_step
+from crossframe.nn.model import check_backend_layers
 from crossframe.perf import device_peak, peak_key
 from crossframe.plugins import component, get_plugin_manager
 from crossframe.rundirs import LATEST_SUFFIX
@@ -211,6 +212,8 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     replicas = backend.local_replicas(world, device) if world is not None else 1
     data = load_training_data(cfg, world, replicas)
     spec = build_model(cfg.model.name, cfg.model.params, data.info)
+    if spec.graph is not None:  # a layer the backend cannot run is named before anything is built
+        check_backend_layers(spec.graph, cfg.backend)
     metric_fns = metric_functions(cfg, data.info.task)
     loader = data.loader
     total = cfg.train.steps or (cfg.train.epochs or 1) * loader.steps_per_epoch
