@@ -54,13 +54,15 @@ def check_capabilities(config: RunConfig, caps: Capabilities, device: str, model
     ability to train are not required.
     """
     name = config.backend
+    # a backend that lowers graphs runs any model that builds one (a plugin's); checked once it is built
+    models = caps.models if "graph" not in caps.models or model in caps.models else (*caps.models, model)
     if training and not caps.can_train:
         raise CapabilityError(f"backend: '{name}' is inference-only and cannot train; use it with "
                               f"'crossframe eval RUN_DIR --backend {name}'")
     checks = [
         ("device", device, caps.devices, "found"),
         ("precision", config.precision, caps.precisions, "supports"),
-        ("model.name", model, caps.models, "supports"),
+        ("model.name", model, models, "supports"),
     ]
     if training:
         checks += [
@@ -214,6 +216,9 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     spec = build_model(cfg.model.name, cfg.model.params, data.info)
     if spec.graph is not None:  # a layer the backend cannot run is named before anything is built
         check_backend_layers(spec.graph, cfg.backend)
+    elif spec.name not in backend.capabilities().models:
+        raise CapabilityError(f"model.name: '{spec.name}' is not a graph of neutral layers, and backend "
+                              f"'{cfg.backend}' has no native '{spec.name}'")
     metric_fns = metric_functions(cfg, data.info.task)
     loader = data.loader
     total = cfg.train.steps or (cfg.train.epochs or 1) * loader.steps_per_epoch
