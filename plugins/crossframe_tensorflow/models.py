@@ -11,6 +11,7 @@ float32 numpy copies, bit for bit. The forward passes are plain tf ops; no Keras
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from functools import partial
 
@@ -47,7 +48,7 @@ class Model(tf.Module):
     """
 
     def __init__(self, spec: ModelSpec, weights: Params) -> None:
-        super().__init__(name=spec.name)
+        super().__init__(name=module_name(spec.name))
         spec.check_weights(weights)
         self.spec = spec
         with self.name_scope:
@@ -205,6 +206,12 @@ class GPT(Model):
     def _dropout(self, x: tf.Tensor, seed: tf.Tensor, site: int) -> tf.Tensor:
         site_seed = tf.random.experimental.stateless_fold_in(seed, site, alg=RNG_ALG)
         return tf.nn.experimental.stateless_dropout(x, self.dropout, seed=site_seed, rng_alg=RNG_ALG)
+
+
+def module_name(model: str) -> str:
+    """A ``tf.Module`` name for model ``model`` (a plugin's model may be named ``my-model``: not an identifier)."""
+    name = re.sub(r"\W", "_", model)
+    return name if name[:1].isalpha() else f"model_{name}"
 
 
 def _canonical_array(value: np.ndarray) -> np.ndarray:
