@@ -49,13 +49,13 @@ def _round(backend: str, model: dict[str, Any], compiled: bool, steps: int, out:
     return rate, clock.first_log - clock.start
 
 
-def _record(backend: str, compiled: float, eager: float, case: str) -> bool:
+def _record(backend: str, compiled: float, eager: float, overhead: float, case: str) -> bool:
     from crossframe.train.compile_choice import choice_key, record_measurement
     from crossframe.train.runner import make_backend
 
     impl = make_backend(backend)
     return record_measurement(choice_key(backend, impl.framework_version(), "cpu"), compiled, eager,
-                              f"benchmarks.compile_choice, {case}")
+                              f"benchmarks.compile_choice, {case}", overhead)
 
 
 def run(quick: bool = False, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
@@ -89,7 +89,8 @@ def run(quick: bool = False, log: Callable[[str], None] | None = None) -> list[d
                            "compiled_first_window_s": median(firsts[True]),
                            "eager_first_window_s": median(firsts[False])}
                     if n == 0 and not smoke():
-                        row["cached_for_auto"] = _record(backend, on, off, case)
+                        overhead = row["compiled_first_window_s"] - row["eager_first_window_s"]
+                        row["cached_for_auto"] = _record(backend, on, off, overhead, case)
                     say(f"{backend} {case}: compiled {on:.0f} / not {off:.0f} steps/s = {on / off:.3f}")
                     rows.append(row)
     finally:

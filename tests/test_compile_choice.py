@@ -50,11 +50,21 @@ def test_torch_rule_a_measurement_and_a_constraint(own_cache: Path) -> None:
     assert record_measurement(key, 1200.0, 1000.0, "a test")
     assert key in json.loads((own_cache / CACHE_FILE).read_text())
     measured = choose_compile("auto", "torch", torch, "cpu", "single")
-    assert measured.enabled and "measured on this machine: 1200 steps/s compiled, 1000 not" in measured.reason
+    assert measured.enabled and "measured on this machine: 1200 steps/s compiled after 0.0 s" in measured.reason
     # a constraint wins over any measurement
     assert not choose_compile("auto", "torch", torch, "cpu", "fully_sharded").enabled
     record_measurement(key, 900.0, 1000.0, "a test")  # a newer measurement replaces the old one
     assert not choose_compile("auto", "torch", torch, "cpu", "single").enabled
+
+
+@needs["torch"]
+def test_a_short_run_does_not_pay_for_a_long_compilation() -> None:
+    torch = make_backend("torch")
+    # 5 s of compilation for 1200 instead of 1000 steps/s: it pays off after 5 / (1/1000 - 1/1200) = 30000 steps
+    record_measurement(choice_key("torch", torch.framework_version(), "cpu"), 1200.0, 1000.0, "a test", 5.0)
+    assert not choose_compile("auto", "torch", torch, "cpu", "single", steps=29_000).enabled
+    long = choose_compile("auto", "torch", torch, "cpu", "single", steps=31_000)
+    assert long.enabled and "31000 steps take" in long.reason
 
 
 @needs["jax"]

@@ -6,9 +6,10 @@
    ``measurable=False``: jax always jit-compiles; torch's ``fully_sharded`` and tensorflow's
    ``data_parallel`` cannot compile);
 2. a measurement of this machine, cached in ``<cache dir>/compile.json`` (``CROSSFRAME_CACHE_DIR``, see
-   :func:`crossframe.perf.cache_dir`) by ``python -m benchmarks --only compile_choice``: the faster of
-   compiled and not, in steady steps/s of the quickstart MLP, keyed by backend, framework version, device
-   and CPU model;
+   :func:`crossframe.perf.cache_dir`) by ``python -m benchmarks --only compile_choice``, keyed by backend,
+   framework version, device and CPU model: steady steps/s compiled and not, and the extra seconds the
+   compiled run's first steps take; compiling is chosen when ``overhead + steps / compiled`` beats
+   ``steps / eager`` for the run's number of steps (a short run never pays for a long compilation);
 3. the backend's documented rule (docs/compile.md, backed by that benchmark's committed figures).
 
 The run logs which setting it chose and why, in one line.
@@ -61,12 +62,15 @@ def read_measurements() -> dict[str, Any]:
         return {}
 
 
-def record_measurement(key: str, compiled_steps_per_s: float, eager_steps_per_s: float, what: str) -> bool:
-    """Cache a measurement for ``key`` (``what``: the workload measured); returns whether it was written
-    (a cache that cannot be written is not an error)."""
+def record_measurement(key: str, compiled_steps_per_s: float, eager_steps_per_s: float, what: str,
+                       overhead_s: float = 0.0) -> bool:
+    """Cache a measurement for ``key`` (``what``: the workload measured; ``overhead_s``: the extra seconds
+    compilation adds to the first steps); returns whether it was written (a cache that cannot be written
+    is not an error)."""
     table = read_measurements()
     table[key] = {"compiled_steps_per_s": compiled_steps_per_s, "eager_steps_per_s": eager_steps_per_s,
-                  "workload": what, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+                  "overhead_s": max(0.0, overhead_s), "workload": what,
+                  "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
     try:
         _cache_path().parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(_cache_path(), json.dumps(table, indent=1, sort_keys=True))
@@ -75,25 +79,32 @@ def record_measurement(key: str, compiled_steps_per_s: float, eager_steps_per_s:
     return True
 
 
-def _measured(entry: Any) -> CompileChoice | None:
+def _measured(entry: Any, steps: int) -> CompileChoice | None:
     if not isinstance(entry, dict):
         return None
     compiled, eager = entry.get("compiled_steps_per_s"), entry.get("eager_steps_per_s")
-    if not all(isinstance(v, (int, float)) and v > 0 for v in (compiled, eager)):
+    overhead = entry.get("overhead_s", 0.0)
+    if not all(isinstance(v, (int, float)) and v > 0 for v in (compiled, eager)) or \
+            not isinstance(overhead, (int, float)) or overhead < 0:
         return None
-    return CompileChoice(compiled > eager, f"measured on this machine: {compiled:.0f} steps/s compiled, "
-                                           f"{eager:.0f} not ({entry.get('workload', 'a benchmark')})")
+    with_compile, without = overhead + steps / compiled, steps / eager
+    return CompileChoice(with_compile < without,
+                         f"measured on this machine: {compiled:.0f} steps/s compiled after {overhead:.1f} s of "
+                         f"compilation, {eager:.0f} not; {steps} steps take ~{with_compile:.1f} s against "
+                         f"~{without:.1f} s ({entry.get('workload', 'a benchmark')})")
 
 
-def choose_compile(setting: bool | str, name: str, backend: Backend, device: str, strategy: str) -> CompileChoice:
-    """Resolve ``train.compile`` (``True``, ``False`` or ``"auto"``) for backend ``name`` on ``device``."""
+def choose_compile(setting: bool | str, name: str, backend: Backend, device: str, strategy: str,
+                   steps: int = 1000) -> CompileChoice:
+    """Resolve ``train.compile`` (``True``, ``False`` or ``"auto"``) for backend ``name`` on ``device`` and a
+    run of ``steps`` optimizer steps."""
     if isinstance(setting, bool):
         return CompileChoice(setting, "set in the config")
     if not backend.capabilities().compile:
         return CompileChoice(False, f"backend '{name}' cannot compile steps")
     rule = backend.compile_preference(device, strategy)
     if rule.measurable:
-        found = _measured(read_measurements().get(choice_key(name, backend.framework_version(), device)))
+        found = _measured(read_measurements().get(choice_key(name, backend.framework_version(), device)), steps)
         if found is not None:
             return found
     return CompileChoice(rule.enabled, rule.reason)

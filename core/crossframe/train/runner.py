@@ -231,7 +231,7 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
                                  float(opt_params["lr"]), total)
 
     weights = spec.init(cfg.seed)
-    compiled = choose_compile(cfg.train.compile, cfg.backend, backend, device, cfg.strategy)
+    compiled = choose_compile(cfg.train.compile, cfg.backend, backend, device, cfg.strategy, total)
     if main and not quiet and cfg.train.compile == "auto":
         print(compiled.describe(cfg.train.compile), file=sys.stderr, flush=True)
     distill = load_teacher(cfg, data.info) if cfg.train.distill is not None else None
