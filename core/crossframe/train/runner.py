@@ -54,8 +54,9 @@ def check_capabilities(config: RunConfig, caps: Capabilities, device: str, model
     ability to train are not required.
     """
     name = config.backend
-    # a backend that lowers graphs runs any model that builds one (a plugin's); checked once it is built
-    models = caps.models if "graph" not in caps.models or model in caps.models else (*caps.models, model)
+    # a backend that lowers graphs runs a plugin's registered model that builds one; checked once it is built
+    plugin_model = model not in caps.models and model in get_plugin_manager().components("model")
+    models = (*caps.models, model) if "graph" in caps.models and plugin_model else caps.models
     if training and not caps.can_train:
         raise CapabilityError(f"backend: '{name}' is inference-only and cannot train; use it with "
                               f"'crossframe eval RUN_DIR --backend {name}'")
