@@ -290,7 +290,7 @@ def test_include_and_exclude_select_by_canonical_name() -> None:
 
 @pytest.mark.parametrize(("params", "message"), [
     ({"sparsity": 0.5, "include": ["nope.*"]}, "prune.include: 'nope.*' matches no parameter"),
-    ({"sparsity": 0.5, "pattern": "heads"}, "'heads' prunes attention heads of a 'gpt' model"),
+    ({"sparsity": 0.5, "pattern": "heads"}, "'heads' prunes attention heads (of a 'gpt', or a graph's attention"),
     ({"sparsity": 0.5, "pattern": "rows", "include": ["layers.0.bias"]}, "dense and conv2d kernels only"),
     ({"pattern": "2:4", "sparsity": 0.5}, "compress.0.sparsity: pattern '2:4' fixes the sparsity"),
     ({"pattern": "3:2"}, "compress.0.pattern: '3:2': N:M needs 1 <= N < M"),

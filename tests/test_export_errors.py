@@ -25,9 +25,9 @@ def one_line(err: pytest.ExceptionInfo[BaseException]) -> str:
 
 def test_torch_onnx_names_the_missing_op(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch = pytest.importorskip("torch")
-    from crossframe_torch import models
+    from crossframe_torch import lowering
 
-    monkeypatch.setitem(models.ACTIVATIONS, "gelu", torch.special.i1e)  # no ONNX function for prims.i1e
+    monkeypatch.setitem(lowering.ACTIVATIONS, "gelu_tanh", torch.special.i1e)  # no ONNX function for prims.i1e
     with pytest.raises(ExportError) as err:
         export_model("onnx", {}, make_request("torch", "mlp", tmp_path))
     message = one_line(err)
@@ -38,9 +38,9 @@ def test_torch_onnx_names_the_missing_op(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_tf2onnx_untranslated_op_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tf = pytest.importorskip("tensorflow")
-    from crossframe_tensorflow import models
+    from crossframe_tensorflow import lowering
 
-    monkeypatch.setitem(models.ACTIVATIONS, "gelu", tf.math.bessel_i1e)  # tf2onnx has no BesselI1e
+    monkeypatch.setitem(lowering.ACTIVATIONS, "gelu_tanh", tf.math.bessel_i1e)  # tf2onnx has no BesselI1e
     request = make_request("tensorflow", "mlp", tmp_path)
     with pytest.raises(ExportError) as err:
         export_model("onnx", {}, request)
@@ -52,12 +52,12 @@ def test_tf2onnx_untranslated_op_is_caught(tmp_path: Path, monkeypatch: pytest.M
 
 def test_jax2onnx_missing_primitive_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     jax = pytest.importorskip("jax")
-    from crossframe_jax import models
+    from crossframe_jax import lowering
 
     def host_sin(x: object) -> object:  # a host callback: no ONNX (or StableHLO-portable) equivalent
         return jax.pure_callback(np.sin, jax.ShapeDtypeStruct(x.shape, x.dtype), x)  # type: ignore[attr-defined]
 
-    monkeypatch.setitem(models.ACTIVATIONS, "gelu", host_sin)
+    monkeypatch.setitem(lowering.ACTIVATIONS, "gelu_tanh", host_sin)
     with pytest.raises(ExportError) as err:
         export_model("onnx", {}, make_request("jax", "mlp", tmp_path))
     assert one_line(err).startswith("export: onnx from jax (mlp) failed at op 'pure_callback'")

@@ -139,7 +139,7 @@ def test_an_empty_directory_is_filled(new_plugin, tmp_path: Path) -> None:
     assert (tmp_path / "crossframe-rings" / "pyproject.toml").is_file()
 
 
-@pytest.mark.parametrize("args", [("rings",), ("rings", "--kind", "model")])
+@pytest.mark.parametrize("args", [("rings",), ("rings", "--kind", "optimizer")])
 def test_a_missing_or_unknown_kind_is_a_usage_error(new_plugin, args: tuple[str, ...]) -> None:
     result = new_plugin(*args)
     assert result.exit_code == 2, result.stderr
@@ -150,7 +150,7 @@ def test_help_lists_the_kinds(crossframe_plugins, crossframe_cli) -> None:
     crossframe_plugins.register(_AddNewPlugin(), "new-plugin-under-test")
     result = crossframe_cli("new-plugin", "--help")
     assert result.exit_code == 0, result.stderr
-    assert "dataset|compressor|exporter|logger|command|backend" in result.stdout
+    assert "dataset|compressor|exporter|logger|command|backend|model|layer" in result.stdout
 
 
 def test_the_command_module_imports_only_click() -> None:
@@ -193,13 +193,17 @@ def test_every_kind_renders_a_complete_distribution(kind: str) -> None:
         assert step in readme, f"README lacks {step!r}"
     hooks = {"dataset": "register_datasets", "compressor": "register_compressors",
              "exporter": "register_exporters", "logger": "register_loggers", "command": "register_commands",
-             "backend": "register_backends"}
+             "backend": "register_backends", "model": "register_models", "layer": "register_layers"}
     assert f"def {hooks[kind]}(" in files[f"src/{module}/__init__.py"]
     if kind == "backend":
         assert 'class TestNumpyBackend(BackendConformance):\n    """' in files["tests/test_plugin.py"]
         assert 'backend = NAME' in files["tests/test_plugin.py"] and f'NAME = "{name}"' in files["tests/test_plugin.py"]
     if kind == "compressor":
         assert "no command that runs compressors yet" in readme
+    if kind in ("model", "layer"):  # written as neutral layers, checked by the conformance kit
+        assert "crossframe.nn" in files[f"src/{module}/{kind}.py"]
+    if kind == "layer":
+        assert "assert_layers_conform(kinds=[NAME])" in files["tests/test_plugin.py"]
 
 
 def test_entry_point_modules_import_nothing_heavy(tmp_path: Path) -> None:

@@ -50,6 +50,20 @@ class Capabilities:
     notes: dict[str, str] = field(default_factory=dict)  # e.g. {"tpu": "install torch_xla"}
 
 
+@dataclass(frozen=True)
+class CompilePreference:
+    """A backend's rule for ``train.compile: auto`` on one device and strategy.
+
+    ``enabled``: whether to compile; ``reason``: one line saying why (named in the run's log);
+    ``measurable``: whether a measurement on this machine may override the rule (``False`` where the
+    rule is a constraint: a strategy that cannot compile, a framework that always compiles).
+    """
+
+    enabled: bool
+    reason: str
+    measurable: bool = True
+
+
 @dataclass
 class DistillSetup:
     """A teacher for :class:`TrainSetup`: its spec and canonical weights, and the loss mix.
@@ -218,6 +232,12 @@ class Backend(ABC):
         from crossframe.perf import numpy_matmul_peak
 
         return numpy_matmul_peak()
+
+    def compile_preference(self, device: str, strategy: str) -> CompilePreference:
+        """What ``train.compile: auto`` picks on ``device`` (``cpu``, ``gpu``, ``tpu``) with ``strategy``
+        when no measurement of this machine is cached (see :mod:`crossframe.train.compile_choice`).
+        The default: no compilation, the backend states no rule."""
+        return CompilePreference(False, "the backend states no preference", measurable=False)
 
     def peak_device_memory_mb(self, device: str) -> float | None:
         """Peak memory allocated on ``device`` by this process so far, in MiB; ``None`` when the

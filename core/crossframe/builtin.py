@@ -13,10 +13,11 @@ from crossframe import hookimpl
 @hookimpl
 def register_models(register: Any) -> None:
     """Register ``mlp``, ``cnn`` and ``gpt``."""
-    from crossframe.models import cnn, gpt, mlp
+    from crossframe.models import gpt
+    from crossframe.nn import presets
 
-    register("mlp", mlp.build_mlp, schema=mlp.MLPParams, description="multi-layer perceptron")
-    register("cnn", cnn.build_cnn, schema=cnn.CNNParams, description="small conv net on NHWC images")
+    register("mlp", presets.build_mlp, schema=presets.MLPParams, description="multi-layer perceptron")
+    register("cnn", presets.build_cnn, schema=presets.CNNParams, description="small conv net on NHWC images")
     register("gpt", gpt.build_gpt, schema=gpt.GPTParams, description="decoder-only transformer (GPT-2 style)")
     from crossframe.nn.model import GraphParams, build_graph_model
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from crossframe.backend import Backend, Capabilities, TrainSetup, WorldInfo
+from crossframe.backend import Backend, Capabilities, CompilePreference, TrainSetup, WorldInfo
 from crossframe.errors import CapabilityError, ConfigError
 from crossframe.models.spec import ModelSpec, Params
 from crossframe.sampling import generate_by_recompute
@@ -341,6 +341,10 @@ class JaxBackend(Backend):
         from crossframe_jax.explain import input_gradients
 
         return input_gradients(state, x, targets, objective)
+
+    def compile_preference(self, device: str, strategy: str) -> CompilePreference:
+        """``train.compile: auto``: jax always jit-compiles its steps, whatever the setting."""
+        return CompilePreference(True, "jax always jit-compiles its steps", measurable=False)
 
     def measure_peak_flops(self, device: str, precision: str) -> float:
         """Matmul FLOP/s of XLA on ``device`` at ``precision`` (a short probe, for MFU)."""

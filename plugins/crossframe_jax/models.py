@@ -30,50 +30,9 @@ from crossframe.models.spec import ModelSpec, Params
 
 Forward = Callable[..., jax.Array]  # fn(params, x, *, train=False, rng=None) -> outputs
 
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": jax.nn.relu,
-    "tanh": jnp.tanh,
-    "gelu": partial(jax.nn.gelu, approximate=True),  # the tanh approximation, as the reference
-}
-
-CONV_DIMS = ("NHWC", "HWIO", "NHWC")
-
-
 def _precision(dtype: Any) -> Any:
     """HIGHEST for float32 (no silent TF32 / bf16 passes on GPUs and TPUs), the default otherwise."""
     return lax.Precision.HIGHEST if dtype is None else lax.Precision.DEFAULT
-
-
-def dense(x: jax.Array, w: jax.Array, b: jax.Array, precision: Any) -> jax.Array:
-    """``x @ w + b`` with canonical ``[in, out]`` weights."""
-    return jnp.matmul(x, w, precision=precision) + b
-
-
-def dense_layer(params: Mapping[str, jax.Array], prefix: str, x: jax.Array, precision: Any) -> jax.Array:
-    """Dense layer ``prefix`` on ``x``: ``x @ W + b``, or ``(x @ U) @ V + b`` when it is factorised."""
-    if f"{prefix}.weight" in params:
-        return dense(x, params[f"{prefix}.weight"], params[f"{prefix}.bias"], precision)
-    h = jnp.matmul(x, params[f"{prefix}.weight_u"], precision=precision)
-    return dense(h, params[f"{prefix}.weight_v"], params[f"{prefix}.bias"], precision)
-
-
-def conv2d_same(x: jax.Array, w: jax.Array, b: jax.Array, precision: Any) -> jax.Array:
-    """Stride-1 'same' convolution, NHWC input and HWIO kernel (the canonical layouts)."""
-    y = lax.conv_general_dilated(x, w, window_strides=(1, 1), padding="SAME", dimension_numbers=CONV_DIMS,
-                                 precision=precision)
-    return y + b
-
-
-def max_pool2(x: jax.Array) -> jax.Array:
-    """2x2 max pooling with stride 2 on NHWC, 'VALID' (odd trailing rows/columns dropped)."""
-    # a Python -inf init lets JAX recognise the max monoid (reduce_window_max, differentiable)
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-
-
-def _cast(params: Mapping[str, jax.Array], x: jax.Array, dtype: Any) -> tuple[Mapping[str, jax.Array], jax.Array]:
-    if dtype is None:
-        return params, x
-    return {k: v.astype(dtype) for k, v in params.items()}, x.astype(dtype)
 
 
 def make_forward(spec: ModelSpec, dtype: Any = None, *, remat: bool = False,
@@ -81,54 +40,17 @@ def make_forward(spec: ModelSpec, dtype: Any = None, *, remat: bool = False,
     """A pure ``fn(params, x, *, train=False, rng=None) -> outputs`` for ``spec``.
 
     ``dtype`` is the compute dtype (None: fp32). With a compute dtype, parameters and inputs are
-    cast inside the function (the master weights stay float32) and the outputs of ``mlp`` and
-    ``cnn`` come back in that dtype; ``gpt`` keeps its residual stream, LayerNorms and logits in
+    cast inside the function (the master weights stay float32) and a graph's outputs (``mlp`` and
+    ``cnn`` are graphs) come back in that dtype; ``gpt`` keeps its residual stream, LayerNorms and logits in
     float32. ``remat`` (``gpt`` only) wraps each block in ``jax.checkpoint``; ``attention`` is the
     ``jax.nn.dot_product_attention`` implementation (``gpt`` only).
     """
-    p = spec.params
-    precision = _precision(dtype)
     if spec.graph is not None:  # neutral layers: one lowering for every graph
         from crossframe_jax.lowering import make_forward as lower
 
         return lower(spec.graph, dtype)
     if spec.name == "gpt":
         return partial(gpt_forward, config=GPTConfig.from_spec(spec, dtype, remat, attention))
-    rate = float(p.get("dropout", 0.0))  # mlp and cnn: dropout in training, keyed by (rng, layer)
-    if spec.name == "mlp":
-        act = ACTIVATIONS[p["activation"]]
-        n_layers = len(p["hidden"]) + 1
-
-        def mlp(params: Mapping[str, jax.Array], x: jax.Array, *, train: bool = False, rng: Any = None
-                ) -> jax.Array:
-            params, h = _cast(params, x, dtype)
-            h = h.reshape(h.shape[0], -1)
-            for i in range(n_layers):
-                h = dense_layer(params, f"layers.{i}", h, precision)
-                if i < n_layers - 1:
-                    h = act(h)
-                    if train and rate > 0.0:
-                        h = dropout(h, rate, jax.random.fold_in(rng, i))
-            return h
-
-        return mlp
-    if spec.name == "cnn":
-        act = ACTIVATIONS[p["activation"]]
-        n_conv = len(p["channels"])
-
-        def cnn(params: Mapping[str, jax.Array], x: jax.Array, *, train: bool = False, rng: Any = None
-                ) -> jax.Array:
-            params, h = _cast(params, x, dtype)
-            for i in range(n_conv):
-                h = conv2d_same(h, params[f"conv.{i}.weight"], params[f"conv.{i}.bias"], precision)
-                h = max_pool2(act(h))
-            h = h.reshape(h.shape[0], -1)  # NHWC flatten order, as the canonical dense layer expects
-            h = act(dense_layer(params, "fc.0", h, precision))
-            if train and rate > 0.0:
-                h = dropout(h, rate, jax.random.fold_in(rng, 0))
-            return dense_layer(params, "fc.1", h, precision)
-
-        return cnn
     raise CapabilityError(f"model.name: backend 'jax' has no native '{spec.name}'")
 
 

@@ -122,19 +122,19 @@ def _attention(layer: L.Attention, shape: tuple[int, ...]) -> Fn:
     mask = np.tril(np.ones((t_max, t_max), bool))
 
     def attention(weight: Callable[[str], tf.Tensor], x: tf.Tensor, ctx: dict) -> tf.Tensor:
-        b, n = tf.shape(x)[0], x.shape[1]
+        b, n = tf.shape(x)[0], x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]  # predict: T unknown
         qkv = _linear(weight, "qkv.", x, layer.qkv_bias)
         q = tf.transpose(tf.reshape(qkv[..., : h * hd], [b, n, h, hd]), [0, 2, 1, 3])
         k = tf.transpose(tf.reshape(qkv[..., h * hd: (h + kv) * hd], [b, n, kv, hd]), [0, 2, 1, 3])
         v = tf.transpose(tf.reshape(qkv[..., (h + kv) * hd:], [b, n, kv, hd]), [0, 2, 1, 3])
         if tables is not None:
-            cos, sin = (tf.cast(a[:n], q.dtype) for a in tables)
+            cos, sin = (tf.cast(tf.constant(a)[:n], q.dtype) for a in tables)
             q, k = (tf.concat([z[..., : hd // 2] * cos - z[..., hd // 2:] * sin,
                                z[..., hd // 2:] * cos + z[..., : hd // 2] * sin], axis=-1) for z in (q, k))
         if kv != h:
             k, v = tf.repeat(k, h // kv, axis=1), tf.repeat(v, h // kv, axis=1)
         scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) / math.sqrt(hd)
-        scores = tf.where(mask[:n, :n], scores, -np.inf)
+        scores = tf.where(tf.constant(mask)[:n, :n], scores, -np.inf)
         att = tf.cast(tf.nn.softmax(scores, axis=-1), v.dtype)
         y = tf.reshape(tf.transpose(tf.matmul(att, v), [0, 2, 1, 3]), [b, n, h * hd])
         return _linear(weight, "proj.", y, layer.bias)

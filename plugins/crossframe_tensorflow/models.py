@@ -11,7 +11,8 @@ float32 numpy copies, bit for bit. The forward passes are plain tf ops; no Keras
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable
 from functools import partial
 
 import numpy as np
@@ -37,62 +38,6 @@ def _dense(h: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     return tf.nn.bias_add(tf.matmul(h, w), b)
 
 
-def _linear(w: Mapping[str, tf.Tensor], prefix: str, h: tf.Tensor) -> tf.Tensor:
-    """Dense layer ``prefix``: ``h @ W + b``, or ``(h @ U) @ V + b`` when it is factorised."""
-    if f"{prefix}.weight" in w:
-        return _dense(h, w[f"{prefix}.weight"], w[f"{prefix}.bias"])
-    return _dense(tf.matmul(h, w[f"{prefix}.weight_u"]), w[f"{prefix}.weight_v"], w[f"{prefix}.bias"])
-
-
-def _drop(h: tf.Tensor, rate: float, seed: tf.Tensor | None, site: int) -> tf.Tensor:
-    """Stateless dropout keyed by (step seed, site); identity when ``seed`` is None (eval) or rate is 0."""
-    if seed is None or rate <= 0.0:
-        return h
-    site_seed = tf.random.experimental.stateless_fold_in(seed, site, alg=RNG_ALG)
-    return tf.nn.experimental.stateless_dropout(h, rate, seed=site_seed, rng_alg=RNG_ALG)
-
-
-def mlp_forward(spec: ModelSpec) -> Forward:
-    """``mlp``: flatten, then dense layers with the activation (and dropout in training) between them."""
-    flat = math.prod(spec.data_info.input_shape)
-    n_layers = len(spec.params["hidden"]) + 1
-    act = ACTIVATIONS[spec.params["activation"]]
-    rate = float(spec.params.get("dropout", 0.0))
-
-    def forward(w: Mapping[str, tf.Tensor], x: tf.Tensor, seed: tf.Tensor | None = None) -> tf.Tensor:
-        h = tf.reshape(x, [-1, flat])
-        for i in range(n_layers):
-            h = _linear(w, f"layers.{i}", h)
-            if i < n_layers - 1:
-                h = _drop(act(h), rate, seed, i)
-        return h
-
-    return forward
-
-
-def cnn_forward(spec: ModelSpec) -> Forward:
-    """``cnn``: conv (SAME, stride 1) + activation + 2x2 max-pool blocks on NHWC, then two dense layers."""
-    flat = spec.dense_dims("fc.0")[0]
-    n_conv = len(spec.params["channels"])
-    act = ACTIVATIONS[spec.params["activation"]]
-    rate = float(spec.params.get("dropout", 0.0))
-
-    def forward(w: Mapping[str, tf.Tensor], x: tf.Tensor, seed: tf.Tensor | None = None) -> tf.Tensor:
-        h = x
-        for i in range(n_conv):
-            h = tf.nn.bias_add(tf.nn.conv2d(h, w[f"conv.{i}.weight"], strides=1, padding="SAME"),
-                               w[f"conv.{i}.bias"])
-            h = tf.nn.max_pool2d(act(h), ksize=2, strides=2, padding="VALID")
-        h = tf.reshape(h, [-1, flat])  # NHWC flatten order, as the canonical dense weights expect
-        h = _drop(act(_linear(w, "fc.0", h)), rate, seed, 0)
-        return _linear(w, "fc.1", h)
-
-    return forward
-
-
-FORWARDS: dict[str, Callable[[ModelSpec], Forward]] = {"mlp": mlp_forward, "cnn": cnn_forward}
-
-
 class Model(tf.Module):
     """A model's float32 variables under their canonical names, and its forward pass.
 
@@ -103,7 +48,7 @@ class Model(tf.Module):
     """
 
     def __init__(self, spec: ModelSpec, weights: Params) -> None:
-        super().__init__(name=spec.name)
+        super().__init__(name=module_name(spec.name))
         spec.check_weights(weights)
         self.spec = spec
         with self.name_scope:
@@ -134,29 +79,6 @@ class Model(tf.Module):
                  seed: tf.Tensor | None = None) -> tf.Tensor:
         """Outputs (float32) for a batch ``x`` computed in ``dtype``."""
         raise NotImplementedError
-
-
-class FeedForward(Model):
-    """``mlp`` and ``cnn``: a forward function of the weights, no randomness."""
-
-    def __init__(self, spec: ModelSpec, weights: Params) -> None:
-        super().__init__(spec, weights)
-        self._forward = FORWARDS[spec.name](spec)
-        self._rate = float(spec.params.get("dropout", 0.0))
-
-    @property
-    def uses_rng(self) -> bool:
-        """Whether training draws dropout masks (a positive ``dropout`` param)."""
-        return self._rate > 0.0
-
-    def __call__(self, x: tf.Tensor, dtype: tf.DType = tf.float32, *, training: bool = False,
-                 seed: tf.Tensor | None = None) -> tf.Tensor:
-        """Outputs (float32) for a batch ``x`` computed in ``dtype`` (dropout only when ``training``)."""
-        seed = seed if training and self.uses_rng else None
-        if dtype == tf.float32:
-            return self._forward(self.params, x, seed)
-        weights = {name: tf.cast(v, dtype) for name, v in self.params.items()}
-        return tf.cast(self._forward(weights, tf.cast(x, dtype), seed), tf.float32)
 
 
 class GPT(Model):
@@ -286,6 +208,12 @@ class GPT(Model):
         return tf.nn.experimental.stateless_dropout(x, self.dropout, seed=site_seed, rng_alg=RNG_ALG)
 
 
+def module_name(model: str) -> str:
+    """A ``tf.Module`` name for model ``model`` (a plugin's model may be named ``my-model``: not an identifier)."""
+    name = re.sub(r"\W", "_", model)
+    return name if name[:1].isalpha() else f"model_{name}"
+
+
 def _canonical_array(value: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(value, dtype=np.float32)
 
@@ -302,8 +230,6 @@ def build_model(spec: ModelSpec, weights: Params, activation_checkpointing: bool
         return GraphModel(spec, weights)
     if spec.name == "gpt":
         return GPT(spec, weights, activation_checkpointing)
-    if spec.name in FORWARDS:
-        return FeedForward(spec, weights)
     raise CapabilityError(f"model.name: backend 'tensorflow' has no native '{spec.name}'")
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from crossframe.backend import Backend, Capabilities, TrainSetup, WorldInfo
+from crossframe.backend import Backend, Capabilities, CompilePreference, TrainSetup, WorldInfo
 from crossframe.errors import CapabilityError, ConfigError
 from crossframe.models.spec import ModelSpec, Params
 from crossframe_torch import devices, distributed
@@ -124,6 +124,17 @@ class TorchBackend(Backend):
         torch.set_num_threads(threads)
         with contextlib.suppress(RuntimeError):  # only allowed before the first parallel op
             torch.set_num_interop_threads(1)
+
+    def compile_preference(self, device: str, strategy: str) -> CompilePreference:
+        """``train.compile: auto``: torch.compile off on CPU (measured slower per step, and it costs seconds
+        of compilation), on for GPUs (not measured here); never with ``fully_sharded``."""
+        if strategy == "fully_sharded":
+            return CompilePreference(False, "torch.compile is not supported with fully_sharded", measurable=False)
+        if device == "cpu":
+            return CompilePreference(False, "torch.compile on CPU: slower steps (0.7-0.8x in "
+                                            "benchmarks/compile_choice) after seconds of compilation")
+        return CompilePreference(True, f"torch.compile on {device}: fused kernels (the usual win on accelerators; "
+                                       "measure with python -m benchmarks --only compile_choice)")
 
     def measure_peak_flops(self, device: str, precision: str) -> float:
         """Matmul FLOP/s of torch on ``device`` at ``precision`` (a short probe, for MFU)."""

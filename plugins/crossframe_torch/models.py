@@ -1,4 +1,5 @@
-"""Native ``nn.Module`` s for the core's architectures and exact native <-> canonical conversion.
+"""Native ``nn.Module`` s for the hand-written ``gpt`` (graphs, ``mlp`` and ``cnn`` included, lower through
+:mod:`crossframe_torch.lowering`) and exact native <-> canonical conversion.
 
 Native parameter names equal the canonical ones; only layouts differ (torch keeps dense weights
 as ``[out, in]`` and conv kernels as OIHW on NCHW data; embeddings and norms are unchanged). A
@@ -8,8 +9,6 @@ factorised (``low_rank``) layer is a :class:`LowRankLinear` whose ``weight_u`` `
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,12 +20,6 @@ from torch.utils.checkpoint import checkpoint
 from crossframe.errors import CapabilityError
 from crossframe.models.gpt import LN_EPS
 from crossframe.models.spec import ModelSpec, Params
-
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": F.relu,
-    "tanh": torch.tanh,
-    "gelu": lambda x: F.gelu(x, approximate="tanh"),
-}
 
 
 class LowRankLinear(nn.Module):
@@ -52,52 +45,6 @@ def linear(in_features: int, out_features: int, rank: int | None = None, bias: b
     if rank is None:
         return nn.Linear(in_features, out_features, bias=bias)
     return LowRankLinear(in_features, out_features, rank, bias=bias)
-
-
-class MLP(nn.Module):
-    """``mlp``: flatten, then dense layers with an activation between them."""
-
-    def __init__(self, widths: list[int], activation: str, ranks: list[int | None] | None = None,
-                 dropout: float = 0.0) -> None:
-        super().__init__()
-        self.drop = nn.Dropout(dropout)
-        ranks = ranks or [None] * (len(widths) - 1)
-        self.layers = nn.ModuleList(linear(a, b, r) for a, b, r in zip(widths[:-1], widths[1:], ranks, strict=True))
-        self.act = ACTIVATIONS[activation]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (or regression outputs) for a batch."""
-        h = x.flatten(1)
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            h = layer(h)
-            if i < last:
-                h = self.drop(self.act(h))
-        return h
-
-
-class CNN(nn.Module):
-    """``cnn``: conv + activation + 2x2 max-pool blocks on NHWC input, then two dense layers."""
-
-    def __init__(self, in_channels: int, channels: list[int], kernel_size: int, flat: int,
-                 hidden: int, outputs: int, activation: str, low_rank: dict[str, int] | None = None,
-                 dropout: float = 0.0) -> None:
-        super().__init__()
-        self.drop = nn.Dropout(dropout)
-        sizes = [in_channels, *channels]
-        rank = (low_rank or {}).get
-        self.conv = nn.ModuleList(nn.Conv2d(a, b, kernel_size, padding=kernel_size // 2)
-                                  for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-        self.fc = nn.ModuleList([linear(flat, hidden, rank("fc.0")), linear(hidden, outputs, rank("fc.1"))])
-        self.act = ACTIVATIONS[activation]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for a batch of NHWC images."""
-        h = x.permute(0, 3, 1, 2)
-        for conv in self.conv:
-            h = F.max_pool2d(self.act(conv(h)), 2)
-        h = h.permute(0, 2, 3, 1).flatten(1)  # flatten in the canonical NHWC order
-        return self.fc[1](self.drop(self.act(self.fc[0](h))))
 
 
 # ---------------------------------------------------------------------- gpt
@@ -294,14 +241,6 @@ def build_module(spec: ModelSpec, activation_checkpointing: bool = False) -> nn.
         from crossframe_torch.lowering import build_module as lower
 
         return lower(spec.graph)
-    if spec.name == "mlp":
-        ranks = [low_rank.get(f"layers.{i}") for i in range(len(p["hidden"]) + 1)]
-        return MLP([math.prod(info.input_shape), *p["hidden"], info.num_outputs], p["activation"], ranks,
-                   p.get("dropout", 0.0))
-    if spec.name == "cnn":
-        flat = spec.dense_dims("fc.0")[0]
-        return CNN(info.input_shape[-1], p["channels"], p["kernel_size"], flat, p["hidden"],
-                   info.num_outputs, p["activation"], low_rank, p.get("dropout", 0.0))
     if spec.name == "gpt":
         return GPT(info.num_outputs, p["n_layer"], p["n_head"], p["d_model"], p.get("d_ff"), p["max_seq_len"],
                    p.get("dropout", 0.0), p.get("tied_embeddings", True), p.get("rope", False),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-KINDS = ("dataset", "compressor", "exporter", "logger", "command", "backend")
+KINDS = ("dataset", "compressor", "exporter", "logger", "command", "backend", "model", "layer")
 #: one line per kind, used in the README and the distribution's description
 SUMMARIES = {
     "dataset": "the {{name}} dataset, seeded concentric rings to classify",
@@ -24,6 +24,8 @@ SUMMARIES = {
     "logger": "the {{name}} logger, metrics as tab-separated lines",
     "command": "the crossframe {{name}} command, which lists a run's checkpoints",
     "backend": "the {{name}} backend, crossframe's mlp trained in plain NumPy",
+    "model": "the {{name}} model, a residual MLP written as neutral layers",
+    "layer": "the {{name}} layer, a learned scale per channel, on torch, jax and tensorflow",
 }
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*")
 MAX_NAME_LENGTH = 32

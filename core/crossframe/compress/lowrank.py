@@ -8,7 +8,8 @@ larger than the other. At full rank the product equals the kernel up to float32 
 
 The factorisable layers are the dense layers with a bias (``layers.<i>`` of an ``mlp``,
 ``fc.0``/``fc.1`` of a ``cnn``, ``h.<i>.attn.qkv``, ``h.<i>.attn.proj``, ``h.<i>.mlp.fc``,
-``h.<i>.mlp.proj`` of a ``gpt``); an already factorised layer is factorised again from ``U @ V``.
+``h.<i>.mlp.proj`` of a ``gpt``), and every ``dense`` layer of a graph of neutral layers (with or
+without a bias); an already factorised layer is factorised again from ``U @ V``.
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ class LowRankParams(BaseModel):
 
 
 def factorisable_layers(spec: ModelSpec) -> list[str]:
-    """Prefixes of the dense layers with a bias, full or already factorised, in table order."""
+    """Prefixes of the dense layers with a bias (a graph's: every ``dense`` layer), full or already
+    factorised, in table order."""
+    if spec.graph is not None:
+        return [node.path for node in spec.graph.nodes() if node.kind == "dense"]
     names = {p.name: p for p in spec.table}
     out = []
     for p in spec.table:

@@ -22,7 +22,11 @@ Patterns (``pattern``):
   layer's kernel is left alone: its units are the model's outputs.
 - ``heads``: whole attention heads of a ``gpt``, by the L2 norm of their query, key and value
   columns of ``attn.qkv.weight`` and their rows of ``attn.proj.weight``; those slices (and the
-  head's ``attn.qkv.bias`` entries) are masked.
+  head's ``attn.qkv.bias`` entries) are masked. On a graph of neutral layers, the heads of every
+  ``attention`` layer (``<path>.qkv.weight``, ``<path>.proj.weight``): a query head's score also
+  counts its key/value head's columns divided by the heads sharing them (grouped-query), its query
+  columns and projection rows are masked, and a key/value head's columns once every query head
+  reading it is pruned.
 """
 
 from __future__ import annotations
@@ -283,6 +287,8 @@ def _prune_heads(spec: ModelSpec, weights: Params, old: Mapping[str, np.ndarray]
                  p: PruneParams, where: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Masks removing whole attention heads of a gpt: their q/k/v columns and proj rows."""
     assert p.sparsity is not None
+    if spec.graph is not None:
+        return _prune_graph_heads(spec, weights, old, chosen, p, where)
     if spec.name != "gpt":
         raise ConfigError(f"{where}.pattern: 'heads' prunes attention heads of a 'gpt' model, not '{spec.name}'")
     n_head, d = int(spec.params["n_head"]), int(spec.params["d_model"])
@@ -324,6 +330,77 @@ def _prune_heads(spec: ModelSpec, weights: Params, old: Mapping[str, np.ndarray]
         if f"h.{i}.attn.qkv.bias" in weights:
             masks[f"h.{i}.attn.qkv.bias"] = cols.copy()
         units[f"h.{i}.attn"] = {"heads": n_head, "pruned_heads": sorted(int(h) for h in cut[i])}
+    return masks, units
+
+
+@dataclass(frozen=True)
+class _HeadLayer:
+    """One attention layer of a graph: its path, query heads, key/value heads, head size and width."""
+
+    path: str
+    heads: int
+    kv: int
+    hd: int
+    d: int
+
+    @property
+    def qkv(self) -> str:
+        return f"{self.path}.qkv.weight"
+
+    @property
+    def proj(self) -> str:
+        return f"{self.path}.proj.weight"
+
+
+def _prune_graph_heads(spec: ModelSpec, weights: Params, old: Mapping[str, np.ndarray], chosen: list[str],
+                       p: PruneParams, where: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Masks removing whole query heads of a graph's ``attention`` layers (see the module docstring)."""
+    assert p.sparsity is not None
+    layers = []
+    for node in spec.graph.nodes():
+        if node.kind != "attention":
+            continue
+        heads, kv, hd = node.layer.dims(int(node.in_shape[-1]))
+        layer = _HeadLayer(node.path, heads, kv, hd, int(node.in_shape[-1]))
+        if layer.qkv in chosen or layer.proj in chosen:
+            layers.append(layer)
+    if not layers:
+        raise ConfigError(f"{where}.pattern: 'heads' prunes attention heads (of a 'gpt', or a graph's attention "
+                          f"layers: <path>.qkv.weight, <path>.proj.weight); model '{spec.name}' has none selected")
+
+    def masked(key: str) -> np.ndarray:
+        w = weights[key].astype(np.float64)
+        return np.where(old[key], w, 0.0) if key in old else w
+
+    norms = {}
+    for a in layers:
+        qkv, proj = masked(a.qkv), masked(a.proj)
+        group = a.heads // a.kv
+        q = (qkv[:, : a.heads * a.hd] ** 2).reshape(a.d, a.heads, a.hd).sum(axis=(0, 2))
+        k = (qkv[:, a.heads * a.hd: (a.heads + a.kv) * a.hd] ** 2).reshape(a.d, a.kv, a.hd).sum(axis=(0, 2))
+        v = (qkv[:, (a.heads + a.kv) * a.hd:] ** 2).reshape(a.d, a.kv, a.hd).sum(axis=(0, 2))
+        o = (proj ** 2).reshape(a.heads, a.hd, -1).sum(axis=(1, 2))
+        norms[a.path] = np.sqrt(q + o + np.repeat((k + v) / group, group))
+    if p.scope == "layer":
+        cut = {a.path: _smallest(norms[a.path], count_for(p.sparsity, a.heads)) for a in layers}
+    else:
+        offsets = np.cumsum([0] + [a.heads for a in layers])
+        picked = _smallest(np.concatenate([norms[a.path] for a in layers]), count_for(p.sparsity, int(offsets[-1])))
+        cut = {a.path: picked[(picked >= offsets[j]) & (picked < offsets[j + 1])] - offsets[j]
+               for j, a in enumerate(layers)}
+    masks: dict[str, np.ndarray] = {}
+    units: dict[str, Any] = {}
+    for a in layers:
+        keep = np.ones(a.heads, dtype=bool)
+        keep[cut[a.path]] = False
+        keep_kv = keep.reshape(a.kv, a.heads // a.kv).any(axis=1)  # a kv head lives while one reader does
+        cols = np.concatenate([np.repeat(keep, a.hd), np.repeat(keep_kv, a.hd), np.repeat(keep_kv, a.hd)])
+        masks[a.qkv] = np.broadcast_to(cols, weights[a.qkv].shape).copy()
+        masks[a.proj] = np.broadcast_to(np.repeat(keep, a.hd)[:, None], weights[a.proj].shape).copy()
+        if f"{a.path}.qkv.bias" in weights:
+            masks[f"{a.path}.qkv.bias"] = cols.copy()
+        units[a.path] = {"heads": a.heads, "kv_heads": a.kv, "pruned_heads": sorted(int(h) for h in cut[a.path]),
+                         "pruned_kv_heads": sorted(int(g) for g in np.flatnonzero(~keep_kv))}
     return masks, units
 
 

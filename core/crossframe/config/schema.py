@@ -106,7 +106,9 @@ class TrainConfig(Strict):
     keep_checkpoints: PositiveInt = 3
     early_stopping: EarlyStoppingConfig | None = None
     metrics: list[str] | None = Field(None, description="eval metrics; default depends on the task")
-    compile: bool = Field(False, description="compile the step (torch.compile, XLA, ...)")
+    compile: bool | Literal["auto"] = Field(False, description="compile the step (torch.compile, XLA jit_compile; "
+                                            "jax always jits): true, false, or auto (the setting measured faster "
+                                            "for this backend and device, see docs/compile.md)")
     activation_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
     distill: DistillConfig | None = Field(None, description="knowledge distillation from a teacher run")
     class_weights: Literal["balanced"] | list[NonNegativeFloat] | None = Field(

@@ -52,6 +52,30 @@ def spec_from_graph(name: str, params: dict[str, Any], info: DataInfo, graph: Gr
     return ModelSpec(name, params, info, graph.table, forward, graph=graph)
 
 
+def unsupported_layers(graph: Graph, backend: str) -> list[str]:
+    """The graph's plugin layer kinds with no implementation registered for ``backend`` (built-ins run on
+    every first-party backend)."""
+    from crossframe.nn.layers import BUILTIN_LAYERS
+    from crossframe.plugins import get_plugin_manager
+
+    builtin = {cls.kind for cls in BUILTIN_LAYERS}
+    registered = get_plugin_manager().components("layer")
+    return sorted(k for k in graph.kinds() if k not in builtin and backend not in registered[k].extra)
+
+
+def check_backend_layers(graph: Graph, backend: str) -> None:
+    """Raise a one-line :class:`CapabilityError` naming the layers ``backend`` cannot run, and where they run."""
+    from crossframe.errors import CapabilityError
+    from crossframe.plugins import get_plugin_manager
+
+    missing = unsupported_layers(graph, backend)
+    if missing:
+        registered = get_plugin_manager().components("layer")
+        where = "; ".join(f"'{k}' runs on {', '.join(sorted(registered[k].extra)) or 'no backend'}" for k in missing)
+        raise CapabilityError(f"model.layers: backend '{backend}' has no implementation of layer "
+                              f"{', '.join(repr(k) for k in missing)} ({where})")
+
+
 def build_graph_model(params: GraphParams, info: DataInfo, lookup: LayerLookup = registry_lookup) -> ModelSpec:
     """The spec of the graph ``params.layers`` on ``info``'s inputs."""
     graph = build_graph(params.layers, info.input_shape, info.num_outputs, lookup, low_rank=params.low_rank)

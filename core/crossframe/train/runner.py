@@ -20,10 +20,12 @@ from crossframe.metrics import DEFAULT_METRICS
 from crossframe.metrics.lookup import find_metric, metric_function
 from crossframe.models import build_model
 from crossframe.models.flops import flops_per_step
+from crossframe.nn.model import check_backend_layers
 from crossframe.perf import device_peak, peak_key
 from crossframe.plugins import component, get_plugin_manager
 from crossframe.rundirs import LATEST_SUFFIX
 from crossframe.threads import ThreadChoice, apply_thread_environment, available_cores, choose_threads
+from crossframe.train.compile_choice import choose_compile
 from crossframe.train.data import load_training_data
 from crossframe.train.distill import load_teacher
 from crossframe.train.early_stopping import EarlyStopping
@@ -53,13 +55,16 @@ def check_capabilities(config: RunConfig, caps: Capabilities, device: str, model
     ability to train are not required.
     """
     name = config.backend
+    # a backend that lowers graphs runs a plugin's registered model that builds one; checked once it is built
+    plugin_model = model not in caps.models and model in get_plugin_manager().components("model")
+    models = (*caps.models, model) if "graph" in caps.models and plugin_model else caps.models
     if training and not caps.can_train:
         raise CapabilityError(f"backend: '{name}' is inference-only and cannot train; use it with "
                               f"'crossframe eval RUN_DIR --backend {name}'")
     checks = [
         ("device", device, caps.devices, "found"),
         ("precision", config.precision, caps.precisions, "supports"),
-        ("model.name", model, caps.models, "supports"),
+        ("model.name", model, models, "supports"),
     ]
     if training:
         checks += [
@@ -71,7 +76,7 @@ def check_capabilities(config: RunConfig, caps: Capabilities, device: str, model
             note = caps.notes.get(wanted, "")
             raise CapabilityError(f"{field_name}: '{wanted}' requested, but backend '{name}' {verb} only "
                                   f"{one_of(available)}{f' ({note})' if note else ''}")
-    if training and config.train.compile and not caps.compile:
+    if training and config.train.compile is True and not caps.compile:
         raise CapabilityError(f"train.compile: backend '{name}' cannot compile steps")
 
 
@@ -211,6 +216,11 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     replicas = backend.local_replicas(world, device) if world is not None else 1
     data = load_training_data(cfg, world, replicas)
     spec = build_model(cfg.model.name, cfg.model.params, data.info)
+    if spec.graph is not None:  # a layer the backend cannot run is named before anything is built
+        check_backend_layers(spec.graph, cfg.backend)
+    elif spec.name not in backend.capabilities().models:
+        raise CapabilityError(f"model.name: '{spec.name}' is not a graph of neutral layers, and backend "
+                              f"'{cfg.backend}' has no native '{spec.name}'")
     metric_fns = metric_functions(cfg, data.info.task)
     from crossframe.data.augment import augmented
 
@@ -225,10 +235,13 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
                                  float(opt_params["lr"]), total)
 
     weights = spec.init(cfg.seed)
+    compiled = choose_compile(cfg.train.compile, cfg.backend, backend, device, cfg.strategy, total)
+    if main and not quiet and cfg.train.compile == "auto":
+        print(compiled.describe(cfg.train.compile), file=sys.stderr, flush=True)
     distill = load_teacher(cfg, data.info) if cfg.train.distill is not None else None
     state = backend.create_state(TrainSetup(
         spec, weights, cfg.train.optimizer.name, opt_params, device, cfg.precision,
-        cfg.train.grad_accum, cfg.train.clip_norm, cfg.train.compile, cfg.seed,
+        cfg.train.grad_accum, cfg.train.clip_norm, compiled.enabled, cfg.seed,
         cfg.train.activation_checkpointing, masks=None, distill=distill, world=world,
         objective=training_objective(cfg, data)))
     early = EarlyStopping.from_config(cfg.train.early_stopping) if cfg.train.early_stopping else None
