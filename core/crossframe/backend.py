@@ -105,6 +105,9 @@ class TrainSetup:
     distill: DistillSetup | None = None
     #: this process's place in a multi-worker job (``None``: a single process, one device).
     world: WorldInfo | None = None
+    #: DP-SGD (a :class:`crossframe.privacy.PrivacySetup`): per-example clipping and the seeded noise each
+    #: batch carries (``dp_noise/<name>``, ``dp_weight``); the backend's ``privacy.py`` runs the step.
+    privacy: Any = None
 
     @property
     def loss(self) -> str:

@@ -65,6 +65,26 @@ class DistillConfig(Strict):
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the distillation loss; 1-alpha for labels")
 
 
+class PrivacyConfig(Strict):
+    """``train.privacy``: DP-SGD (per-example clipping, Gaussian noise, accounting); see docs/privacy.md."""
+
+    noise_multiplier: NonNegativeFloat | None = Field(None, description="noise std over max_grad_norm "
+                                                      "(or give target_epsilon)")
+    target_epsilon: PositiveFloat | None = Field(None, description="solve the noise multiplier for this epsilon "
+                                                 "at the end of the run")
+    max_grad_norm: PositiveFloat = Field(1.0, description="each example's gradient is clipped to this L2 norm")
+    delta: float = Field(1e-5, gt=0.0, lt=1.0, description="the delta of the (epsilon, delta) guarantee")
+    accountant: Literal["rdp", "pld"] = Field("rdp", description="Renyi DP, or privacy loss distributions")
+    poisson: bool = Field(False, description="sample each step's examples independently (as the accounting "
+                                             "assumes) instead of shuffled fixed-size batches")
+
+    @model_validator(mode="after")
+    def _one_noise(self) -> PrivacyConfig:
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("give either noise_multiplier or target_epsilon")
+        return self
+
+
 class TrainConfig(Strict):
     """``train``: the loop's budget, batching, optimisation and intervals."""
 
@@ -86,6 +106,7 @@ class TrainConfig(Strict):
     compile: bool = Field(False, description="compile the step (torch.compile, XLA, ...)")
     activation_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
     distill: DistillConfig | None = Field(None, description="knowledge distillation from a teacher run")
+    privacy: PrivacyConfig | None = Field(None, description="differentially private training (DP-SGD)")
     profile_steps: NonNegativeInt = Field(0, description="run the backend's profiler over this many steps "
                                           "(after profile_warmup); the trace goes to RUN_DIR/profile; 0 = off")
     profile_warmup: NonNegativeInt = Field(2, description="steps before the profiled window (compilation)")

@@ -28,6 +28,7 @@ from crossframe.train.distill import load_teacher
 from crossframe.train.early_stopping import EarlyStopping
 from crossframe.train.loop import Run, Trainer
 from crossframe.train.observers import Observers, bounded_line, close_loggers, plugin_of
+from crossframe.train.privacy import check_privacy, resolve_privacy
 from crossframe.train.progress import Progress
 from crossframe.train.result import RunResult
 
@@ -221,12 +222,17 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     schedule = schedule_comp.obj(validate_params(schedule_comp.schema, cfg.train.schedule.params, "train.schedule"),
                                  float(opt_params["lr"]), total)
 
+    check_privacy(cfg, data.info.task)
+    private = resolve_privacy(cfg, loader, [(p.name, tuple(p.shape)) for p in spec.table], total)
+    if private is not None:
+        loader = private.loader  # each batch carries its DP-SGD noise
     weights = spec.init(cfg.seed)
     distill = load_teacher(cfg, data.info) if cfg.train.distill is not None else None
     state = backend.create_state(TrainSetup(
         spec, weights, cfg.train.optimizer.name, opt_params, device, cfg.precision,
         cfg.train.grad_accum, cfg.train.clip_norm, cfg.train.compile, cfg.seed,
-        cfg.train.activation_checkpointing, masks=None, distill=distill, world=world))
+        cfg.train.activation_checkpointing, masks=None, distill=distill, world=world,
+        privacy=private.setup if private is not None else None))
     early = EarlyStopping.from_config(cfg.train.early_stopping) if cfg.train.early_stopping else None
     start = 0
     if checkpoint is not None:
@@ -245,7 +251,8 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
         atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
         if data.tokenizer_dir is not None and not (run_dir / "tokenizer").exists():
             shutil.copytree(data.tokenizer_dir, run_dir / "tokenizer")  # generation needs it
-    run = Run(cfg, run_dir, backend, spec, total, device, step=start, world=world)
+    run = Run(cfg, run_dir, backend, spec, total, device, step=start, world=world,
+              privacy=private.ledger if private is not None else None)
     tokens_per_step = getattr(loader, "tokens_per_step", None)
     if tokens_per_step:
         run.flops_per_step = flops_per_step(spec, tokens_per_step)

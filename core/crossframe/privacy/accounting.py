@@ -1,0 +1,97 @@
+"""Privacy accounting with Google's ``dp-accounting``: epsilon after some steps, and the noise for a target.
+
+A DP-SGD step is a Poisson-sampled Gaussian mechanism: each example is in the step's sample with
+probability ``q`` (the sample rate) and the sum of clipped gradients gets Gaussian noise of standard
+deviation ``noise_multiplier * max_grad_norm``. ``steps`` of them compose; the accountant (Renyi DP,
+``rdp``, or privacy loss distributions, ``pld``, the tighter and slower one) turns that into the
+smallest ``epsilon`` for the run's ``delta``. Without Poisson sampling (shuffled fixed-size batches)
+the same numbers are reported, as most DP libraries do; docs/privacy.md says what that assumes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from crossframe.errors import ConfigError
+
+ACCOUNTANTS = ("rdp", "pld")
+
+
+def _accountant(kind: str) -> Any:
+    import dp_accounting
+
+    if kind == "rdp":
+        return dp_accounting.rdp.RdpAccountant()
+    if kind == "pld":
+        return dp_accounting.pld.PLDAccountant()
+    raise ConfigError(f"train.privacy.accountant: '{kind}' is not one of {', '.join(ACCOUNTANTS)}")
+
+
+def _event(noise_multiplier: float, sample_rate: float) -> Any:
+    import dp_accounting
+
+    return dp_accounting.PoissonSampledDpEvent(sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
+
+
+def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:
+    """The run's epsilon after ``steps`` DP-SGD steps (``inf`` without noise, 0 before the first step)."""
+    if steps <= 0:
+        return 0.0
+    if noise_multiplier <= 0:
+        return math.inf
+    acc = _accountant(accountant)
+    acc.compose(_event(noise_multiplier, sample_rate), int(steps))
+    return float(acc.get_epsilon(delta))
+
+
+def solve_noise_multiplier(target_epsilon: float, sample_rate: float, steps: int, delta: float,
+                           accountant: str = "rdp") -> float:
+    """The smallest noise multiplier whose epsilon after ``steps`` steps is at most ``target_epsilon``."""
+    import dp_accounting
+
+    def make_event(sigma: float) -> Any:
+        return dp_accounting.SelfComposedDpEvent(_event(sigma, sample_rate), int(steps))
+
+    try:
+        sigma = dp_accounting.calibrate_dp_mechanism(
+            lambda: _accountant(accountant), make_event, target_epsilon, delta,
+            dp_accounting.LowerEndpointAndGuess(0.05, 1.0), tol=1e-4)
+    except Exception as exc:  # the bracket search failed: the target is out of reach
+        raise ConfigError(f"train.privacy.target_epsilon: no noise multiplier reaches epsilon {target_epsilon} "
+                          f"in {steps} steps at sample rate {sample_rate:.4g} ({type(exc).__name__}: {exc})") from None
+    # calibrate returns a point of the bracket within tol; step up to a value that meets the target
+    while epsilon(float(sigma), sample_rate, steps, delta, accountant) > target_epsilon:
+        sigma = float(sigma) * (1 + 1e-4)
+    return float(sigma)
+
+
+@dataclass
+class PrivacyLedger:
+    """What a run reports: epsilon at a step (cached), and the summary stored with checkpoints."""
+
+    noise_multiplier: float
+    sample_rate: float
+    delta: float
+    accountant: str = "rdp"
+    poisson: bool = False
+    max_grad_norm: float = 1.0
+    target_epsilon: float | None = None
+    _cache: dict[int, float] = field(default_factory=dict, repr=False)
+
+    def epsilon(self, steps: int) -> float:
+        """Epsilon spent after ``steps`` optimizer steps."""
+        if steps not in self._cache:
+            self._cache[steps] = epsilon(self.noise_multiplier, self.sample_rate, steps, self.delta, self.accountant)
+        return self._cache[steps]
+
+    def summary(self, steps: int) -> dict[str, Any]:
+        """The privacy guarantee after ``steps`` steps, as stored in ``state.json`` and ``privacy.json``."""
+        return {"epsilon": self.epsilon(steps), "delta": self.delta, "steps": int(steps),
+                "noise_multiplier": self.noise_multiplier, "max_grad_norm": self.max_grad_norm,
+                "sample_rate": self.sample_rate, "accountant": self.accountant, "poisson_sampling": self.poisson,
+                "target_epsilon": self.target_epsilon}
+
+
+__all__ = ["ACCOUNTANTS", "PrivacyLedger", "epsilon", "solve_noise_multiplier"]
