@@ -10,13 +10,28 @@ the same numbers are reported, as most DP libraries do; docs/privacy.md says wha
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from crossframe.errors import ConfigError
 
 ACCOUNTANTS = ("rdp", "pld")
+
+
+@contextlib.contextmanager
+def _quiet_absl() -> Iterator[None]:
+    """dp-accounting logs (through absl) each Renyi order it drops while searching; keep those off the run's output."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _accountant(kind: str) -> Any:
@@ -42,8 +57,9 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: floa
     if noise_multiplier <= 0:
         return math.inf
     acc = _accountant(accountant)
-    acc.compose(_event(noise_multiplier, sample_rate), int(steps))
-    return float(acc.get_epsilon(delta))
+    with _quiet_absl():
+        acc.compose(_event(noise_multiplier, sample_rate), int(steps))
+        return float(acc.get_epsilon(delta))
 
 
 def solve_noise_multiplier(target_epsilon: float, sample_rate: float, steps: int, delta: float,
@@ -55,12 +71,14 @@ def solve_noise_multiplier(target_epsilon: float, sample_rate: float, steps: int
         return dp_accounting.SelfComposedDpEvent(_event(sigma, sample_rate), int(steps))
 
     try:
-        sigma = dp_accounting.calibrate_dp_mechanism(
-            lambda: _accountant(accountant), make_event, target_epsilon, delta,
-            dp_accounting.LowerEndpointAndGuess(0.05, 1.0), tol=1e-4)
+        with _quiet_absl():
+            sigma = dp_accounting.calibrate_dp_mechanism(
+                lambda: _accountant(accountant), make_event, target_epsilon, delta,
+                dp_accounting.LowerEndpointAndGuess(0.05, 1.0), tol=1e-4)
     except Exception as exc:  # the bracket search failed: the target is out of reach
         raise ConfigError(f"train.privacy.target_epsilon: no noise multiplier reaches epsilon {target_epsilon} "
-                          f"in {steps} steps at sample rate {sample_rate:.4g} ({type(exc).__name__}: {exc})") from None
+                          f"in {steps} steps at sample rate {sample_rate:.4g} "
+                          f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
     # calibrate returns a point of the bracket within tol; step up to a value that meets the target
     while epsilon(float(sigma), sample_rate, steps, delta, accountant) > target_epsilon:
         sigma = float(sigma) * (1 + 1e-4)
