@@ -145,6 +145,15 @@ class TextConfig(Strict):
         return self
 
 
+class SecurityConfig(Strict):
+    """``security``: protection at rest for what the run writes; keys come from files, never the config."""
+
+    encrypt: bool = Field(False, description="seal weights (checkpoints, compressed steps) with AES-256-GCM; "
+                                             "key from CROSSFRAME_KEY_FILE or --key-file")
+    sign: bool = Field(False, description="ed25519-sign every artefact manifest; key from "
+                                          "CROSSFRAME_SIGNING_KEY_FILE")
+
+
 class LaunchConfig(Strict):
     """``launch``: how many worker processes run the job, and where (``strategy`` says how they share it)."""
 
@@ -177,6 +186,7 @@ class RunConfig(Strict):
     text: TextConfig = Field(default_factory=TextConfig)
     loggers: list[ComponentConfig] = Field(default_factory=list)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    security: SecurityConfig | None = Field(None, description="encryption at rest and signed artefacts")
     compress: list[ComponentConfig] = Field(default_factory=list,
                                             description="compressors applied in order after training")
     export: list[ComponentConfig] = Field(default_factory=list,

@@ -22,6 +22,7 @@ from crossframe.models.flops import flops_per_step
 from crossframe.perf import device_peak, peak_key
 from crossframe.plugins import component, get_plugin_manager
 from crossframe.rundirs import LATEST_SUFFIX
+from crossframe.security import Protection, protecting
 from crossframe.threads import ThreadChoice, apply_thread_environment, available_cores, choose_threads
 from crossframe.train.data import load_training_data
 from crossframe.train.distill import load_teacher
@@ -140,7 +141,8 @@ def run(
         announce()
         return launch(cfg, run_dir, checkpoint, quiet, backend)
     try:
-        return _train(cfg, run_dir, checkpoint, quiet, announce)
+        with protecting(Protection.from_config(cfg.security)):  # security: seal weights, sign manifests
+            return _train(cfg, run_dir, checkpoint, quiet, announce)
     except BaseException as exc:
         if worker:
             record_failure(exc)  # the launcher names this rank and this line
