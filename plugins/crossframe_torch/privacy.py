@@ -55,8 +55,8 @@ def per_example_grads(state: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
 def clipped_sum(grads: dict[str, torch.Tensor], weights: torch.Tensor, max_grad_norm: float
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """``sum_i w_i * min(1, C / (||g_i|| + eps)) * g_i`` per parameter, and each example's norm ``[B]``."""
-    squares = torch.stack([g.float().flatten(1).pow(2).sum(1) for g in grads.values()]).sum(0)
-    norms = squares.sqrt()
+    per_param = [torch.linalg.vector_norm(g.flatten(1), dim=1, dtype=torch.float32) for g in grads.values()]
+    norms = torch.linalg.vector_norm(torch.stack(per_param, dim=1), dim=1)
     factor = torch.clamp(max_grad_norm / (norms + CLIP_EPS), max=1.0) * weights
     return {n: torch.tensordot(factor, g.float(), dims=1) for n, g in grads.items()}, norms
 
