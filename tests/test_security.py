@@ -158,3 +158,31 @@ def test_a_missing_key_fails_before_the_run(workdir: Path, tiny: Any, monkeypatc
     monkeypatch.setenv(KEY_FILE_ENV, str(workdir / "bad.key"))
     with pytest.raises(SecurityError, match="256-bit key"):
         crossframe.run(secure_config(tiny, "badkey"), quiet=True)
+
+
+def test_token_stores_are_sealed_and_open_with_the_key(tmp_path: Path, keys: dict[str, Path],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from crossframe.security.keys import read_aes_key
+    from crossframe.text.store import TokenStore, prepare
+    from crossframe.text.tokenizers import BytesTokenizer
+
+    docs = [f"secret document {i}" for i in range(40)]
+    plain = prepare(docs, BytesTokenizer(), tmp_path / "plain", val_fraction=0.25)
+    with protecting(Protection(key=read_aes_key(keys["aes"]))):
+        sealed = prepare(docs, BytesTokenizer(), tmp_path / "sealed", val_fraction=0.25)
+    for file in ("train.bin", "train.idx.npy", "train.ids", "val.bin"):
+        data = (tmp_path / "sealed" / file).read_bytes()
+        assert data.startswith(MAGIC) and b"secret" not in data and b"#1" not in data
+    for split in ("train", "val"):
+        assert np.array_equal(sealed[split].tokens, plain[split].tokens)
+        assert np.array_equal(sealed[split].offsets, plain[split].offsets)
+        assert list(sealed[split].doc_ids()) == list(plain[split].doc_ids())
+    monkeypatch.delenv(KEY_FILE_ENV)
+    with pytest.raises(SecurityError, match="is encrypted"):
+        TokenStore.open(tmp_path / "sealed")
+    monkeypatch.setenv(KEY_FILE_ENV, str(keys["aes"]))
+    blob = bytearray((tmp_path / "sealed" / "val.bin").read_bytes())
+    blob[-1] ^= 0x80
+    (tmp_path / "sealed" / "val.bin").write_bytes(bytes(blob))
+    with pytest.raises(SecurityError, match="cannot be decrypted"):
+        TokenStore.open(tmp_path / "sealed")

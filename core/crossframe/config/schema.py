@@ -148,7 +148,8 @@ class TextConfig(Strict):
 class SecurityConfig(Strict):
     """``security``: protection at rest for what the run writes; keys come from files, never the config."""
 
-    encrypt: bool = Field(False, description="seal weights (checkpoints, compressed steps) with AES-256-GCM; "
+    encrypt: bool = Field(False, description="seal weights (checkpoints, compressed steps) and token stores "
+                                             "with AES-256-GCM; "
                                              "key from CROSSFRAME_KEY_FILE or --key-file")
     sign: bool = Field(False, description="ed25519-sign every artefact manifest; key from "
                                           "CROSSFRAME_SIGNING_KEY_FILE")
