@@ -34,8 +34,18 @@ def _quiet_absl() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def _dp_accounting() -> Any:
+    """The ``dp_accounting`` module, or one line saying how to install it."""
+    try:
+        import dp_accounting
+    except ImportError:
+        raise ConfigError("train.privacy: privacy accounting needs Google's dp-accounting; "
+                          "pip install 'crossframe[privacy]'") from None
+    return dp_accounting
+
+
 def _accountant(kind: str) -> Any:
-    import dp_accounting
+    dp_accounting = _dp_accounting()
 
     if kind == "rdp":
         return dp_accounting.rdp.RdpAccountant()
@@ -45,7 +55,7 @@ def _accountant(kind: str) -> Any:
 
 
 def _event(noise_multiplier: float, sample_rate: float) -> Any:
-    import dp_accounting
+    dp_accounting = _dp_accounting()
 
     return dp_accounting.PoissonSampledDpEvent(sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
 
@@ -65,7 +75,7 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: floa
 def solve_noise_multiplier(target_epsilon: float, sample_rate: float, steps: int, delta: float,
                            accountant: str = "rdp") -> float:
     """The smallest noise multiplier whose epsilon after ``steps`` steps is at most ``target_epsilon``."""
-    import dp_accounting
+    dp_accounting = _dp_accounting()
 
     def make_event(sigma: float) -> Any:
         return dp_accounting.SelfComposedDpEvent(_event(sigma, sample_rate), int(steps))

@@ -29,6 +29,13 @@ class Protection:
         """From a config's ``security`` section (None: nothing to protect); a missing key is one line."""
         if security is None or not (security.encrypt or security.sign):
             return None
+        try:
+            import cryptography  # noqa: F401
+        except ImportError:
+            from crossframe.security.errors import SecurityError
+
+            raise SecurityError("security: encryption and signatures need the cryptography package; "
+                                "pip install 'crossframe[security]'") from None
         key = encryption_key(required=True, why="security.encrypt") if security.encrypt else None
         signer = signing_key(required=True, why="security.sign") if security.sign else None
         return cls(key, signer)
