@@ -123,6 +123,9 @@ class TrainSetup:
     #: classification training loss with class weights, focal term or label smoothing (see
     #: :mod:`crossframe.losses`); ``None``: plain cross-entropy. ``eval_step`` ignores it.
     objective: LossSetup | None = None
+    #: DP-SGD (a :class:`crossframe.privacy.PrivacySetup`): per-example clipping and the seeded noise each
+    #: batch carries (``dp_noise/<name>``, ``dp_weight``); the backend's ``privacy.py`` runs the step.
+    privacy: Any = None
 
     @property
     def loss(self) -> str:

@@ -157,10 +157,11 @@ def register_commands(cli: Any) -> None:
     from crossframe.cli import explain as explain_cli
     from crossframe.cli import models as models_cli
     from crossframe.cli import runs as runs_cli
+    from crossframe.cli import security as security_cli
 
     for command in [*commands.COMMANDS, *compress.COMMANDS, *model.COMMANDS, *tune.COMMANDS, *serve.COMMANDS,
                     *runs_cli.COMMANDS, *models_cli.COMMANDS, *cv.COMMANDS,
-                    *explain_cli.COMMANDS]:
+                    *explain_cli.COMMANDS, *security_cli.COMMANDS]:
         cli.add_command(command)
 
 

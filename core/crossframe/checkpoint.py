@@ -61,12 +61,50 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_tensors(tensors: dict[str, np.ndarray], path: Path) -> None:
-    """Write ``tensors`` as safetensors at ``path`` and sync it to disk (callers rename it into place)."""
+    """Write ``tensors`` as safetensors at ``path`` and sync it to disk (callers rename it into place).
+
+    Under ``security.encrypt`` (an active :class:`crossframe.security.Protection` with a key) the
+    file is sealed with AES-256-GCM; the plaintext never reaches the disk.
+    """
+    from crossframe.security import active
+
+    protection = active()
+    if protection is not None and protection.key is not None:
+        from safetensors.numpy import save
+
+        from crossframe.security.sealing import seal
+
+        data = seal(save({k: np.ascontiguousarray(v) for k, v in tensors.items()}), protection.key, path.name)
+        with path.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return
     from safetensors.numpy import save_file
 
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path))
     with path.open("rb") as handle:
         os.fsync(handle.fileno())
+
+
+def load_tensors(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of a safetensors file, sealed (opened with ``CROSSFRAME_KEY_FILE``) or plain; every
+    problem is one :class:`CheckpointError` line naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load, load_file
+
+    from crossframe.security.keys import encryption_key
+    from crossframe.security.sealing import is_sealed, read_sealed
+
+    try:
+        if is_sealed(path):
+            key = encryption_key(required=True, why=f"'{path}' is encrypted")
+            assert key is not None
+            return load(read_sealed(path, key))
+        check_safetensors(path)
+        return load_file(str(path))
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise CheckpointError(f"'{path}' is unreadable: {' '.join(str(exc).split())[:160]}") from None
 
 
 def save_checkpoint(root: Path, step: int, weights: dict[str, np.ndarray],
@@ -272,9 +310,6 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
     Every problem is a :class:`CheckpointError` naming the file: nothing is read past a bad header.
     """
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
     where = find_checkpoint(path)
     # one line naming a tampered file; a checkpoint without a manifest still loads; the optimizer
     # state is optional (a registered model version keeps only the weights)
@@ -286,9 +321,5 @@ def load_checkpoint(path: Path) -> Checkpoint:
     for file in files:
         if not file.is_file():
             raise CheckpointError(f"checkpoint '{where}' has no {file.name}")
-        check_safetensors(file)
-        try:
-            loaded.append(load_file(str(file)))
-        except (OSError, ValueError, SafetensorError) as exc:
-            raise CheckpointError(f"'{file}' is unreadable: {' '.join(str(exc).split())[:160]}") from None
+        loaded.append(load_tensors(file))
     return Checkpoint(where, loaded[0], loaded[1] if len(loaded) > 1 else {}, state)

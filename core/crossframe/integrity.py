@@ -48,6 +48,13 @@ def write_manifest(directory: Path) -> dict[str, str]:
     directory = Path(directory)
     digests = {p.relative_to(directory).as_posix(): sha256_file(p) for p in _files(directory)}
     atomic_write_text(directory / MANIFEST, json.dumps({"algorithm": "sha256", "files": digests}, indent=2) + "\n")
+    from crossframe.security import active
+
+    protection = active()
+    if protection is not None and protection.signer is not None:  # security.sign: ed25519 over the manifest
+        from crossframe.security.signing import sign_directory
+
+        sign_directory(directory, protection.signer)
     return digests
 
 
@@ -69,6 +76,7 @@ def verify_manifest(directory: Path, only: Iterable[str] | None = None) -> bool:
     file matches; raises :class:`IntegrityError` naming the first file that is missing or differs.
     """
     directory = Path(directory)
+    _check_signature(directory)
     digests = read_manifest(directory)
     if digests is None:
         log.debug("%s has no %s (written before manifests): not checked", directory, MANIFEST)
@@ -82,3 +90,23 @@ def verify_manifest(directory: Path, only: Iterable[str] | None = None) -> bool:
             raise IntegrityError(f"{path}: sha256 does not match {MANIFEST} (the file was changed or corrupted)")
     log.debug("%s: %d file(s) match %s", directory, len(wanted), MANIFEST)
     return True
+
+
+def _check_signature(directory: Path) -> None:
+    """A signed directory must verify against the trusted key (``CROSSFRAME_VERIFY_KEY_FILE``, else the
+    signing key's public half); with ``CROSSFRAME_VERIFY_KEY_FILE`` set, an unsigned one is refused."""
+    import os
+
+    from crossframe.security.keys import VERIFY_KEY_ENV
+    from crossframe.security.signing import SIGNATURE, verify_directory
+
+    required = bool(os.environ.get(VERIFY_KEY_ENV))
+    if not required and not (directory / SIGNATURE).is_file():
+        return  # the common case: nothing signed, nothing pinned (no key file is read)
+    if not (directory / MANIFEST).is_file():
+        from crossframe.security import SecurityError
+
+        raise SecurityError(f"'{directory}' has no {MANIFEST} to check its signature against")
+    from crossframe.security.keys import trusted_verify_key
+
+    verify_directory(directory, trusted_verify_key(), required=required)

@@ -134,11 +134,7 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
     """
     k, loss_name, clip = setup.grad_accum, setup.loss, setup.clip_norm
     lm = loss_name == "token_cross_entropy"
-    uses_rng = float(setup.spec.params.get("dropout", 0.0)) > 0.0  # gpt, mlp and cnn
-    if setup.spec.graph is not None:  # a graph draws dropout masks wherever it has a dropout layer
-        from crossframe_jax.lowering import uses_rng as graph_uses_rng
-
-        uses_rng = graph_uses_rng(setup.spec.graph)
+    uses_rng = _uses_rng(setup)
     seed = int(setup.seed)
     distill = setup.distill
 
@@ -241,6 +237,16 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
         return params, OptState(inner, opt.step + 1), out
 
     return jax.jit(train, donate_argnums=(0, 1))
+
+
+def _uses_rng(setup: TrainSetup) -> bool:
+    """Whether training draws random numbers: dropout in a gpt, or a graph's dropout layer."""
+    uses_rng = float(setup.spec.params.get("dropout", 0.0)) > 0.0
+    if setup.spec.graph is not None:  # a graph draws dropout masks wherever it has a dropout layer
+        from crossframe_jax.lowering import uses_rng as graph_uses_rng
+
+        uses_rng = graph_uses_rng(setup.spec.graph)
+    return uses_rng
 
 
 def apply_masks(params: Mapping[str, jax.Array], masks: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
@@ -411,7 +417,12 @@ class JaxBackend(Backend):
             forward = make_forward(setup.spec, dtype)
         tx = build_transform(setup) if training else None
         teacher_forward = _teacher_forward(setup, device, dtype) if training and setup.distill is not None else None
-        train = make_train_fn(setup, forward, tx, traces, teacher_forward) if tx is not None else None
+        if tx is not None and setup.privacy is not None:  # DP-SGD: per-example clipping, the core's noise
+            from crossframe_jax import privacy
+
+            train = privacy.make_train_fn(setup, forward, tx, traces, _uses_rng(setup))
+        else:
+            train = make_train_fn(setup, forward, tx, traces, teacher_forward) if tx is not None else None
         return JaxProgram(setup, device, forward, tx, train, make_eval_fn(setup, forward, traces),
                           make_predict_fn(forward, traces), traces, prefill, decode)
 
@@ -477,6 +488,10 @@ class JaxBackend(Backend):
         array, and several times less per-step overhead than a ``jax.device_put`` beforehand.
         """
         program = state.program
+        if state.setup.privacy is not None:
+            from crossframe_jax import privacy
+
+            return privacy.train_step(state, batch, lr)
         if program.train is None:
             raise TypeError("train_step: this state was built by inference_state and cannot train")
         params, opt, out = program.train(state.params, state.opt_state, batch["x"], batch["y"], _mask(state, batch),

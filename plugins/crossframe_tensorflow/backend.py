@@ -189,7 +189,12 @@ class TensorFlowBackend(Backend):
         state.replicas = replicas
         state.masked, state.teacher = masked, teacher
         state.apply_masks()
-        state.train_fn = _train_function(state)
+        if setup.privacy is not None:  # DP-SGD: per-example clipping plus the core's noise
+            from crossframe_tensorflow import privacy
+
+            state.train_fn = privacy.train_function(state)
+        else:
+            state.train_fn = _train_function(state)
         return state
 
     def inference_state(self, spec: ModelSpec, weights: Params, device: str = "cpu",
@@ -249,6 +254,10 @@ class TensorFlowBackend(Backend):
         """One call of the compiled step: accumulate, clip, update; no host sync."""
         if state.train_fn is None:
             raise CapabilityError("train_step: this state was built for inference only")
+        if state.setup.privacy is not None:
+            from crossframe_tensorflow import privacy
+
+            return state, privacy.train_step(state, batch, lr)
         return state, state.train_fn(*self._inputs(state, batch), tf.constant(lr, tf.float32))
 
     def eval_step(self, state: TFState, batch: dict[str, np.ndarray]) -> dict[str, Any]:

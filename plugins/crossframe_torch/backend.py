@@ -281,6 +281,10 @@ class TorchBackend(Backend):
         tokens of the *whole* batch, so accumulation is exact however the mask falls. (A batch whose
         mask is all zeros gives loss 0 and zero gradients, not NaN.)
         """
+        if state.setup.privacy is not None:  # DP-SGD: per-example clipping plus the core's noise
+            from crossframe_torch import privacy
+
+            return privacy.train_step(state, batch, lr)
         opt, k = state.optimizer, state.setup.grad_accum
         assert opt is not None
         for group in opt.param_groups:

@@ -37,8 +37,12 @@ def _pre_parse(argv: list[str]) -> tuple[bool, list[str]]:
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 @click.option("--disable-plugin", "disabled", multiple=True, metavar="NAME",
               help="Do not load the plugin with this entry-point name (repeatable).")
-def cli(debug: bool, disabled: tuple[str, ...]) -> None:
+@click.option("--key-file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The AES-256 key for encrypted runs (default: $CROSSFRAME_KEY_FILE); never stored.")
+def cli(debug: bool, disabled: tuple[str, ...], key_file: str | None) -> None:
     """crossframe: data -> train -> compress -> export -> compare, on any framework."""
+    if key_file:  # read where it is needed (crossframe.security.keys), in this process and its workers
+        os.environ["CROSSFRAME_KEY_FILE"] = key_file
 
 
 def build_cli(disabled: Sequence[str] = (), keep_plugins: bool = False) -> click.Group:

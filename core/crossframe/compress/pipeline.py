@@ -60,6 +60,7 @@ from crossframe.models import build_model, spec_from_json
 from crossframe.models.spec import ModelSpec, Params
 from crossframe.plugins import component
 from crossframe.rundirs import resolve_run_dir
+from crossframe.security import Protection, protecting
 
 #: keys of a compress step that the pipeline reads itself (the compressor's schema never sees them)
 FINETUNE_KEYS = ("finetune_steps", "finetune_lr")
@@ -94,9 +95,9 @@ class Options:
 
 
 def _load_tensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+    from crossframe.checkpoint import load_tensors
 
-    return load_file(str(path)) if path.is_file() else {}
+    return load_tensors(path) if path.is_file() else {}  # sealed (security.encrypt) or plain
 
 
 def component_list(value: Any, where: str) -> list[ComponentConfig]:
@@ -503,7 +504,8 @@ def compress_run(run_dir: str | os.PathLike, overrides: Iterable[str] = (), *, b
         raise UsageError(f"compress: '{run_dir}' has no compress steps in its config; pass --config FILE "
                          "with a 'compress:' list or --set compress.0.name=prune")
     checkpoint = load_checkpoint(run_dir / "checkpoints")
-    report = run_pipeline(cfg, run_dir, checkpoint, steps, exports if export else [], options)
+    with protecting(Protection.from_config(cfg.security)):  # security: seal and sign what it writes
+        report = run_pipeline(cfg, run_dir, checkpoint, steps, exports if export else [], options)
     return report, len(steps) + (len(exports) if export else 0)
 
 
@@ -533,6 +535,7 @@ def export_run(run_dir: str | os.PathLike, formats: Sequence[str], *, backend: s
     if "baseline" not in report.data:
         report.set_baseline({**pipeline._base_entry(stage), "path": str(ckpt.path),
                              "size_bytes": size_on_disk(ckpt.path / MODEL_FILE)})
-    entries = pipeline.export(stage, steps, report)
+    with protecting(Protection.from_config(cfg.security)):  # security.sign: sign the export manifests
+        entries = pipeline.export(stage, steps, report)
     report.write()
     return report, entries

@@ -88,6 +88,26 @@ class DistillConfig(Strict):
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the distillation loss; 1-alpha for labels")
 
 
+class PrivacyConfig(Strict):
+    """``train.privacy``: DP-SGD (per-example clipping, Gaussian noise, accounting); see docs/privacy.md."""
+
+    noise_multiplier: NonNegativeFloat | None = Field(None, description="noise std over max_grad_norm "
+                                                      "(or give target_epsilon)")
+    target_epsilon: PositiveFloat | None = Field(None, description="solve the noise multiplier for this epsilon "
+                                                 "at the end of the run")
+    max_grad_norm: PositiveFloat = Field(1.0, description="each example's gradient is clipped to this L2 norm")
+    delta: float = Field(1e-5, gt=0.0, lt=1.0, description="the delta of the (epsilon, delta) guarantee")
+    accountant: Literal["rdp", "pld"] = Field("rdp", description="Renyi DP, or privacy loss distributions")
+    poisson: bool = Field(False, description="sample each step's examples independently (as the accounting "
+                                             "assumes) instead of shuffled fixed-size batches")
+
+    @model_validator(mode="after")
+    def _one_noise(self) -> PrivacyConfig:
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("give either noise_multiplier or target_epsilon")
+        return self
+
+
 class TrainConfig(Strict):
     """``train``: the loop's budget, batching, optimisation and intervals."""
 
@@ -119,6 +139,7 @@ class TrainConfig(Strict):
         "shuffle", description="oversample: every class drawn as often as the largest (seeded, resumable)")
     augment: AugmentList = Field(default_factory=list, description="numpy augmentations, in order, e.g. "
                                  "[{flip: horizontal}, {random_crop: {padding: 2}}, {noise: 0.05}]")
+    privacy: PrivacyConfig | None = Field(None, description="differentially private training (DP-SGD)")
     profile_steps: NonNegativeInt = Field(0, description="run the backend's profiler over this many steps "
                                           "(after profile_warmup); the trace goes to RUN_DIR/profile; 0 = off")
     profile_warmup: NonNegativeInt = Field(2, description="steps before the profiled window (compilation)")
@@ -157,6 +178,16 @@ class TextConfig(Strict):
         return self
 
 
+class SecurityConfig(Strict):
+    """``security``: protection at rest for what the run writes; keys come from files, never the config."""
+
+    encrypt: bool = Field(False, description="seal weights (checkpoints, compressed steps) and token stores "
+                                             "with AES-256-GCM; "
+                                             "key from CROSSFRAME_KEY_FILE or --key-file")
+    sign: bool = Field(False, description="ed25519-sign every artefact manifest; key from "
+                                          "CROSSFRAME_SIGNING_KEY_FILE")
+
+
 class LaunchConfig(Strict):
     """``launch``: how many worker processes run the job, and where (``strategy`` says how they share it)."""
 
@@ -189,6 +220,7 @@ class RunConfig(Strict):
     text: TextConfig = Field(default_factory=TextConfig)
     loggers: list[ComponentConfig] = Field(default_factory=list)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    security: SecurityConfig | None = Field(None, description="encryption at rest and signed artefacts")
     compress: list[ComponentConfig] = Field(default_factory=list,
                                             description="compressors applied in order after training")
     export: list[ComponentConfig] = Field(default_factory=list,

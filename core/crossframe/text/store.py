@@ -140,8 +140,13 @@ class _SplitWriter:
                 "files": split_files(self.split)}
 
     def commit(self) -> None:
-        """Move the finished temporary files into place."""
+        """Move the finished temporary files into place (sealed first under ``security.encrypt``)."""
+        from crossframe.security import active
+
+        protection = active()
         for key, tmp in self.tmp.items():
+            if key in self.final and protection is not None and protection.key is not None:
+                _seal_in_place(tmp, self.final[key].name, protection.key)
             os.replace(tmp, self.final[key])
 
     def abort(self) -> None:
@@ -150,6 +155,29 @@ class _SplitWriter:
             handle.close()
         for tmp in self.tmp.values():
             tmp.unlink(missing_ok=True)
+
+
+def _seal_in_place(path: Path, name: str, key: bytes) -> None:
+    """Replace the temporary file ``path`` by its AES-256-GCM sealed form, bound to its final ``name``."""
+    from crossframe.security.sealing import seal
+
+    data = seal(path.read_bytes(), key, name)
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _read_split_file(path: Path) -> bytes | None:
+    """The plaintext of a sealed store file (opened with ``CROSSFRAME_KEY_FILE``), or None for a plain one."""
+    from crossframe.security.keys import encryption_key
+    from crossframe.security.sealing import is_sealed, read_sealed
+
+    if not is_sealed(path):
+        return None
+    key = encryption_key(required=True, why=f"token store file '{path}' is encrypted")
+    assert key is not None
+    return read_sealed(path, key)
 
 
 def _batches(documents: Iterable[Document], batch_chars: int) -> Iterator[list[Document]]:
@@ -283,6 +311,11 @@ class TokenSplit:
 
     def doc_ids(self) -> Iterator[str]:
         """The documents' ids, in store order (read from the ids file, one at a time)."""
+        plain = _read_split_file(self.ids_path)  # sealed under security.encrypt
+        if plain is not None:
+            for line in plain.decode("utf-8").splitlines():
+                yield json.loads(line)
+            return
         with open(self.ids_path, encoding="utf-8") as handle:
             for line in handle:
                 yield json.loads(line)
@@ -323,13 +356,21 @@ class TokenStore:
         for path in files.values():
             if not path.is_file():
                 raise DataError(f"token store: '{path}' is missing; prepare the store again")
-        size = files["tokens"].stat().st_size
+        sealed = _read_split_file(files["tokens"])  # security.encrypt: decrypted into memory, never to disk
+        size = len(sealed) if sealed is not None else files["tokens"].stat().st_size
         if size != info["n_tokens"] * dtype.itemsize:
             raise DataError(f"token store: '{files['tokens']}' holds {size} bytes, meta.json says "
                             f"{info['n_tokens']} {dtype.name} tokens; prepare the store again")
-        tokens = (np.memmap(files["tokens"], dtype=dtype, mode="r") if size
-                  else np.empty(0, dtype=dtype))
-        offsets = np.load(files["index"], mmap_mode="r", allow_pickle=False)
+        if sealed is not None:
+            import io
+
+            tokens = np.frombuffer(sealed, dtype=dtype)
+            index = _read_split_file(files["index"])
+            offsets = np.load(io.BytesIO(index) if index is not None else files["index"], allow_pickle=False)
+        else:
+            tokens = (np.memmap(files["tokens"], dtype=dtype, mode="r") if size
+                      else np.empty(0, dtype=dtype))
+            offsets = np.load(files["index"], mmap_mode="r", allow_pickle=False)
         if offsets.shape != (info["n_docs"] + 1,) or (offsets.size and int(offsets[-1]) != info["n_tokens"]):
             raise DataError(f"token store: '{files['index']}' does not match meta.json; prepare the store again")
         return TokenSplit(name, tokens, offsets, files["ids"])

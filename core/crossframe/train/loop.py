@@ -87,6 +87,7 @@ class Run:
     peak_source: str | None = None  # where peak_flops comes from (see crossframe.perf.Peak)
     peak_key: str | None = None  # the peak cache's key for this framework, device, precision and threads
     world: WorldInfo | None = None  # this process's place in a multi-worker job (None: one process)
+    privacy: Any = None  # DP-SGD: a crossframe.privacy.accounting.PrivacyLedger (epsilon at each eval)
 
     @property
     def is_main(self) -> bool:
@@ -254,6 +255,8 @@ class Trainer:
         run = self.run
         metrics = evaluate_dataset(run.backend, self.state, self.val, run.config.train.eval_batch_size,
                                    self.metric_fns)
+        if run.privacy is not None:
+            metrics["privacy/epsilon"] = run.privacy.epsilon(run.step)
         metrics["sys/peak_host_mb"] = peak_host_memory_mb()
         run.last_eval = {"step": run.step, **metrics}
         self._emit(run.step, metrics)
@@ -289,6 +292,8 @@ class Trainer:
             "schedule": self.schedule.state() if hasattr(self.schedule, "state") else None,
             "time": time.time(),
         }
+        if run.privacy is not None:  # the (epsilon, delta) guarantee, stored with the weights
+            state["privacy"] = run.privacy.summary(run.step)
         path = save_checkpoint(run.run_dir / "checkpoints", run.step, weights, opt_state, state,
                                run.config.train.keep_checkpoints)
         run.last_checkpoint, self._saved_step = path, run.step

@@ -24,6 +24,7 @@ from crossframe.nn.model import check_backend_layers
 from crossframe.perf import device_peak, peak_key
 from crossframe.plugins import component, get_plugin_manager
 from crossframe.rundirs import LATEST_SUFFIX
+from crossframe.security import Protection, protecting
 from crossframe.threads import ThreadChoice, apply_thread_environment, available_cores, choose_threads
 from crossframe.train.compile_choice import choose_compile
 from crossframe.train.data import load_training_data
@@ -31,6 +32,7 @@ from crossframe.train.distill import load_teacher
 from crossframe.train.early_stopping import EarlyStopping
 from crossframe.train.loop import Run, Trainer
 from crossframe.train.observers import Observers, bounded_line, close_loggers, plugin_of
+from crossframe.train.privacy import check_privacy, resolve_privacy
 from crossframe.train.progress import Progress
 from crossframe.train.result import RunResult
 
@@ -145,7 +147,8 @@ def run(
         announce()
         return launch(cfg, run_dir, checkpoint, quiet, backend)
     try:
-        return _train(cfg, run_dir, checkpoint, quiet, announce)
+        with protecting(Protection.from_config(cfg.security)):  # security: seal weights, sign manifests
+            return _train(cfg, run_dir, checkpoint, quiet, announce)
     except BaseException as exc:
         if worker:
             record_failure(exc)  # the launcher names this rank and this line
@@ -234,6 +237,10 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     schedule = schedule_comp.obj(validate_params(schedule_comp.schema, cfg.train.schedule.params, "train.schedule"),
                                  float(opt_params["lr"]), total)
 
+    check_privacy(cfg, data.info.task)
+    private = resolve_privacy(cfg, loader, [(p.name, tuple(p.shape)) for p in spec.table], total)
+    if private is not None:
+        loader = private.loader  # each batch carries its DP-SGD noise
     weights = spec.init(cfg.seed)
     compiled = choose_compile(cfg.train.compile, cfg.backend, backend, device, cfg.strategy, total)
     if main and not quiet and cfg.train.compile == "auto":
@@ -243,7 +250,8 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
         spec, weights, cfg.train.optimizer.name, opt_params, device, cfg.precision,
         cfg.train.grad_accum, cfg.train.clip_norm, compiled.enabled, cfg.seed,
         cfg.train.activation_checkpointing, masks=None, distill=distill, world=world,
-        objective=training_objective(cfg, data)))
+        objective=training_objective(cfg, data),
+        privacy=private.setup if private is not None else None))
     early = EarlyStopping.from_config(cfg.train.early_stopping) if cfg.train.early_stopping else None
     start = 0
     if checkpoint is not None:
@@ -268,7 +276,8 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
             save_transform(run_dir, data.transform)
         if data.tokenizer_dir is not None and not (run_dir / "tokenizer").exists():
             shutil.copytree(data.tokenizer_dir, run_dir / "tokenizer")  # generation needs it
-    run = Run(cfg, run_dir, backend, spec, total, device, step=start, world=world)
+    run = Run(cfg, run_dir, backend, spec, total, device, step=start, world=world,
+              privacy=private.ledger if private is not None else None)
     tokens_per_step = getattr(loader, "tokens_per_step", None)
     if tokens_per_step:
         run.flops_per_step = flops_per_step(spec, tokens_per_step)
