@@ -501,6 +501,10 @@ class JaxBackend(Backend):
         and of the torch backend); a prompt longer than the context starts that way.
         """
         program = state.program
+        from crossframe_jax.decoding import graph_generate, is_graph_lm
+
+        if is_graph_lm(state.setup.spec):  # a decoder written as neutral layers: the lowering's cache
+            return graph_generate(self, state, prompt, max_new_tokens, sample)
         if program.prefill is None or program.decode is None:
             raise CapabilityError(f"generate: model '{state.setup.spec.name}' is not a language model")
         prompt = np.asarray(prompt)

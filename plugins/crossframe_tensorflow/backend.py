@@ -245,6 +245,14 @@ class TensorFlowBackend(Backend):
         out = state.predict_fn(tf.convert_to_tensor(np.asarray(x, dtype=dtype)))
         return np.array(out.numpy(), dtype=np.float32, copy=True)
 
+    def generate(self, state: TFState, prompt: np.ndarray, max_new_tokens: int,
+                 sample: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Extend ``prompt`` (int ids ``[B, T0]``) by ``max_new_tokens``: a decoder graph with its KV cache
+        (see :mod:`crossframe_tensorflow.decoding`), a hand-written model by recomputing the window."""
+        from crossframe_tensorflow.decoding import graph_generate
+
+        return graph_generate(self, state, prompt, max_new_tokens, sample)
+
     def fetch(self, values: Any) -> Any:
         """Tensors (and variables) to numpy, through lists, tuples and dicts."""
         if isinstance(values, (tf.Tensor, tf.Variable)):

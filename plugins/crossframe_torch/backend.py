@@ -351,6 +351,10 @@ class TorchBackend(Backend):
         positions restart at 0). A prompt longer than the context starts that way.
         """
         module = state.module
+        from crossframe_torch.decoding import graph_generate, is_graph_lm
+
+        if is_graph_lm(module):  # a decoder written as neutral layers: the lowering's cache
+            return graph_generate(state, prompt, max_new_tokens, sample)
         if not isinstance(module, GPT):
             raise CapabilityError(f"generate: model '{state.setup.spec.name}' is not a language model")
         prompt = np.asarray(prompt)

@@ -46,7 +46,7 @@ def generate(run: str | os.PathLike, prompt: str = "", max_tokens: int = 200, *,
         raise ConfigError(f"generate: {exc}") from None
     ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
     prompt_ids = np.asarray([ids], dtype=np.int64)
-    max_seq_len = int(spec.params["max_seq_len"])
+    max_seq_len = int(spec.params.get("max_seq_len") or spec.data_info.input_shape[0])  # a graph: its context
     if hasattr(impl, "generate"):
         out = impl.generate(state, prompt_ids[:, -max_seq_len:], max_tokens, sample)
         new = out[0, min(len(ids), max_seq_len):]
