@@ -64,3 +64,30 @@ def hf_greedy(directory: Path, ids: np.ndarray, n: int) -> np.ndarray:
         out = model.generate(torch.from_numpy(ids.astype(np.int64)), max_new_tokens=n, min_new_tokens=n,
                              do_sample=False, eos_token_id=None, pad_token_id=0)
     return out.numpy()
+
+
+CORPUS = ["the cat sat on the mat and the dog sat on the log", "a bird in the hand is worth two in the bush",
+          "all that glitters is not gold, all that wander are not lost", "to be or not to be, that is the question"]
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}"
+                 "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def save_tokenizer(directory: Path, vocab: int = VOCAB) -> Path:
+    """A small BPE (Metaspace, as Llama's) trained on :data:`CORPUS`, saved as ``tokenizer.json`` with a
+    ``tokenizer_config.json`` naming ``<s>`` / ``</s>`` and a chat template."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(CORPUS * 4, trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<unk>", "<s>", "</s>"],
+                                                            show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "chat_template": CHAT_TEMPLATE,
+         "tokenizer_class": "PreTrainedTokenizerFast"}))
+    return directory

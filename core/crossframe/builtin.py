@@ -55,6 +55,9 @@ def register_tokenizers(register: Any) -> None:
     from crossframe.text import registry
 
     registry.register_tokenizers(register)
+    from crossframe.hf.tokenizer import HFTokenizerParams, make_hf_tokenizer
+
+    register("hf", make_hf_tokenizer, schema=HFTokenizerParams, description="a Hugging Face tokenizer.json directory")
 
 
 @hookimpl

@@ -43,7 +43,7 @@ from crossframe_jax.optim import (
     load_optimizer_state,
 )
 
-MODELS = ("mlp", "cnn", "gpt", "graph")
+MODELS = ("mlp", "cnn", "gpt", "graph", "hf")
 CLIP_EPS = 1e-6  # scale = min(1, clip_norm / (norm + CLIP_EPS)), as crossframe.testing.reference
 
 

@@ -25,7 +25,7 @@ from crossframe_torch.models import (
 )
 from crossframe_torch.optim import SUPPORTED, build_optimizer, export_optimizer_state, load_optimizer_state
 
-MODELS = ("mlp", "cnn", "gpt", "graph")
+MODELS = ("mlp", "cnn", "gpt", "graph", "hf")
 
 
 @dataclass
