@@ -59,3 +59,41 @@ def test_an_hf_model_fine_tunes_from_its_weights_and_generates(workdir: Path, mo
     assert main(args) == 0
     text = capsys.readouterr().out
     assert text.startswith("the cat"), text
+
+
+def test_export_hf_round_trips_through_transformers(workdir: Path, model_dir: Path) -> None:
+    """import -> fine-tune (torch) -> ``crossframe export --format hf`` -> transformers: the same logits."""
+    from crossframe.hf.loading import load_pretrained
+    from tests.hf_models import hf_logits
+
+    result = crossframe.run(run_config(model_dir, "torch", steps=2), quiet=True)
+    assert main(["export", str(result.run_dir), "--format", "hf"]) == 0
+    out = result.run_dir / "exports" / "hf"
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= {
+        p.name for p in out.iterdir()}
+    ids = np.random.default_rng(0).integers(0, 96, (2, 16))
+    spec, weights = load_pretrained(out)
+    trained = load_checkpoint(result.run_dir).weights
+    assert all(np.array_equal(weights[k], trained[k]) for k in trained)  # the export holds the trained weights
+    np.testing.assert_allclose(hf_logits(out, ids), spec.graph.reference(trained, ids), atol=1e-4)
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    from crossframe.hf.tokenizer import HFTokenizer
+
+    ours = HFTokenizer(out)
+    assert tok("the cat sat")["input_ids"] == ours.encode_prompt("the cat sat")
+    chat = [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "sat"}]
+    assert tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == ours.render_chat(
+        chat, add_generation_prompt=True)
+
+
+def test_export_hf_refuses_a_model_not_imported(workdir: Path) -> None:
+    config = {"name": "g", "backend": "torch", "device": "cpu",
+              "data": {"name": "python-stdlib", "max_files": 2, "val_fraction": 0.5},
+              "text": {"tokenizer": {"name": "bytes"}, "seq_len": 8, "max_eval_tokens": 16},
+              "model": {"name": "gpt", "n_layer": 1, "n_head": 1, "d_model": 8, "max_seq_len": 8},
+              "train": {"steps": 1, "batch_size": 2, "eval_every": 0}}
+    result = crossframe.run(config, quiet=True)
+    assert main(["export", str(result.run_dir), "--format", "hf"]) == 2
+    assert not (result.run_dir / "exports" / "hf").exists()

@@ -27,6 +27,8 @@ class HFParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str = Field(description="a local directory with config.json and model.safetensors (nothing is downloaded)")
     context: PositiveInt | None = Field(None, description="sequence length (default: the data's)")
+    config: dict[str, Any] | None = Field(None, description="filled from config.json when the run starts, so a run "
+                                                            "rebuilds its model without the directory")
 
 
 class PretrainedSpec(ModelSpec):
@@ -34,7 +36,7 @@ class PretrainedSpec(ModelSpec):
 
     def init(self, seed: int) -> Params:
         """The directory's weights (the seed does not matter), as float32 master weights."""
-        weights, _ = load_weights(Path(self.params["path"]), self.graph_arch)
+        weights, _ = load_weights(Path(self.params["path"]), architecture_of(self))
         return {k: np.asarray(v, np.float32) for k, v in weights.items()}
 
 
@@ -79,8 +81,19 @@ def build_hf_model(params: HFParams, info: DataInfo) -> ModelSpec:
     if info.task != "language_modeling" or len(info.input_shape) != 1:
         raise ConfigError(f"model.name: 'hf' needs token sequences; the data gives {info.task} {info.input_shape}")
     directory = Path(params.path)
-    arch = load_architecture(directory, params.context or info.input_shape[0])
+    context = params.context or info.input_shape[0]
+    config = params.config if params.config is not None else read_config(directory)
+    arch = architecture(config, context, source=str(directory / "config.json"))
     if info.num_outputs > arch.vocab:
         raise ConfigError(f"model.path: the tokenizer has {info.num_outputs} ids, the model's vocab_size is "
                           f"{arch.vocab}")
-    return build_spec(arch, directory, params.model_dump())
+    return build_spec(arch, directory, {**params.model_dump(), "context": context, "config": config})
+
+
+def architecture_of(spec: ModelSpec) -> Architecture:
+    """The architecture an ``hf`` spec (or one rebuilt from a checkpoint) was built from."""
+    arch = getattr(spec, "graph_arch", None)
+    if arch is not None:
+        return arch
+    config = spec.params.get("config") or read_config(Path(spec.params["path"]))
+    return architecture(config, spec.params.get("context"))
