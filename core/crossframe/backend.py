@@ -105,6 +105,8 @@ class TrainSetup:
     distill: DistillSetup | None = None
     #: this process's place in a multi-worker job (``None``: a single process, one device).
     world: WorldInfo | None = None
+    #: ``train.freeze`` / LoRA: canonical names that never change (no gradient step, no weight decay)
+    frozen: frozenset[str] = frozenset()
 
     @property
     def loss(self) -> str:
@@ -123,7 +125,7 @@ class TrainSetup:
     @property
     def decay_mask(self) -> dict[str, bool]:
         """Whether weight decay applies, by canonical parameter name."""
-        return {p.name: p.decay for p in self.spec.table}
+        return {p.name: p.decay and p.name not in self.frozen for p in self.spec.table}
 
 
 class Backend(ABC):

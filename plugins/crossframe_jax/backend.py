@@ -141,6 +141,7 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
         uses_rng = graph_uses_rng(setup.spec.graph)
     seed = int(setup.seed)
     distill = setup.distill
+    frozen = setup.frozen
 
     def mixed(label: jax.Array, out: jax.Array, x: jax.Array, teacher: Any, m: jax.Array | None = None,
               total: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
@@ -223,6 +224,8 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
         out = {"loss": loss}
         if kd is not None:
             out["distill_loss"] = kd
+        if frozen:  # train.freeze: a zero step (and no decay) keeps them bit for bit
+            grads = {n: jnp.zeros_like(g) if n in frozen else g for n, g in grads.items()}
         if clip is not None:
             norm = global_norm(grads)
             scale = jnp.minimum(1.0, clip / (norm + CLIP_EPS))

@@ -339,6 +339,8 @@ def _train_function(state: TFState) -> Compiled:
                 loss = part if loss is None else loss + part
             assert grads is not None and loss is not None
             loss, grads, kd_sum = replicas.all_sum((loss, grads, kd_sum))  # the strategy's all-reduce
+            if setup.frozen:  # train.freeze: a zero step (and no decay) keeps them bit for bit
+                grads = [tf.zeros_like(g) if n in setup.frozen else g for n, g in zip(names, grads, strict=True)]
             out = {"loss": loss}
             if kd_sum is not None:
                 out["distill_loss"] = kd_sum

@@ -160,7 +160,9 @@ class TorchBackend(Backend):
         distributed.check_setup(setup)
         module = distributed.shard_module(module, setup, device)  # FSDP for fully_sharded
         params = native_parameters(module, setup.spec)
-        optimizer = build_optimizer(setup, params, device)
+        for name in setup.frozen:  # train.freeze: no gradient, and not in the optimizer
+            params[name].requires_grad_(False)
+        optimizer = build_optimizer(setup, {n: p for n, p in params.items() if n not in setup.frozen}, device)
         dtype = devices.autocast_dtype(setup.precision)
         scaler = torch.amp.GradScaler(device.type) if setup.precision == "fp16" else None
         wrapped = distributed.data_parallel(module, setup, device)  # DDP for data_parallel

@@ -86,6 +86,8 @@ class TrainConfig(Strict):
     compile: bool = Field(False, description="compile the step (torch.compile, XLA, ...)")
     activation_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
     distill: DistillConfig | None = Field(None, description="knowledge distillation from a teacher run")
+    freeze: list[str] = Field(default_factory=list, description="canonical weight names or fnmatch patterns "
+                              "(embed_tokens.*, layers.0.*) kept exactly as they start (docs/pretrained.md)")
     profile_steps: NonNegativeInt = Field(0, description="run the backend's profiler over this many steps "
                                           "(after profile_warmup); the trace goes to RUN_DIR/profile; 0 = off")
     profile_warmup: NonNegativeInt = Field(2, description="steps before the profiled window (compilation)")

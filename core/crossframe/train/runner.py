@@ -222,11 +222,14 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
                                  float(opt_params["lr"]), total)
 
     weights = spec.init(cfg.seed)
+    from crossframe.train.freezing import frozen_names
+
     distill = load_teacher(cfg, data.info) if cfg.train.distill is not None else None
     state = backend.create_state(TrainSetup(
         spec, weights, cfg.train.optimizer.name, opt_params, device, cfg.precision,
         cfg.train.grad_accum, cfg.train.clip_norm, cfg.train.compile, cfg.seed,
-        cfg.train.activation_checkpointing, masks=None, distill=distill, world=world))
+        cfg.train.activation_checkpointing, masks=None, distill=distill, world=world,
+        frozen=frozen_names(spec, cfg.train.freeze)))
     early = EarlyStopping.from_config(cfg.train.early_stopping) if cfg.train.early_stopping else None
     start = 0
     if checkpoint is not None:
