@@ -49,7 +49,11 @@ def _matmul(x: jax.Array, w: jax.Array, precision: Any) -> jax.Array:
 
 
 def _linear(p: Params, prefix: str, x: jax.Array, ctx: dict, bias: bool) -> jax.Array:
-    y = _matmul(x, p[f"{prefix}weight"], ctx["precision"])
+    w = p[f"{prefix}weight"]
+    scale = ctx.get("lora", {}).get(prefix[:-1])
+    if scale is not None:  # LoRA: W + scale * A @ B (crossframe.nn.lora)
+        w = w + scale * jnp.matmul(p[f"{prefix}lora_a"], p[f"{prefix}lora_b"], precision=ctx["precision"])
+    y = _matmul(x, w, ctx["precision"])
     return y + p[f"{prefix}bias"] if bias else y
 
 
@@ -260,12 +264,15 @@ def make_forward(graph: Graph, dtype: Any = None) -> Callable[..., jax.Array]:
     body = _lower(graph.root, [0])
     precision = lax.Precision.HIGHEST if dtype is None else lax.Precision.DEFAULT
     ids = graph.takes_ids
+    from crossframe.nn.lora import lora_scales
+
+    lora = lora_scales(graph)
 
     def forward(params: Params, x: jax.Array, *, train: bool = False, rng: Any = None) -> jax.Array:
         if dtype is not None:
             params = {k: v.astype(dtype) for k, v in params.items()}
             x = x if ids else x.astype(dtype)
-        return body(params, x, {"train": train, "rng": rng, "precision": precision})
+        return body(params, x, {"train": train, "rng": rng, "precision": precision, "lora": lora})
 
     return forward
 
@@ -276,6 +283,8 @@ def uses_rng(graph: Graph) -> bool:
 
 
 def make_cached_forward(graph: Graph, dtype: Any = None) -> Callable[..., Any]:
+    from crossframe.nn.lora import lora_scales
+
     """The pure ``fn(params, ids, cache, start) -> (logits, cache)`` of a decoder ``graph`` for generation:
     ``ids`` ``[B, n]`` at positions ``start..start+n-1``; ``cache`` maps each attention layer's path to its
     ``(keys, values)`` ``[B, T_max, kv_heads, head_dim]`` (see :func:`new_cache`)."""
@@ -285,7 +294,8 @@ def make_cached_forward(graph: Graph, dtype: Any = None) -> Callable[..., Any]:
     def forward(params: Params, ids: jax.Array, cache: dict, start: jax.Array) -> tuple[jax.Array, dict]:
         if dtype is not None:
             params = {k: v.astype(dtype) for k, v in params.items()}
-        ctx = {"train": False, "rng": None, "precision": precision, "cache": cache, "start": start, "new_cache": {}}
+        ctx = {"train": False, "rng": None, "precision": precision, "cache": cache, "start": start, "new_cache": {},
+               "lora": lora_scales(graph)}
         y = body(params, ids, ctx)
         return y, {**cache, **ctx["new_cache"]}
 

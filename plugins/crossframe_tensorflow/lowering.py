@@ -281,11 +281,21 @@ class GraphModel(Model):
         fn = lower_layer(node, self._counter)
         prefix = f"{node.path}." if node.path else ""
 
+        lora = dict(node.lora)  # LoRA: kernels read as W + scale * A @ B (crossframe.nn.lora)
+
+        def weight(name: str, dtype: tf.DType) -> tf.Tensor:
+            w = self.weight(f"{prefix}{name}", dtype)
+            base = f"{prefix}{name}"[: -len(".weight")] if name.endswith("weight") else None
+            if base is not None and base in lora:
+                a, b = self.weight(f"{base}.lora_a", dtype), self.weight(f"{base}.lora_b", dtype)
+                w = w + lora[base] * tf.matmul(a, b)
+            return w
+
         def leaf(x: tf.Tensor, ctx: dict) -> tf.Tensor:
             local = dict(ctx, has=lambda name: f"{prefix}{name}" in self.params,
                          raw=lambda name: self.params[f"{prefix}{name}"], path=node.path,
                          param=lambda full: self.weight(full, ctx["dtype"]))
-            return fn(lambda name: self.weight(f"{prefix}{name}", ctx["dtype"]), x, local)
+            return fn(lambda name: weight(name, ctx["dtype"]), x, local)
 
         return leaf
 

@@ -331,5 +331,10 @@ def _run(plan: list[Step], x: torch.Tensor, nchw: bool) -> tuple[torch.Tensor, b
 
 def build_module(graph: Graph) -> GraphModule:
     """The native module of ``graph`` (weights still to be loaded with ``load_canonical``)."""
-    return GraphModule(graph)
+    module = GraphModule(graph)
+    if any(n.lora for n in graph.nodes()):  # LoRA adapters (crossframe_torch.adapters)
+        from crossframe_torch.adapters import attach_adapters
+
+        attach_adapters(module, graph)
+    return module
 

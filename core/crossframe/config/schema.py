@@ -86,6 +86,8 @@ class TrainConfig(Strict):
     compile: bool = Field(False, description="compile the step (torch.compile, XLA, ...)")
     activation_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
     distill: DistillConfig | None = Field(None, description="knowledge distillation from a teacher run")
+    lora: dict[str, Any] | None = Field(None, description="low-rank adapters: {rank, alpha, dropout, targets}; only "
+                                        "they train (docs/pretrained.md)")
     freeze: list[str] = Field(default_factory=list, description="canonical weight names or fnmatch patterns "
                               "(embed_tokens.*, layers.0.*) kept exactly as they start (docs/pretrained.md)")
     profile_steps: NonNegativeInt = Field(0, description="run the backend's profiler over this many steps "

@@ -88,7 +88,10 @@ def export_run_hf(run: str | Path, checkpoint: str | None = None) -> Path:
         raise ConfigError(f"export: --format hf needs a run of model 'hf' (imported from a Hugging Face "
                           f"directory); '{run_dir}' trained '{state['name']}'")
     spec = spec_from_json(state)
-    weights = dict(loaded.weights)
+    from crossframe.nn.lora import lora_scales, merge
+
+    weights = merge(loaded.weights, lora_scales(spec.graph))  # adapters folded into the base kernels
     tokenizer = run_dir / "tokenizer"
+    spec = getattr(spec, "base", spec)
     return write_hf(run_dir / "exports" / "hf", spec, architecture_of(spec), weights,
                     tokenizer if tokenizer.is_dir() else None)

@@ -52,6 +52,8 @@ class Node:
     where: str  # the config location, for messages (``model.layers.2.residual.0``)
     params: list[ParamSpec] = field(default_factory=list)
     children: list[Node] = field(default_factory=list)
+    #: LoRA: adapted linears of this layer (canonical prefix -> alpha / rank); see :mod:`crossframe.nn.lora`
+    lora: dict[str, float] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -87,6 +89,12 @@ class Node:
         if isinstance(self.layer, TiedHead):  # reads another layer's table
             return self.layer.reference({"weight": np.asarray(weights[self.layer.weight_name], np.float64)}, x, train)
         local = {k: np.asarray(v, np.float64) for k, v in self.local_weights(weights).items()}
+        if self.lora:  # adapters folded into the kernels: W + scale * A @ B
+            prefix = f"{self.path}." if self.path else ""
+            for name, scale in self.lora.items():
+                own = name[len(prefix):] + "." if name != self.path else ""
+                local[f"{own}weight"] = local[f"{own}weight"] + scale * local.pop(f"{own}lora_a") @ local.pop(
+                    f"{own}lora_b")
         return self.layer.reference(local, x, train)
 
     @property

@@ -14,6 +14,8 @@ def frozen_names(spec: ModelSpec, patterns: Iterable[str], where: str = "train.f
     matches nothing is a one-line error naming it."""
     names = [p.name for p in spec.table]
     out: set[str] = set()
+    if getattr(spec, "base", None) is not None:  # LoRA: only the adapters train
+        out.update(n for n in names if not n.endswith((".lora_a", ".lora_b")))
     for i, pattern in enumerate(patterns):
         hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not hits:

@@ -210,6 +210,10 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     replicas = backend.local_replicas(world, device) if world is not None else 1
     data = load_training_data(cfg, world, replicas)
     spec = build_model(cfg.model.name, cfg.model.params, data.info)
+    if cfg.train.lora is not None:  # adapters on the chosen linears; every base weight is frozen
+        from crossframe.nn.lora import apply_lora
+
+        spec = apply_lora(spec, cfg.train.lora)
     metric_fns = metric_functions(cfg, data.info.task)
     loader = data.loader
     total = cfg.train.steps or (cfg.train.epochs or 1) * loader.steps_per_epoch
