@@ -97,3 +97,35 @@ def test_export_hf_refuses_a_model_not_imported(workdir: Path) -> None:
     result = crossframe.run(config, quiet=True)
     assert main(["export", str(result.run_dir), "--format", "hf"]) == 2
     assert not (result.run_dir / "exports" / "hf").exists()
+
+
+def test_init_from_an_hf_directory_and_from_a_run(workdir: Path, model_dir: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """``model.init_from``: a graph written in the config starts from an HF directory's weights (frozen ones
+    stay equal to them), a second run starts from the first's checkpoint, a mismatch is one line."""
+    import json
+
+    from crossframe.hf.loading import load_architecture, load_pretrained
+
+    layers = load_architecture(model_dir, 16).layers
+    config = run_config(model_dir, "torch", steps=1)
+    config["model"] = {"name": "graph", "layers": layers, "init_from": str(model_dir)}
+    config["train"]["freeze"] = ["embed_tokens.*", "layers.*"]
+    first = crossframe.run(config, quiet=True)
+    _, pretrained = load_pretrained(model_dir, context=16)
+    weights = load_checkpoint(first.run_dir).weights
+    assert all(np.array_equal(weights[k], pretrained[k]) for k in pretrained if not k.startswith(("norm", "lm_head")))
+    assert not np.array_equal(weights["lm_head.weight"], pretrained["lm_head.weight"])
+    second = crossframe.run({**config, "name": "second", "model": {**config["model"], "init_from": str(first.run_dir)},
+                             "train": {**config["train"], "freeze": ["layers.*", "norm.*", "lm_head.*"]}}, quiet=True)
+    again = load_checkpoint(second.run_dir).weights
+    assert np.array_equal(again["lm_head.weight"], weights["lm_head.weight"])  # frozen here, trained there
+    narrow = [{"embedding": {"name": "embed_tokens", "dim": 8}}, {"dense": {"name": "lm_head", "units": "outputs"}}]
+    bad = {**config, "name": "bad", "model": {"name": "graph", "layers": narrow, "init_from": str(first.run_dir)},
+           "train": {**config["train"], "freeze": []}}
+    Path("bad.json").write_text(json.dumps(bad))
+    capsys.readouterr()
+    assert main(["run", "bad.json", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "model.init_from" in err and "Traceback" not in err
+    assert not Path("runs/bad").exists()

@@ -36,6 +36,18 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ModelConfig(ComponentConfig):
+    """``model``: an architecture and its params, optionally starting from existing weights."""
+
+    init_from: str | None = Field(None, description="start from these weights: a run directory, a checkpoint "
+                                  "directory or a Hugging Face model directory (docs/pretrained.md)")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The architecture's own params (everything but ``name`` and ``init_from``)."""
+        return dict(self.model_extra or {})
+
+
 class DataConfig(ComponentConfig):
     """``data``: a dataset source plus the split every source shares."""
 
@@ -155,7 +167,7 @@ class RunConfig(Strict):
                             "crossframe.threads)")
     output_dir: str = "runs"
     data: DataConfig = Field(default_factory=DataConfig)
-    model: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="mlp"))
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="mlp"))
     train: TrainConfig = Field(default_factory=TrainConfig)
     text: TextConfig = Field(default_factory=TextConfig)
     loggers: list[ComponentConfig] = Field(default_factory=list)

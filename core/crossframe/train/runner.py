@@ -228,6 +228,11 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     weights = spec.init(cfg.seed)
     from crossframe.train.freezing import frozen_names
 
+    if getattr(cfg.model, "init_from", None):  # fine-tuning: another run's, a checkpoint's or an HF directory's
+        from crossframe.train.init_from import initial_weights
+
+        weights = initial_weights(cfg.model.init_from, spec, weights)
+
     distill = load_teacher(cfg, data.info) if cfg.train.distill is not None else None
     state = backend.create_state(TrainSetup(
         spec, weights, cfg.train.optimizer.name, opt_params, device, cfg.precision,
