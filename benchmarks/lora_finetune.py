@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -151,11 +152,14 @@ def run(quick: bool = False, log: Callable[[str], None] | None = None) -> list[d
     steps = pick(200, 60, 2 * WINDOW + 2, quick)
     root = Path(tempfile.mkdtemp(prefix="crossframe-lora-"))
     ROOT[:] = [root]
-    build_model(root / "llama")
-    rows = [trainer_row(steps), loop_row(steps)]
-    for backend in ("torch", "jax", "tensorflow"):
-        if importlib.util.find_spec(backend) is not None:
-            rows.append(crossframe_row(backend, root, steps))
+    try:
+        build_model(root / "llama")
+        rows = [trainer_row(steps), loop_row(steps)]
+        for backend in ("torch", "jax", "tensorflow"):
+            if importlib.util.find_spec(backend) is not None:
+                rows.append(crossframe_row(backend, root, steps))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     base = rows[0]["tokens_per_s"]
     for row in rows:
         row["vs_trainer"] = row["tokens_per_s"] / base
