@@ -105,3 +105,30 @@ def test_unknown_architecture_missing_tensor_and_pickles_are_one_line(tmp_path) 
     (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04not-opened")
     with pytest.raises(CheckpointError, match="a pickle is never opened"):
         load_pretrained(pickled)
+
+
+def test_bf16_weights_stay_bf16_views_and_export_back(tmp_path) -> None:
+    """A bf16 checkpoint imports without a host cast (read-only views of the memory-mapped file), runs on every
+    backend with transformers' float32 logits of the same weights, and exports back as bf16."""
+    import torch
+    import transformers as tr
+
+    from crossframe.hf.architectures import architecture
+    from crossframe.hf.exporting import write_hf
+    from crossframe.hf.loading import load_pretrained
+
+    directory = save_tiny("qwen2", tmp_path / "q")
+    tr.AutoModelForCausalLM.from_pretrained(directory).to(torch.bfloat16).save_pretrained(directory)
+    spec, weights = load_pretrained(directory, context=16)
+    assert {str(w.dtype) for w in weights.values()} == {"bfloat16"}
+    assert not weights["embed_tokens.weight"].flags.writeable  # a view of the file, not a copy
+    ids = np.random.default_rng(4).integers(0, VOCAB, (2, 10))
+    want = hf_logits(directory, ids)  # transformers upcasts bf16 to float32 exactly
+    for name in BACKENDS:
+        impl = backend(name)
+        np.testing.assert_allclose(impl.predict(impl.inference_state(spec, weights), ids), want, atol=TOL,
+                                   err_msg=name)
+    out = write_hf(tmp_path / "out", spec, architecture(json.loads((directory / "config.json").read_text()), 16),
+                   weights)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    np.testing.assert_allclose(hf_logits(out, ids), want, atol=TOL)

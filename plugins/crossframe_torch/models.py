@@ -337,8 +337,21 @@ def load_canonical(module: nn.Module, spec: ModelSpec, weights: Params) -> None:
     spec.check_weights(weights)
     native = native_parameters(module, spec)
     for p in spec.table:
-        value = torch.from_numpy(np.ascontiguousarray(weights[p.name]))
+        value = host_tensor(weights[p.name])
         native[p.name].copy_(to_native(p.layout, value))
+
+
+def host_tensor(array: np.ndarray) -> torch.Tensor:
+    """A CPU tensor sharing ``array``'s memory (no copy): bf16 (``ml_dtypes``) through its 16-bit pattern, and a
+    read-only array (a memory-mapped safetensors file) as is, since it is only read from."""
+    import warnings
+
+    array = np.ascontiguousarray(array)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        if array.dtype.name == "bfloat16":
+            return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
+        return torch.from_numpy(array)
 
 
 @torch.no_grad()

@@ -48,7 +48,7 @@ def exported_config(arch: Architecture, dtype: str) -> dict[str, Any]:
 def write_hf(out: Path, spec: ModelSpec, arch: Architecture, weights: Mapping[str, np.ndarray],
              tokenizer_dir: Path | None = None) -> Path:
     """Write the Hugging Face directory ``out`` (replaced whole, atomically) for canonical ``weights``."""
-    from safetensors.numpy import save_file
+    from crossframe.hf.safetensors_io import write_safetensors
 
     tensors = to_hf(arch, weights, qkv_sizes(spec))
     dtypes = {str(t.dtype) for t in tensors.values()}
@@ -57,7 +57,7 @@ def write_hf(out: Path, spec: ModelSpec, arch: Architecture, weights: Mapping[st
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        write_safetensors(tmp / "model.safetensors", tensors, metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(exported_config(arch, dtype), indent=2))
         if tokenizer_dir is not None:
             for name in (*TOKENIZER_FILES, "generation_config.json"):

@@ -46,15 +46,13 @@ def weight_files(directory: Path) -> list[Path]:
 
 
 def read_tensors(files: Iterable[Path]) -> dict[str, np.ndarray]:
-    """Every tensor of ``files`` by name, in its stored dtype (bf16 as ``ml_dtypes.bfloat16``)."""
-    from safetensors.numpy import load_file
+    """Every tensor of ``files`` by name, in its stored dtype (bf16 as ``ml_dtypes.bfloat16``): read-only views
+    of the memory-mapped files (see :mod:`crossframe.hf.safetensors_io`)."""
+    from crossframe.hf.safetensors_io import read_safetensors
 
     out: dict[str, np.ndarray] = {}
     for path in files:
-        try:
-            out.update(load_file(str(path)))
-        except Exception as exc:  # safetensors raises its own error types for a corrupt header
-            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+        out.update(read_safetensors(path))
     return out
 
 
