@@ -129,3 +129,34 @@ def test_init_from_an_hf_directory_and_from_a_run(workdir: Path, model_dir: Path
     err = capsys.readouterr().err
     assert "model.init_from" in err and "Traceback" not in err
     assert not Path("runs/bad").exists()
+
+
+def test_bad_model_directories_are_one_line_exit_2(workdir: Path, model_dir: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """No config.json, a pickle instead of safetensors, an unknown architecture: one line each, no run written."""
+    import json
+    import shutil
+
+    cases = {}
+    empty = workdir / "empty"
+    empty.mkdir()
+    cases["no config"] = (empty, "has no config.json")
+    pickled = workdir / "pickled"
+    shutil.copytree(model_dir, pickled)
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    cases["pickle"] = (pickled, "a pickle is never opened")
+    unknown = workdir / "unknown"
+    shutil.copytree(model_dir, unknown)
+    config = json.loads((unknown / "config.json").read_text())
+    (unknown / "config.json").write_text(json.dumps({**config, "architectures": ["T5ForConditionalGeneration"]}))
+    cases["architecture"] = (unknown, "T5ForConditionalGeneration is not supported")
+    for what, (directory, message) in cases.items():
+        config = run_config(model_dir, "torch", steps=1)
+        config["model"]["path"] = str(directory)
+        config["name"] = "bad"
+        Path("bad.json").write_text(json.dumps(config))
+        capsys.readouterr()
+        assert main(["run", "bad.json", "-q"]) == 2, what
+        err = capsys.readouterr().err.strip()
+        assert message in err and "Traceback" not in err and len(err.splitlines()) == 1, (what, err)
+        assert not Path("runs/bad").exists(), what
