@@ -15,6 +15,10 @@ projections (q/k/v/o in PEFT, the fused ``qkv`` and ``proj`` in crossframe) with
 
 Reported: tokens/s (``B * T`` target tokens per step) and the ratio of each to the Trainer.
 
+Import time: a bf16 Llama of about 100 MB (25 MB with ``--quick``) saved by transformers, made ready to
+run on torch: ``crossframe.hf.loading.load_pretrained`` + the torch backend's ``inference_state`` (float32
+on the CPU) against ``AutoModelForCausalLM.from_pretrained(dtype=float32)``; best of 3, page cache warm.
+
 Run it alone with ``python -m benchmarks.lora_finetune [--quick]``.
 """
 
@@ -140,6 +144,44 @@ def loop_row(steps: int) -> dict[str, Any]:
             "steps": steps}
 
 
+def import_rows(root: Path, quick: bool, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Seconds to make a bf16 checkpoint runnable on torch: crossframe's import vs ``from_pretrained``."""
+    import torch
+    import transformers as tr
+
+    from crossframe.hf.loading import load_pretrained
+    from crossframe_torch.backend import TorchBackend
+
+    width, layers = (512, 4) if quick else (1024, 4)
+    config = tr.LlamaConfig(vocab_size=8192, hidden_size=width, intermediate_size=width * 3, num_hidden_layers=layers,
+                            num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=256)
+    directory = root / "big"
+    tr.LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(directory)
+    mb = (directory / "model.safetensors").stat().st_size / 1e6
+    backend = TorchBackend()
+
+    def ours() -> None:
+        spec, weights = load_pretrained(directory, context=256)
+        backend.inference_state(spec, weights)
+
+    def theirs() -> None:
+        tr.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+
+    rows = []
+    for case, fn in (("transformers from_pretrained", theirs), ("crossframe import (torch)", ours)):
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        rows.append({"case": case, "checkpoint_mb": mb, "seconds": min(times), "kind": "import"})
+    for row in rows:
+        row["vs_from_pretrained"] = rows[0]["seconds"] / row["seconds"]
+        log(f"  import {row['case']}: {row['seconds']:.3f} s for {mb:.0f} MB bf16 "
+            f"({row['vs_from_pretrained']:.2f}x from_pretrained's speed)")
+    return rows
+
+
 def run(quick: bool = False, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Every case, side by side; ratios against the Trainer."""
     log = log or (lambda text: print(text, file=sys.stderr))
@@ -158,20 +200,27 @@ def run(quick: bool = False, log: Callable[[str], None] | None = None) -> list[d
         for backend in ("torch", "jax", "tensorflow"):
             if importlib.util.find_spec(backend) is not None:
                 rows.append(crossframe_row(backend, root, steps))
+        base = rows[0]["tokens_per_s"]
+        for row in rows:
+            row["vs_trainer"] = row["tokens_per_s"] / base
+            log(f"  {row['case']}: {row['tokens_per_s']:,.0f} tok/s ({row['vs_trainer']:.2f}x the Trainer)")
+        rows += import_rows(root, quick, log)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    base = rows[0]["tokens_per_s"]
-    for row in rows:
-        row["vs_trainer"] = row["tokens_per_s"] / base
-        log(f"  {row['case']}: {row['tokens_per_s']:,.0f} tok/s ({row['vs_trainer']:.2f}x the Trainer)")
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """One Markdown table: tokens/s and the ratio to the Trainer."""
-    return markdown_table(["case", "steps", "tokens/s", "vs Trainer + PEFT"],
-                          [[r["case"], r["steps"], f"{r['tokens_per_s']:,.0f}", f"{r['vs_trainer']:.2f}x"]
-                           for r in rows])
+    """Two Markdown tables: fine-tuning tokens/s against the Trainer, then import time."""
+    train = markdown_table(["case", "steps", "tokens/s", "vs Trainer + PEFT"],
+                           [[r["case"], r["steps"], f"{r['tokens_per_s']:,.0f}", f"{r['vs_trainer']:.2f}x"]
+                            for r in rows if r.get("kind") != "import"])
+    imports = [[r["case"], f"{r['checkpoint_mb']:.0f}", f"{r['seconds']:.3f}", f"{r['vs_from_pretrained']:.2f}x"]
+               for r in rows if r.get("kind") == "import"]
+    if not imports:
+        return train
+    return train + "\n\n" + markdown_table(["import (bf16 -> float32 on torch)", "MB", "seconds",
+                                             "speed vs from_pretrained"], imports)
 
 
 if __name__ == "__main__":

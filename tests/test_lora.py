@@ -40,7 +40,7 @@ def curves(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "model": {"name": "hf", "path": str(model_dir)},
             "train": {"steps": STEPS, "batch_size": 4, "log_every": 1, "eval_every": 0,
                       "optimizer": {"name": "adamw", "lr": 1e-2, "weight_decay": 0.0},
-                      "lora": {"rank": 4, "alpha": 8, "targets": ["*qkv", "*self_attn.proj", "*mlp.up"]}},
+                      "lora": {"rank": 4, "alpha": 8, "targets": ["*qkv", "*self_attn.proj", "*mlp.up", "lm_head"]}},
         }
         result = crossframe.run(config, quiet=True)
         records = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -66,7 +66,7 @@ def test_only_adapters_move(curves: dict) -> None:
     for backend in BACKENDS:
         weights = load_checkpoint(curves[backend][0].run_dir).weights
         adapters = {k for k in weights if k.endswith((".lora_a", ".lora_b"))}
-        assert adapters and {k.rsplit(".", 1)[0] for k in adapters} >= {"layers.0.self_attn.qkv", "layers.1.mlp.up"}
+        assert {k.rsplit(".", 1)[0] for k in adapters} >= {"layers.0.self_attn.qkv", "layers.1.mlp.up", "lm_head"}
         for name, value in pretrained.items():
             assert np.array_equal(weights[name], np.asarray(value, np.float32)), f"{backend}: base '{name}' moved"
         assert any(np.abs(weights[k]).max() > 0 for k in adapters if k.endswith("lora_b")), backend

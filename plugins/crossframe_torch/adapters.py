@@ -13,13 +13,22 @@ from crossframe.nn.lora import lora_scales
 
 class LoraLinear(nn.Linear):
     """``nn.Linear`` plus adapters ``lora_a`` ``[r, in]`` and ``lora_b`` ``[out, r]`` (torch layouts of the
-    canonical ``[in, r]`` and ``[r, out]``)."""
+    canonical ``[in, r]`` and ``[r, out]``). Made from an existing linear in place (:meth:`adapt`), so the
+    lowered graph's forward plan, which holds the module itself, runs the adapters."""
 
-    def __init__(self, base: nn.Linear, rank: int, scale: float) -> None:
-        super().__init__(base.in_features, base.out_features, bias=base.bias is not None)
-        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features))
-        self.lora_b = nn.Parameter(torch.empty(base.out_features, rank))
-        self.scale = scale
+    lora_a: nn.Parameter
+    lora_b: nn.Parameter
+    scale: float
+
+    @classmethod
+    def adapt(cls, base: nn.Linear, rank: int, scale: float) -> LoraLinear:
+        """``base`` turned into a :class:`LoraLinear` (same object, same parameters, adapters added)."""
+        device = base.weight.device
+        base.__class__ = cls
+        base.lora_a = nn.Parameter(torch.empty(rank, base.in_features, device=device))
+        base.lora_b = nn.Parameter(torch.empty(base.out_features, rank, device=device))
+        base.scale = scale
+        return base  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ (W + scale * A B)^T + b``: one matmul over the batch, the adapters' product is ``[out, in]``."""
@@ -27,13 +36,10 @@ class LoraLinear(nn.Linear):
 
 
 def attach_adapters(module: nn.Module, graph: Graph) -> nn.Module:
-    """Swap every adapted linear of ``graph`` for a :class:`LoraLinear` (weights loaded afterwards)."""
+    """Turn every adapted linear of ``graph`` into a :class:`LoraLinear` (weights loaded afterwards)."""
     ranks = {p.name[: -len(".lora_a")]: p.shape[1] for p in graph.table if p.name.endswith(".lora_a")}
     for name, scale in lora_scales(graph).items():
-        parent_name, _, attr = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        base = getattr(parent, attr)
-        if not isinstance(base, nn.Linear):
-            continue  # a low-rank factorised dense layer: not adapted (refused in the core)
-        setattr(parent, attr, LoraLinear(base, ranks[name], scale))
+        base = module.get_submodule(name)
+        if type(base) is nn.Linear:  # a low-rank factorised dense layer is not adapted
+            LoraLinear.adapt(base, ranks[name], scale)
     return module

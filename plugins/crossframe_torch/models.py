@@ -289,6 +289,10 @@ def build_module(spec: ModelSpec, activation_checkpointing: bool = False) -> nn.
     if spec.graph is not None:  # neutral layers: one lowering for every graph
         from crossframe_torch.lowering import build_module as lower
 
+        if spec.graph.takes_ids:  # a decoder: no throwaway random init of its (large) tables, load_canonical fills it
+            with torch.device("meta"):
+                module = lower(spec.graph)
+            return module.to_empty(device="cpu")
         return lower(spec.graph)
     if spec.name == "mlp":
         ranks = [low_rank.get(f"layers.{i}") for i in range(len(p["hidden"]) + 1)]
@@ -342,11 +346,14 @@ def load_canonical(module: nn.Module, spec: ModelSpec, weights: Params) -> None:
 
 
 def host_tensor(array: np.ndarray) -> torch.Tensor:
-    """A CPU tensor sharing ``array``'s memory (no copy): bf16 (``ml_dtypes``) through its 16-bit pattern, and a
-    read-only array (a memory-mapped safetensors file) as is, since it is only read from."""
+    """A CPU tensor sharing ``array``'s memory (no copy, strides kept: a transposed view stays a view): bf16
+    (``ml_dtypes``) through its 16-bit pattern, and a read-only array (a memory-mapped safetensors file) as is,
+    since it is only read from."""
     import warnings
 
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array)
+    if any(s < 0 for s in array.strides):
+        array = np.ascontiguousarray(array)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         if array.dtype.name == "bfloat16":
