@@ -89,3 +89,24 @@ def test_export_merges_the_adapters(curves: dict) -> None:
     with_adapters = spec_from_json(load_checkpoint(result.run_dir).state["model"])
     np.testing.assert_allclose(hf_logits(out, ids), with_adapters.graph.reference(trained, ids), atol=1e-4)
     assert not (Path(out) / "adapter_config.json").exists()  # merged: a plain model directory
+
+
+@pytest.mark.parametrize(("model", "lora", "message"), [
+    ({"name": "gpt", "n_layer": 1, "n_head": 1, "d_model": 8, "max_seq_len": 8}, {"rank": 2},
+     "train.lora: LoRA needs a model built from neutral layers"),
+    ({"name": "graph", "layers": [{"embedding": {"dim": 8}}, {"dense": "outputs"}]}, {"targets": ["*qkv"]},
+     "train.lora.targets: ['*qkv'] match no linear"),
+    ({"name": "graph", "layers": [{"embedding": {"dim": 8}}, {"dense": "outputs"}]}, {"rank": 0},
+     "train.lora.rank"),
+])
+def test_bad_lora_settings_are_one_line(workdir: Path, capsys: pytest.CaptureFixture, model: dict, lora: dict,
+                                        message: str) -> None:
+    config = {"name": "bad-lora", "backend": "torch", "device": "cpu",
+              "data": {"name": "python-stdlib", "max_files": 2, "val_fraction": 0.5},
+              "text": {"tokenizer": {"name": "bytes"}, "seq_len": 8, "max_eval_tokens": 16},
+              "model": model, "train": {"steps": 1, "batch_size": 2, "eval_every": 0, "lora": lora}}
+    Path("bad.json").write_text(json.dumps(config))
+    assert main(["run", "bad.json", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert not Path("runs/bad-lora").exists()
