@@ -132,3 +132,22 @@ def test_bf16_weights_stay_bf16_views_and_export_back(tmp_path) -> None:
                    weights)
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     np.testing.assert_allclose(hf_logits(out, ids), want, atol=TOL)
+
+
+def test_sharded_checkpoints_import(tmp_path) -> None:
+    """``model.safetensors.index.json`` and its shards read as one checkpoint; a missing shard is one line."""
+    import transformers as tr
+
+    from crossframe.hf.loading import load_pretrained
+
+    single = save_tiny("llama", tmp_path / "one")
+    sharded = tmp_path / "many"
+    tr.AutoModelForCausalLM.from_pretrained(single).save_pretrained(sharded, max_shard_size="20KB")
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    assert (sharded / "model.safetensors.index.json").is_file() and len(shards) > 1
+    _, one = load_pretrained(single)
+    _, many = load_pretrained(sharded)
+    assert one.keys() == many.keys() and all(np.array_equal(one[k], many[k]) for k in one)
+    shards[-1].unlink()
+    with pytest.raises(CheckpointError, match=f"shard '{shards[-1].name}' is missing"):
+        load_pretrained(sharded)

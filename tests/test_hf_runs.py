@@ -160,3 +160,20 @@ def test_bad_model_directories_are_one_line_exit_2(workdir: Path, model_dir: Pat
         err = capsys.readouterr().err.strip()
         assert message in err and "Traceback" not in err and len(err.splitlines()) == 1, (what, err)
         assert not Path("runs/bad").exists(), what
+
+
+def test_generation_stops_at_generation_configs_eos(workdir: Path, model_dir: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    result = crossframe.run(run_config(model_dir, "jax", steps=1), quiet=True)
+    args = ["generate", str(result.run_dir), "--prompt", "the cat", "--max-tokens", "6", "--temperature", "0"]
+    capsys.readouterr()
+    assert main(args) == 0
+    free = capsys.readouterr().out.strip().splitlines()[-1]
+    assert len(free) > len("the cat")
+    # every id a stop token: the first generated one ends the text
+    stops = list(range(96))
+    (result.run_dir / "tokenizer" / "generation_config.json").write_text(json.dumps({"eos_token_id": stops}))
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "the cat"  # stopped before any text
