@@ -177,3 +177,21 @@ def test_generation_stops_at_generation_configs_eos(workdir: Path, model_dir: Pa
     (result.run_dir / "tokenizer" / "generation_config.json").write_text(json.dumps({"eos_token_id": stops}))
     assert main(args) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "the cat"  # stopped before any text
+
+
+def test_an_imported_model_serves(workdir: Path, model_dir: Path) -> None:
+    """``crossframe serve`` opens an ``hf`` run natively: its window is the run's context, greedy completion
+    of the served model equals ``crossframe generate``'s."""
+    from crossframe.serve.loading import load_served_model
+
+    result = crossframe.run(run_config(model_dir, "torch", steps=1), quiet=True)
+    model = load_served_model(result.run_dir, engine="native")
+    assert model.window == 16 and model.batch_decoder is None
+    ids = np.asarray([model.tokenizer.encode_prompt("the cat")])
+    from crossframe.sampling import generate_by_recompute, make_sampler
+
+    out = generate_by_recompute(model.predict, ids, 4, make_sampler(0.0), model.window)
+    from crossframe.train.generate import generate
+
+    assert generate(result.run_dir, "the cat", 4, temperature=0.0) == "the cat" + model.tokenizer.decode(
+        out[0, ids.shape[1]:])
