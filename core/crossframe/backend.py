@@ -126,6 +126,8 @@ class TrainSetup:
     #: DP-SGD (a :class:`crossframe.privacy.PrivacySetup`): per-example clipping and the seeded noise each
     #: batch carries (``dp_noise/<name>``, ``dp_weight``); the backend's ``privacy.py`` runs the step.
     privacy: Any = None
+    #: ``train.freeze`` / LoRA: canonical names that never change (no gradient step, no weight decay)
+    frozen: frozenset[str] = frozenset()
 
     @property
     def loss(self) -> str:
@@ -144,7 +146,7 @@ class TrainSetup:
     @property
     def decay_mask(self) -> dict[str, bool]:
         """Whether weight decay applies, by canonical parameter name."""
-        return {p.name: p.decay for p in self.spec.table}
+        return {p.name: p.decay and p.name not in self.frozen for p in self.spec.table}
 
 
 class Backend(ABC):

@@ -22,6 +22,9 @@ def register_models(register: Any) -> None:
     from crossframe.nn.model import GraphParams, build_graph_model
 
     register("graph", build_graph_model, schema=GraphParams, description="neutral layers written in the config")
+    from crossframe.hf.loading import HFParams, build_hf_model
+
+    register("hf", build_hf_model, schema=HFParams, description="a local Hugging Face decoder (GPT-2, Llama, ...)")
 
 
 @hookimpl
@@ -57,6 +60,9 @@ def register_tokenizers(register: Any) -> None:
     from crossframe.text import registry
 
     registry.register_tokenizers(register)
+    from crossframe.hf.tokenizer import HFTokenizerParams, make_hf_tokenizer
+
+    register("hf", make_hf_tokenizer, schema=HFTokenizerParams, description="a Hugging Face tokenizer.json directory")
 
 
 @hookimpl

@@ -43,7 +43,7 @@ from crossframe_jax.optim import (
     load_optimizer_state,
 )
 
-MODELS = ("mlp", "cnn", "gpt", "graph")
+MODELS = ("mlp", "cnn", "gpt", "graph", "hf")
 CLIP_EPS = 1e-6  # scale = min(1, clip_norm / (norm + CLIP_EPS)), as crossframe.testing.reference
 
 
@@ -137,6 +137,7 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
     uses_rng = _uses_rng(setup)
     seed = int(setup.seed)
     distill = setup.distill
+    frozen = setup.frozen
 
     def mixed(label: jax.Array, out: jax.Array, x: jax.Array, teacher: Any, m: jax.Array | None = None,
               total: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
@@ -225,6 +226,8 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
         out = {"loss": loss}
         if kd is not None:
             out["distill_loss"] = kd
+        if frozen:  # train.freeze: a zero step (and no decay) keeps them bit for bit
+            grads = {n: jnp.zeros_like(g) if n in frozen else g for n, g in grads.items()}
         if clip is not None:
             norm = global_norm(grads)
             scale = jnp.minimum(1.0, clip / (norm + CLIP_EPS))
@@ -538,6 +541,10 @@ class JaxBackend(Backend):
         and of the torch backend); a prompt longer than the context starts that way.
         """
         program = state.program
+        from crossframe_jax.decoding import graph_generate, is_graph_lm
+
+        if is_graph_lm(state.setup.spec):  # a decoder written as neutral layers: the lowering's cache
+            return graph_generate(self, state, prompt, max_new_tokens, sample)
         if program.prefill is None or program.decode is None:
             raise CapabilityError(f"generate: model '{state.setup.spec.name}' is not a language model")
         prompt = np.asarray(prompt)

@@ -49,7 +49,11 @@ def _matmul(x: jax.Array, w: jax.Array, precision: Any) -> jax.Array:
 
 
 def _linear(p: Params, prefix: str, x: jax.Array, ctx: dict, bias: bool) -> jax.Array:
-    y = _matmul(x, p[f"{prefix}weight"], ctx["precision"])
+    w = p[f"{prefix}weight"]
+    scale = ctx.get("lora", {}).get(prefix[:-1])
+    if scale is not None:  # LoRA: W + scale * A @ B (crossframe.nn.lora)
+        w = w + scale * jnp.matmul(p[f"{prefix}lora_a"], p[f"{prefix}lora_b"], precision=ctx["precision"])
+    y = _matmul(x, w, ctx["precision"])
     return y + p[f"{prefix}bias"] if bias else y
 
 
@@ -141,12 +145,12 @@ def _attention(node: Node) -> Fn:
     h, kv, hd = layer.dims(d)
     tables = None
     if layer.rope:
-        cos, sin = L.rope_tables(t, hd, layer.rope_base)
+        cos, sin = layer.rope_cos_sin(t, hd)
         tables = (np.asarray(cos, np.float32)[:, None, :], np.asarray(sin, np.float32)[:, None, :])  # [T, 1, hd/2]
 
-    def rotate(z: jax.Array, n: int) -> jax.Array:
+    def rotate(z: jax.Array, n: int, start: Any = 0) -> jax.Array:
         assert tables is not None
-        cos, sin = (jnp.asarray(a[: n], z.dtype) for a in tables)
+        cos, sin = (lax.dynamic_slice_in_dim(jnp.asarray(a, z.dtype), start, n) for a in tables)
         z1, z2 = z[..., : hd // 2], z[..., hd // 2:]
         return jnp.concatenate([z1 * cos - z2 * sin, z2 * cos + z1 * sin], axis=-1)
 
@@ -156,9 +160,20 @@ def _attention(node: Node) -> Fn:
         q = qkv[..., : h * hd].reshape(b, n, h, hd)
         k = qkv[..., h * hd: (h + kv) * hd].reshape(b, n, kv, hd)
         v = qkv[..., (h + kv) * hd:].reshape(b, n, kv, hd)
+        cache = ctx.get("cache")
+        start = ctx["start"] if cache is not None else 0
         if tables is not None:
-            q, k = rotate(q, n), rotate(k, n)
-        y = jax.nn.dot_product_attention(q, k, v, is_causal=True)  # [B, T, H, hd]
+            q, k = rotate(q, n, start), rotate(k, n, start)
+        if cache is None:
+            y = jax.nn.dot_product_attention(q, k, v, is_causal=True)  # [B, T, H, hd]
+        else:  # generation: write positions start..start+n-1 into this layer's [B, T_max, kv, hd] cache
+            keys, values = cache[node.path]
+            keys = lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, start, 0, 0))
+            values = lax.dynamic_update_slice(values, v.astype(values.dtype), (0, start, 0, 0))
+            ctx["new_cache"][node.path] = (keys, values)
+            seen = jnp.arange(keys.shape[1])[None, :] <= (start + jnp.arange(n))[:, None]  # [n, T_max]
+            y = jax.nn.dot_product_attention(q, keys.astype(q.dtype), values.astype(q.dtype),
+                                             mask=seen[None, None])
         return _linear(p, f"{path}proj.", y.reshape(b, n, h * hd), ctx, layer.bias)
 
     return attention
@@ -201,7 +216,10 @@ def lower_layer(node: Node, index: int) -> Fn:
         return lambda p, x, ctx: jnp.take(p[f"{path}weight"], x, axis=0)
     if isinstance(layer, L.PositionalEmbedding):
         path = _prefix(node)
-        return lambda p, x, ctx: x + p[f"{path}weight"][: x.shape[1]]
+        return lambda p, x, ctx: x + lax.dynamic_slice_in_dim(p[f"{path}weight"], ctx.get("start", 0), x.shape[1])
+    if isinstance(layer, L.TiedHead):  # logits from the embedding's table
+        name = layer.weight_name
+        return lambda p, x, ctx: _matmul(x, p[name].T, ctx["precision"])
     if isinstance(layer, L.Norm):
         return _norm(node)
     if isinstance(layer, L.Dropout):
@@ -246,12 +264,15 @@ def make_forward(graph: Graph, dtype: Any = None) -> Callable[..., jax.Array]:
     body = _lower(graph.root, [0])
     precision = lax.Precision.HIGHEST if dtype is None else lax.Precision.DEFAULT
     ids = graph.takes_ids
+    from crossframe.nn.lora import lora_scales
+
+    lora = lora_scales(graph)
 
     def forward(params: Params, x: jax.Array, *, train: bool = False, rng: Any = None) -> jax.Array:
         if dtype is not None:
             params = {k: v.astype(dtype) for k, v in params.items()}
             x = x if ids else x.astype(dtype)
-        return body(params, x, {"train": train, "rng": rng, "precision": precision})
+        return body(params, x, {"train": train, "rng": rng, "precision": precision, "lora": lora})
 
     return forward
 
@@ -259,3 +280,34 @@ def make_forward(graph: Graph, dtype: Any = None) -> Callable[..., jax.Array]:
 def uses_rng(graph: Graph) -> bool:
     """Whether training draws random numbers (a dropout with a positive rate)."""
     return any(isinstance(n.layer, L.Dropout) and n.layer.rate > 0 for n in graph.root.walk())
+
+
+def make_cached_forward(graph: Graph, dtype: Any = None) -> Callable[..., Any]:
+    from crossframe.nn.lora import lora_scales
+
+    """The pure ``fn(params, ids, cache, start) -> (logits, cache)`` of a decoder ``graph`` for generation:
+    ``ids`` ``[B, n]`` at positions ``start..start+n-1``; ``cache`` maps each attention layer's path to its
+    ``(keys, values)`` ``[B, T_max, kv_heads, head_dim]`` (see :func:`new_cache`)."""
+    body = _lower(graph.root, [0])
+    precision = lax.Precision.HIGHEST if dtype is None else lax.Precision.DEFAULT
+
+    def forward(params: Params, ids: jax.Array, cache: dict, start: jax.Array) -> tuple[jax.Array, dict]:
+        if dtype is not None:
+            params = {k: v.astype(dtype) for k, v in params.items()}
+        ctx = {"train": False, "rng": None, "precision": precision, "cache": cache, "start": start, "new_cache": {},
+               "lora": lora_scales(graph)}
+        y = body(params, ids, ctx)
+        return y, {**cache, **ctx["new_cache"]}
+
+    return forward
+
+
+def new_cache(graph: Graph, batch: int, dtype: Any = jnp.float32) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """Zeroed ``(keys, values)`` ``[batch, T_max, kv_heads, head_dim]`` per attention layer of ``graph``."""
+    out = {}
+    for node in graph.root.walk():
+        if isinstance(node.layer, L.Attention):
+            _, kv, hd = node.layer.dims(node.in_shape[1])
+            shape = (batch, node.in_shape[0], kv, hd)
+            out[node.path] = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+    return out

@@ -273,6 +273,14 @@ class TensorFlowBackend(Backend):
         out = state.predict_fn(tf.convert_to_tensor(np.asarray(x, dtype=dtype)))
         return np.array(out.numpy(), dtype=np.float32, copy=True)
 
+    def generate(self, state: TFState, prompt: np.ndarray, max_new_tokens: int,
+                 sample: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Extend ``prompt`` (int ids ``[B, T0]``) by ``max_new_tokens``: a decoder graph with its KV cache
+        (see :mod:`crossframe_tensorflow.decoding`), a hand-written model by recomputing the window."""
+        from crossframe_tensorflow.decoding import graph_generate
+
+        return graph_generate(self, state, prompt, max_new_tokens, sample)
+
     def fetch(self, values: Any) -> Any:
         """Tensors (and variables) to numpy, through lists, tuples and dicts."""
         if isinstance(values, (tf.Tensor, tf.Variable)):
@@ -363,6 +371,8 @@ def _train_function(state: TFState) -> Compiled:
                 loss = part if loss is None else loss + part
             assert grads is not None and loss is not None
             loss, grads, kd_sum = replicas.all_sum((loss, grads, kd_sum))  # the strategy's all-reduce
+            if setup.frozen:  # train.freeze: a zero step (and no decay) keeps them bit for bit
+                grads = [tf.zeros_like(g) if n in setup.frozen else g for n, g in zip(names, grads, strict=True)]
             out = {"loss": loss}
             if kd_sum is not None:
                 out["distill_loss"] = kd_sum

@@ -112,29 +112,47 @@ def _norm(layer: L.Norm) -> Fn:
     return norm
 
 
+def _length(x: tf.Tensor) -> Any:
+    """The sequence length of ``x`` ``[B, T, ...]``: static where traced so, else a tensor."""
+    return x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]
+
+
 def _attention(layer: L.Attention, shape: tuple[int, ...]) -> Fn:
     t_max, d = shape
     h, kv, hd = layer.dims(d)
     tables = None
     if layer.rope:
-        cos, sin = L.rope_tables(t_max, hd, layer.rope_base)
+        cos, sin = layer.rope_cos_sin(t_max, hd)
         tables = (cos.astype(np.float32), sin.astype(np.float32))
     mask = np.tril(np.ones((t_max, t_max), bool))
 
     def attention(weight: Callable[[str], tf.Tensor], x: tf.Tensor, ctx: dict) -> tf.Tensor:
-        b, n = tf.shape(x)[0], x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]  # predict: T unknown
+        b, n = tf.shape(x)[0], _length(x)
+        cache = ctx.get("cache")
+        start = ctx["start"] if cache is not None else 0
         qkv = _linear(weight, "qkv.", x, layer.qkv_bias)
         q = tf.transpose(tf.reshape(qkv[..., : h * hd], [b, n, h, hd]), [0, 2, 1, 3])
         k = tf.transpose(tf.reshape(qkv[..., h * hd: (h + kv) * hd], [b, n, kv, hd]), [0, 2, 1, 3])
         v = tf.transpose(tf.reshape(qkv[..., (h + kv) * hd:], [b, n, kv, hd]), [0, 2, 1, 3])
         if tables is not None:
-            cos, sin = (tf.cast(tf.constant(a)[:n], q.dtype) for a in tables)
+            cos, sin = (tf.cast(tf.constant(a)[start:start + n], q.dtype) for a in tables)
             q, k = (tf.concat([z[..., : hd // 2] * cos - z[..., hd // 2:] * sin,
                                z[..., hd // 2:] * cos + z[..., : hd // 2] * sin], axis=-1) for z in (q, k))
+        if cache is not None:  # generation: write positions start..start+n-1 into [B, kv, T_max, hd]
+            keys, values = cache[ctx["path"]]
+            pads = [[0, 0], [0, 0], [start, t_max - start - n], [0, 0]]
+            fresh = tf.pad(tf.ones([1, 1, n, 1], tf.bool), pads)
+            keys = tf.where(fresh, tf.pad(tf.cast(k, keys.dtype), pads), keys)
+            values = tf.where(fresh, tf.pad(tf.cast(v, values.dtype), pads), values)
+            ctx["new_cache"][ctx["path"]] = (keys, values)
+            k, v = tf.cast(keys, q.dtype), tf.cast(values, q.dtype)
         if kv != h:
             k, v = tf.repeat(k, h // kv, axis=1), tf.repeat(v, h // kv, axis=1)
         scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) / math.sqrt(hd)
-        scores = tf.where(tf.constant(mask)[:n, :n], scores, -np.inf)
+        if cache is not None:
+            scores = tf.where(tf.range(t_max)[None, :] <= start + tf.range(n)[:, None], scores, -np.inf)
+        else:
+            scores = tf.where(tf.constant(mask)[:n, :n], scores, -np.inf)
         att = tf.cast(tf.nn.softmax(scores, axis=-1), v.dtype)
         y = tf.reshape(tf.transpose(tf.matmul(att, v), [0, 2, 1, 3]), [b, n, h * hd])
         return _linear(weight, "proj.", y, layer.bias)
@@ -202,7 +220,14 @@ def lower_layer(node: Node, index: int) -> Fn:
     if isinstance(layer, L.Embedding):
         return lambda weight, x, ctx: tf.cast(tf.gather(ctx["raw"]("weight"), x), ctx["dtype"])  # cast the rows only
     if isinstance(layer, L.PositionalEmbedding):
-        return lambda weight, x, ctx: x + weight("weight")[: x.shape[1]]
+        def positions(weight: Callable[[str], tf.Tensor], x: tf.Tensor, ctx: dict) -> tf.Tensor:
+            if "start" not in ctx:
+                return x + weight("weight")[: _length(x)]
+            return x + weight("weight")[ctx["start"]: ctx["start"] + _length(x)]
+
+        return positions
+    if isinstance(layer, L.TiedHead):  # logits from the embedding's table
+        return lambda weight, x, ctx: _matmul(x, tf.transpose(ctx["param"](layer.weight_name)))
     if isinstance(layer, L.Norm):
         return _norm(layer)
     if isinstance(layer, L.Dropout):
@@ -256,10 +281,21 @@ class GraphModel(Model):
         fn = lower_layer(node, self._counter)
         prefix = f"{node.path}." if node.path else ""
 
+        lora = dict(node.lora)  # LoRA: kernels read as W + scale * A @ B (crossframe.nn.lora)
+
+        def weight(name: str, dtype: tf.DType) -> tf.Tensor:
+            w = self.weight(f"{prefix}{name}", dtype)
+            base = f"{prefix}{name}"[: -len(".weight")] if name.endswith("weight") else None
+            if base is not None and base in lora:
+                a, b = self.weight(f"{base}.lora_a", dtype), self.weight(f"{base}.lora_b", dtype)
+                w = w + lora[base] * tf.matmul(a, b)
+            return w
+
         def leaf(x: tf.Tensor, ctx: dict) -> tf.Tensor:
             local = dict(ctx, has=lambda name: f"{prefix}{name}" in self.params,
-                         raw=lambda name: self.params[f"{prefix}{name}"])
-            return fn(lambda name: self.weight(f"{prefix}{name}", ctx["dtype"]), x, local)
+                         raw=lambda name: self.params[f"{prefix}{name}"], path=node.path,
+                         param=lambda full: self.weight(full, ctx["dtype"]))
+            return fn(lambda name: weight(name, ctx["dtype"]), x, local)
 
         return leaf
 
@@ -270,3 +306,21 @@ class GraphModel(Model):
             x = tf.cast(x, dtype)
         y = self._body(x, {"dtype": dtype, "training": training, "seed": seed})
         return tf.cast(y, tf.float32)
+
+    def call_cached(self, x: tf.Tensor, cache: dict, start: tf.Tensor, dtype: tf.DType = tf.float32
+                    ) -> tuple[tf.Tensor, dict]:
+        """Generation: logits (float32) for ids ``x`` ``[B, n]`` at positions ``start..start+n-1``, and the
+        caches (``{attention path: (keys, values) [B, kv_heads, T_max, head_dim]}``) with them written in."""
+        ctx = {"dtype": dtype, "training": False, "seed": None, "cache": cache, "start": start, "new_cache": {}}
+        y = self._body(x, ctx)
+        return tf.cast(y, tf.float32), {**cache, **ctx["new_cache"]}
+
+    def new_cache(self, batch: int, dtype: tf.DType = tf.float32) -> dict[str, tuple[tf.Tensor, tf.Tensor]]:
+        """Zeroed ``(keys, values)`` ``[batch, kv_heads, T_max, head_dim]`` per attention layer."""
+        out = {}
+        for node in self.spec.graph.root.walk():
+            if isinstance(node.layer, L.Attention):
+                _, kv, hd = node.layer.dims(node.in_shape[1])
+                shape = [batch, kv, node.in_shape[0], hd]
+                out[node.path] = (tf.zeros(shape, dtype), tf.zeros(shape, dtype))
+        return out

@@ -22,7 +22,7 @@ from crossframe.models.gpt import LN_EPS
 from crossframe.models.spec import ModelSpec, Params
 from crossframe_tensorflow.devices import tf
 
-MODELS = ("mlp", "cnn", "gpt", "graph")
+MODELS = ("mlp", "cnn", "gpt", "graph", "hf")
 RNG_ALG = "philox"  # dropout masks: the same bits on CPU and GPU for a given seed
 
 ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {

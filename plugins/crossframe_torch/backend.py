@@ -25,7 +25,7 @@ from crossframe_torch.models import (
 )
 from crossframe_torch.optim import SUPPORTED, build_optimizer, export_optimizer_state, load_optimizer_state
 
-MODELS = ("mlp", "cnn", "gpt", "graph")
+MODELS = ("mlp", "cnn", "gpt", "graph", "hf")
 
 
 @dataclass
@@ -182,7 +182,9 @@ class TorchBackend(Backend):
         distributed.check_setup(setup)
         module = distributed.shard_module(module, setup, device)  # FSDP for fully_sharded
         params = native_parameters(module, setup.spec)
-        optimizer = build_optimizer(setup, params, device)
+        for name in setup.frozen:  # train.freeze: no gradient, and not in the optimizer
+            params[name].requires_grad_(False)
+        optimizer = build_optimizer(setup, {n: p for n, p in params.items() if n not in setup.frozen}, device)
         dtype = devices.autocast_dtype(setup.precision)
         scaler = torch.amp.GradScaler(device.type) if setup.precision == "fp16" else None
         wrapped = distributed.data_parallel(module, setup, device)  # DDP for data_parallel
@@ -385,6 +387,10 @@ class TorchBackend(Backend):
         positions restart at 0). A prompt longer than the context starts that way.
         """
         module = state.module
+        from crossframe_torch.decoding import graph_generate, is_graph_lm
+
+        if is_graph_lm(module):  # a decoder written as neutral layers: the lowering's cache
+            return graph_generate(state, prompt, max_new_tokens, sample)
         if not isinstance(module, GPT):
             raise CapabilityError(f"generate: model '{state.setup.spec.name}' is not a language model")
         prompt = np.asarray(prompt)

@@ -107,31 +107,45 @@ class Attention(nn.Module):
         self.h, self.kv, self.hd = layer.dims(d)
         self.qkv = linear(d, (self.h + 2 * self.kv) * self.hd, layer.qkv_bias)
         self.proj = linear(self.h * self.hd, d, layer.bias)
-        self.rope, self.base = layer.rope, layer.rope_base
+        self.rope, self.base, self.layer = layer.rope, layer.rope_base, layer
         self._tables: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        #: generation: this layer's key/value cache ``([B, kv, T_max, hd], same)`` and the first position of
+        #: the next call (set by :mod:`crossframe_torch.decoding`; None in training and evaluation)
+        self.cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.start = 0
 
-    def _rope(self, t: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (t, str(like.device))
+    def _rope(self, t: int, like: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (start + t, str(like.device))
         if key not in self._tables:  # built once per length, in float64 like the reference, rounded once
-            cos, sin = L.rope_tables(t, self.hd, self.base)
+            cos, sin = self.layer.rope_cos_sin(start + t, self.hd)
             self._tables[key] = (torch.from_numpy(cos).float().to(like.device),
                                  torch.from_numpy(sin).float().to(like.device))
         cos, sin = self._tables[key]
-        return cos.to(like.dtype), sin.to(like.dtype)
+        return cos[start:].to(like.dtype), sin[start:].to(like.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Attention over ``x`` ``[B, T, D]``."""
+        """Attention over ``x`` ``[B, T, D]`` (with a cache: positions ``start..start+T-1`` against it)."""
         b, t, _ = x.shape
+        start = self.start if self.cache is not None else 0
         q, k, v = self.qkv(x).split((self.h * self.hd, self.kv * self.hd, self.kv * self.hd), dim=-1)
         q = q.view(b, t, self.h, self.hd).transpose(1, 2)
         k = k.view(b, t, self.kv, self.hd).transpose(1, 2)
         v = v.view(b, t, self.kv, self.hd).transpose(1, 2)
         if self.rope:
-            cos, sin = self._rope(t, q)
+            cos, sin = self._rope(t, q, start)
             half = self.hd // 2
             q, k = (torch.cat((z[..., :half] * cos - z[..., half:] * sin, z[..., half:] * cos + z[..., :half] * sin),
                               dim=-1) for z in (q, k))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kv != self.h)
+        if self.cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kv != self.h)
+        else:
+            keys, values = self.cache
+            keys[:, :, start:start + t] = k.to(keys.dtype)
+            values[:, :, start:start + t] = v.to(values.dtype)
+            end = start + t
+            seen = torch.arange(end, device=x.device)[None, :] <= (start + torch.arange(t, device=x.device))[:, None]
+            y = F.scaled_dot_product_attention(q, keys[:, :, :end].to(q.dtype), values[:, :, :end].to(q.dtype),
+                                               attn_mask=seen, enable_gqa=self.kv != self.h)
         return self.proj(y.transpose(1, 2).reshape(b, t, self.h * self.hd))
 
 
@@ -142,11 +156,12 @@ class Table(nn.Module):
         super().__init__()
         self.weight = _empty(rows, dim)
         self.add_positions = add_positions
+        self.start = 0  # generation: the position of the first row of ``x``
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Rows for ids, or ``x`` plus the first ``T`` positions."""
+        """Rows for ids, or ``x`` plus the positions ``start..start+T-1``."""
         if self.add_positions:
-            return x + self.weight[: x.shape[1]]
+            return x + self.weight[self.start: self.start + x.shape[1]]
         return F.embedding(x, self.weight)
 
 
@@ -283,6 +298,9 @@ class GraphModule(nn.Module):
                 return x + _layout(y, y_nchw, nchw), nchw
 
             return residual
+        if isinstance(layer, L.TiedHead):  # logits from the embedding's table, no parameter of its own
+            name = layer.weight_name
+            return lambda x, nchw: (F.linear(_layout(x, nchw, False), self.get_parameter(name)), False)
         module = lower_layer(node, self._dropout)
         _attach(self, node.path, module)
         if isinstance(layer, SPATIAL):
@@ -313,5 +331,10 @@ def _run(plan: list[Step], x: torch.Tensor, nchw: bool) -> tuple[torch.Tensor, b
 
 def build_module(graph: Graph) -> GraphModule:
     """The native module of ``graph`` (weights still to be loaded with ``load_canonical``)."""
-    return GraphModule(graph)
+    module = GraphModule(graph)
+    if any(n.lora for n in graph.nodes()):  # LoRA adapters (crossframe_torch.adapters)
+        from crossframe_torch.adapters import attach_adapters
+
+        attach_adapters(module, graph)
+    return module
 

@@ -240,6 +240,10 @@ def build_module(spec: ModelSpec, activation_checkpointing: bool = False) -> nn.
     if spec.graph is not None:  # neutral layers: one lowering for every graph
         from crossframe_torch.lowering import build_module as lower
 
+        if spec.graph.takes_ids:  # a decoder: no throwaway random init of its (large) tables, load_canonical fills it
+            with torch.device("meta"):
+                module = lower(spec.graph)
+            return module.to_empty(device="cpu")
         return lower(spec.graph)
     if spec.name == "gpt":
         return GPT(info.num_outputs, p["n_layer"], p["n_head"], p["d_model"], p.get("d_ff"), p["max_seq_len"],
@@ -281,8 +285,24 @@ def load_canonical(module: nn.Module, spec: ModelSpec, weights: Params) -> None:
     spec.check_weights(weights)
     native = native_parameters(module, spec)
     for p in spec.table:
-        value = torch.from_numpy(np.ascontiguousarray(weights[p.name]))
+        value = host_tensor(weights[p.name])
         native[p.name].copy_(to_native(p.layout, value))
+
+
+def host_tensor(array: np.ndarray) -> torch.Tensor:
+    """A CPU tensor sharing ``array``'s memory (no copy, strides kept: a transposed view stays a view): bf16
+    (``ml_dtypes``) through its 16-bit pattern, and a read-only array (a memory-mapped safetensors file) as is,
+    since it is only read from."""
+    import warnings
+
+    array = np.asarray(array)
+    if any(s < 0 for s in array.strides):
+        array = np.ascontiguousarray(array)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        if array.dtype.name == "bfloat16":
+            return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
+        return torch.from_numpy(array)
 
 
 @torch.no_grad()

@@ -45,6 +45,13 @@ def compress_command(run_dir: str, backend: str | None, overrides: tuple[str, ..
 def export_command(run_dir: str, formats: tuple[str, ...], backend: str | None, checkpoint: str | None,
                    overrides: tuple[str, ...], threads: int, no_latency: bool) -> None:
     """Export RUN_DIR's final model (its last compressed step, else its latest checkpoint), verified."""
+    if "hf" in formats:  # a Hugging Face directory (crossframe.hf), not an exporter artefact
+        from crossframe.hf.exporting import export_run_hf
+
+        click.echo(f"hf: {export_run_hf(run_dir, checkpoint)}")
+        formats = tuple(f for f in formats if f != "hf")
+        if not formats:
+            return
     from crossframe.compress.pipeline import Options, export_run
 
     report, entries = export_run(run_dir, formats, backend=backend, checkpoint=checkpoint, overrides=overrides,

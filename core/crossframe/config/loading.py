@@ -243,7 +243,7 @@ def resolve(config: RunConfig) -> RunConfig:
     lookup("backend", config.backend, "backend")
     out = config.model_copy(deep=True)
     out.data = _resolved(config.data, "dataset", "data", type(config.data))
-    out.model = _resolved(config.model, "model", "model")
+    out.model = _resolved(config.model, "model", "model", type(config.model))
     out.train.optimizer = _resolved(config.train.optimizer, "optimizer", "train.optimizer")
     out.train.schedule = _resolved(config.train.schedule, "schedule", "train.schedule")
     out.text.tokenizer = _resolved(config.text.tokenizer, "tokenizer", "text.tokenizer")

@@ -58,6 +58,18 @@ class SplitConfig(Strict):
         return self
 
 
+class ModelConfig(ComponentConfig):
+    """``model``: an architecture and its params, optionally starting from existing weights."""
+
+    init_from: str | None = Field(None, description="start from these weights: a run directory, a checkpoint "
+                                  "directory or a Hugging Face model directory (docs/pretrained.md)")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The architecture's own params (everything but ``name`` and ``init_from``)."""
+        return dict(self.model_extra or {})
+
+
 class DataConfig(ComponentConfig):
     """``data``: a dataset source plus the split every source shares."""
 
@@ -140,6 +152,10 @@ class TrainConfig(Strict):
     augment: AugmentList = Field(default_factory=list, description="numpy augmentations, in order, e.g. "
                                  "[{flip: horizontal}, {random_crop: {padding: 2}}, {noise: 0.05}]")
     privacy: PrivacyConfig | None = Field(None, description="differentially private training (DP-SGD)")
+    lora: dict[str, Any] | None = Field(None, description="low-rank adapters: {rank, alpha, dropout, targets}; only "
+                                        "they train (docs/pretrained.md)")
+    freeze: list[str] = Field(default_factory=list, description="canonical weight names or fnmatch patterns "
+                              "(embed_tokens.*, layers.0.*) kept exactly as they start (docs/pretrained.md)")
     profile_steps: NonNegativeInt = Field(0, description="run the backend's profiler over this many steps "
                                           "(after profile_warmup); the trace goes to RUN_DIR/profile; 0 = off")
     profile_warmup: NonNegativeInt = Field(2, description="steps before the profiled window (compilation)")
@@ -215,7 +231,7 @@ class RunConfig(Strict):
                             "crossframe.threads)")
     output_dir: str = "runs"
     data: DataConfig = Field(default_factory=DataConfig)
-    model: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="mlp"))
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="mlp"))
     train: TrainConfig = Field(default_factory=TrainConfig)
     text: TextConfig = Field(default_factory=TextConfig)
     loggers: list[ComponentConfig] = Field(default_factory=list)

@@ -18,4 +18,11 @@ def spec_from_json(data: dict) -> ModelSpec:
     """Rebuild a spec from :meth:`ModelSpec.to_json` (as stored in a checkpoint's state.json)."""
     from crossframe.data.dataset import DataInfo
 
-    return build_model(data["name"], data["params"], DataInfo.from_json(data["data_info"]))
+    params = dict(data["params"])
+    lora = params.pop("lora", None)  # LoRA adapters sit on top of the model's own params
+    spec = build_model(data["name"], params, DataInfo.from_json(data["data_info"]))
+    if lora is not None:
+        from crossframe.nn.lora import apply_lora
+
+        spec = apply_lora(spec, lora)
+    return spec

@@ -25,7 +25,16 @@ from pydantic import ValidationError
 
 from crossframe.errors import ConfigError
 from crossframe.models.spec import ParamSpec, check_low_rank, dense_kernel_specs
-from crossframe.nn.layers import ACTIVATION_FUNCTIONS, Activation, Dense, Layer, Residual, Sequential, Shape
+from crossframe.nn.layers import (
+    ACTIVATION_FUNCTIONS,
+    Activation,
+    Dense,
+    Layer,
+    Residual,
+    Sequential,
+    Shape,
+    TiedHead,
+)
 from crossframe.validation import describe
 
 #: looks up a layer class by kind (``dense`` -> Dense); the graph model passes the plugin registry's
@@ -43,6 +52,8 @@ class Node:
     where: str  # the config location, for messages (``model.layers.2.residual.0``)
     params: list[ParamSpec] = field(default_factory=list)
     children: list[Node] = field(default_factory=list)
+    #: LoRA: adapted linears of this layer (canonical prefix -> alpha / rank); see :mod:`crossframe.nn.lora`
+    lora: dict[str, float] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -75,7 +86,15 @@ class Node:
             for child in self.children:
                 h = child.reference(weights, h, train)
             return x + h
+        if isinstance(self.layer, TiedHead):  # reads another layer's table
+            return self.layer.reference({"weight": np.asarray(weights[self.layer.weight_name], np.float64)}, x, train)
         local = {k: np.asarray(v, np.float64) for k, v in self.local_weights(weights).items()}
+        if self.lora:  # adapters folded into the kernels: W + scale * A @ B
+            prefix = f"{self.path}." if self.path else ""
+            for name, scale in self.lora.items():
+                own = name[len(prefix):] + "." if name != self.path else ""
+                local[f"{own}weight"] = local[f"{own}weight"] + scale * local.pop(f"{own}lora_a") @ local.pop(
+                    f"{own}lora_b")
         return self.layer.reference(local, x, train)
 
     @property
@@ -84,6 +103,8 @@ class Node:
         if self.children or isinstance(self.layer, Sequential | Residual):
             extra = math.prod(self.out_shape) if isinstance(self.layer, Residual) else 0
             return extra + sum(c.flops for c in self.children)
+        if isinstance(self.layer, TiedHead):
+            return 2 * math.prod(self.in_shape) * self.out_shape[-1]
         return self.layer.flops(self.in_shape)
 
 
@@ -175,6 +196,7 @@ class _Builder:
         self.seen: dict[str, str] = {}
         self.low_rank = dict(low_rank or {})
         self.dense: dict[str, tuple[int, int]] = {}  # factorisable layers: path -> (in, out)
+        self.shapes: dict[str, tuple[int, ...]] = {}  # every parameter so far: canonical name -> shape
 
     def children(self, items: Any, path: str, shape: Shape, where: str) -> tuple[list[Node], Shape]:
         if not isinstance(items, list) or not items:
@@ -211,6 +233,8 @@ class _Builder:
             return Node(path, layer, shape, shape, where, children=children)
         if not own:
             raise ConfigError(f"{where}.name: only a container (sequential, residual) may have an empty name")
+        if isinstance(layer, TiedHead):
+            return self.tied(layer, path, shape, where)
         try:
             out = tuple(int(d) for d in layer.output_shape(tuple(shape)))
             local = layer.param_specs(tuple(shape))
@@ -226,7 +250,18 @@ class _Builder:
                          for p in local]
         node.params = [ParamSpec(node.param_name(p.name), p.shape, p.layout, p.init, p.scale, p.decay, p.dtype)
                        for p in local]
+        self.shapes.update((p.name, tuple(p.shape)) for p in node.params)
         return node
+
+    def tied(self, layer: TiedHead, path: str, shape: Shape, where: str) -> Node:
+        """A ``tied_head``: logits over the rows of an embedding table placed earlier in the graph."""
+        table = self.shapes.get(layer.weight_name)
+        if table is None or len(table) != 2:
+            raise ConfigError(f"{where}.embedding: no embedding '{layer.embedding}' before this layer")
+        if not shape or shape[-1] != table[1]:
+            raise ConfigError(f"{where}: inputs of width {shape[-1] if shape else 0} do not fit "
+                              f"'{layer.embedding}' ({table[1]} wide)")
+        return Node(path, layer, tuple(shape), (*shape[:-1], table[0]), where)
 
 
 def build_graph(layers: list[Any], input_shape: Shape, num_outputs: int, lookup: LayerLookup,

@@ -419,9 +419,41 @@ class GatedMLP(Layer):
         return lin("down", ACTIVATION_FUNCTIONS[self.activation](lin("gate", x)) * lin("up", x))
 
 
-def rope_tables(t: int, head_dim: int, base: float) -> tuple[np.ndarray, np.ndarray]:
-    """``cos, sin`` ``[t, head_dim / 2]`` (float64) of rotary embeddings: frequencies ``base ** (-2i / head_dim)``."""
+class RopeScaling(BaseModel):
+    """Llama 3's rotary frequency scaling: long wavelengths divided by ``factor``, short ones kept, and a
+    smooth blend between (wavelengths measured against ``original_max_position_embeddings``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    factor: float = Field(gt=0.0)
+    low_freq_factor: float = Field(1.0, gt=0.0)
+    high_freq_factor: float = Field(4.0, gt=0.0)
+    original_max_position_embeddings: PositiveInt = 8192
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RopeScaling:
+        if self.high_freq_factor <= self.low_freq_factor:
+            raise ValueError("rope_scaling: high_freq_factor must exceed low_freq_factor")
+        return self
+
+    def apply(self, inv: np.ndarray) -> np.ndarray:
+        """The scaled inverse frequencies."""
+        old = float(self.original_max_position_embeddings)
+        low_wavelen, high_wavelen = old / self.low_freq_factor, old / self.high_freq_factor
+        wavelen = 2.0 * math.pi / inv
+        scaled = np.where(wavelen > low_wavelen, inv / self.factor, inv)
+        smooth = (old / wavelen - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor)
+        blended = (1.0 - smooth) * scaled / self.factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return np.where(medium, blended, scaled)
+
+
+def rope_tables(t: int, head_dim: int, base: float, scaling: RopeScaling | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``cos, sin`` ``[t, head_dim / 2]`` (float64) of rotary embeddings: frequencies ``base ** (-2i / head_dim)``
+    (with ``scaling``: Llama 3's scaled frequencies)."""
     inv = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    if scaling is not None:
+        inv = scaling.apply(inv)
     angles = np.arange(t, dtype=np.float64)[:, None] * inv[None, :]
     return np.cos(angles), np.sin(angles)
 
@@ -449,6 +481,7 @@ class Attention(Layer):
     head_dim: PositiveInt | None = Field(None, description="default: D / heads")
     rope: bool = False
     rope_base: float = Field(10000.0, gt=1.0)
+    rope_scaling: RopeScaling | None = Field(None, description="Llama 3 frequency scaling (factor, ...)")
     qkv_bias: bool = True
     bias: bool = True
     proj_gain: float = Field(1.0, gt=0.0, description="init std of proj.weight is sqrt(proj_gain / (heads * head_dim))")
@@ -458,6 +491,10 @@ class Attention(Layer):
         if self.heads % self.n_kv:
             raise ValueError(f"kv_heads ({self.n_kv}) must divide heads ({self.heads})")
         return self
+
+    def rope_cos_sin(self, t: int, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """``cos, sin`` ``[t, head_dim / 2]`` (float64) of this layer's rotary embeddings (base and scaling)."""
+        return rope_tables(t, head_dim, self.rope_base, self.rope_scaling)
 
     @property
     def n_kv(self) -> int:
@@ -502,7 +539,7 @@ class Attention(Layer):
         k = qkv[..., h * hd: (h + kv) * hd].reshape(b, t, kv, hd).transpose(0, 2, 1, 3)
         v = qkv[..., (h + kv) * hd:].reshape(b, t, kv, hd).transpose(0, 2, 1, 3)
         if self.rope:
-            cos, sin = rope_tables(t, hd, self.rope_base)
+            cos, sin = self.rope_cos_sin(t, hd)
             q, k = rotate_half(q, cos, sin), rotate_half(k, cos, sin)
         k, v = np.repeat(k, h // kv, axis=1), np.repeat(v, h // kv, axis=1)  # head i reads kv head i // (h / kv)
         scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hd)
@@ -512,6 +549,29 @@ class Attention(Layer):
         y = (att @ v).transpose(0, 2, 1, 3).reshape(b, t, h * hd)
         out = y @ w["proj.weight"]
         return out + w["proj.bias"] if self.bias else out
+
+
+class TiedHead(Layer):
+    """Logits from an embedding table read backwards: ``x @ E^T`` with ``E`` the ``[vocab, dim]`` weight of
+    the embedding layer at path ``embedding`` (tied input and output embeddings; no parameters of its own)."""
+
+    kind: ClassVar[str] = "tied_head"
+    shorthand: ClassVar[str | None] = "embedding"
+    embedding: str = Field(description="the path of the embedding layer whose table it reuses (wte)")
+
+    @property
+    def weight_name(self) -> str:
+        """The canonical name of the shared table."""
+        return f"{self.embedding}.weight"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        raise ValueError("tied_head: needs the embedding's size; the graph resolves it")
+
+    def flops(self, shape: Shape) -> int:
+        return 0  # counted by the graph, which knows the vocabulary
+
+    def reference(self, w: Weights, x: np.ndarray, train: bool = False) -> np.ndarray:
+        return x @ w["weight"].T  # the graph passes the embedding's table as ``weight``
 
 
 # --------------------------------------------------------------------------- containers
@@ -538,5 +598,5 @@ CONTAINERS = (Sequential, Residual)
 
 BUILTIN_LAYERS: tuple[type[Layer], ...] = (
     Dense, Conv2D, Pool, Flatten, Reshape, Embedding, PositionalEmbedding, Norm, Dropout, Activation,
-    GatedMLP, Attention, Sequential, Residual,
+    GatedMLP, Attention, Sequential, Residual, TiedHead,
 )

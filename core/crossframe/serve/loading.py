@@ -97,7 +97,8 @@ def load_served_model(path: str | os.PathLike, *, engine: str = "auto", backend:
         if not (run_dir / "tokenizer").is_dir():
             raise ConfigError(f"serve: '{run_dir}' has no tokenizer/ directory")
         tokenizer = load_tokenizer(run_dir / "tokenizer")
-        window = int(checkpoint.state["model"]["params"]["max_seq_len"])
+        params = checkpoint.state["model"]["params"]
+        window = int(params.get("max_seq_len") or info["input_shape"][0])  # a graph decoder: its context
     model = ServedModel(name=name or run_dir.name, task=task, engine="", input_shape=tuple(info["input_shape"]),
                         num_outputs=int(info["num_outputs"]), class_names=tuple(info.get("class_names") or ()),
                         predict=_unset, source=path, tokenizer=tokenizer, window=window,
@@ -145,7 +146,7 @@ def _open_native(model: ServedModel, run_dir: Path, checkpoint: Any, backend: st
     model.predict = lambda x: impl.predict(state, x)
     model.engine = f"native:{cfg.backend}"
     model.source = checkpoint.path
-    if model.is_language_model and hasattr(impl, "batch_decoder"):
+    if model.is_language_model and hasattr(impl, "batch_decoder") and spec.graph is None:  # graphs: recompute
         model.batch_decoder = lambda slots: impl.batch_decoder(state, slots)
 
 

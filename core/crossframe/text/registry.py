@@ -25,3 +25,7 @@ def register_datasets(register: Any) -> None:
 
     for name, (schema, loader, description) in SOURCES.items():
         register(name, loader, schema=schema, description=description)
+    from crossframe.text.instructions import InstructionParams, load_instructions
+
+    register("instructions", load_instructions, schema=InstructionParams,
+             description="prompt/response or chat JSONL, loss on the answers only, packed")

@@ -436,6 +436,10 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     """Load a tokenizer saved with ``save(directory)`` (any built-in kind)."""
     data = _read_description(Path(directory))
     name = data.get("name")
+    if name == "hf":  # a Hugging Face tokenizer directory (crossframe.hf, the same floor)
+        from crossframe.hf.tokenizer import HFTokenizer
+
+        return HFTokenizer.load(directory)
     if name not in TOKENIZERS:
         raise ConfigError(f"tokenizer: '{directory}' holds unknown tokenizer '{name}' "
                           f"(built-in: {', '.join(TOKENIZERS)})")

@@ -83,6 +83,8 @@ def load_training_data(cfg: RunConfig, world: Any = None, local_replicas: int = 
     rank, world_size = (world.rank, world.world_size) if world is not None else (0, 1)
     batch = cfg.train.batch_size * cfg.train.grad_accum * local_replicas * world_size
     shard = {"rank": rank, "world_size": world_size, "micro_batches": cfg.train.grad_accum}
+    if hasattr(source, "training_data"):  # a source that builds its own batches (instruction data)
+        return TrainingData(*source.training_data(cfg, rank, world_size, batch))
     if isinstance(source, Dataset):
         train, val, test = split_dataset(source, cfg.data, cfg.seed)
         fitted = None

@@ -44,13 +44,19 @@ def generate(run: str | os.PathLike, prompt: str = "", max_tokens: int = 200, *,
         sample = make_sampler(temperature, top_k, top_p, seed)
     except ValueError as exc:
         raise ConfigError(f"generate: {exc}") from None
-    ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
+    encode = getattr(tokenizer, "encode_prompt", tokenizer.encode)  # a pretrained tokenizer adds its BOS
+    ids = encode(prompt) if prompt else [tokenizer.eot_id]
     prompt_ids = np.asarray([ids], dtype=np.int64)
-    max_seq_len = int(spec.params["max_seq_len"])
+    max_seq_len = int(spec.params.get("max_seq_len") or spec.data_info.input_shape[0])  # a graph: its context
     if hasattr(impl, "generate"):
         out = impl.generate(state, prompt_ids[:, -max_seq_len:], max_tokens, sample)
         new = out[0, min(len(ids), max_seq_len):]
     else:
         out = generate_by_recompute(lambda t: impl.predict(state, t), prompt_ids, max_tokens, sample, max_seq_len)
         new = out[0, len(ids):]
-    return prompt + tokenizer.decode([int(t) for t in new])
+    new = [int(t) for t in new]
+    stops = set(getattr(tokenizer, "stop_ids", lambda: [])())  # generation_config.json's eos ids
+    cut = next((i for i, t in enumerate(new) if t in stops), None)
+    if cut is not None:
+        new = new[:cut]
+    return prompt + tokenizer.decode(new)

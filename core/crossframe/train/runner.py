@@ -219,6 +219,10 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     replicas = backend.local_replicas(world, device) if world is not None else 1
     data = load_training_data(cfg, world, replicas)
     spec = build_model(cfg.model.name, cfg.model.params, data.info)
+    if cfg.train.lora is not None:  # adapters on the chosen linears; every base weight is frozen
+        from crossframe.nn.lora import apply_lora
+
+        spec = apply_lora(spec, cfg.train.lora)
     if spec.graph is not None:  # a layer the backend cannot run is named before anything is built
         check_backend_layers(spec.graph, cfg.backend)
     elif spec.name not in backend.capabilities().models:
@@ -242,6 +246,13 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     if private is not None:
         loader = private.loader  # each batch carries its DP-SGD noise
     weights = spec.init(cfg.seed)
+    from crossframe.train.freezing import frozen_names
+
+    if getattr(cfg.model, "init_from", None):  # fine-tuning: another run's, a checkpoint's or an HF directory's
+        from crossframe.train.init_from import initial_weights
+
+        weights = initial_weights(cfg.model.init_from, spec, weights)
+
     compiled = choose_compile(cfg.train.compile, cfg.backend, backend, device, cfg.strategy, total)
     if main and not quiet and cfg.train.compile == "auto":
         print(compiled.describe(cfg.train.compile), file=sys.stderr, flush=True)
@@ -251,7 +262,8 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
         cfg.train.grad_accum, cfg.train.clip_norm, compiled.enabled, cfg.seed,
         cfg.train.activation_checkpointing, masks=None, distill=distill, world=world,
         objective=training_objective(cfg, data),
-        privacy=private.setup if private is not None else None))
+        privacy=private.setup if private is not None else None,
+        frozen=frozen_names(spec, cfg.train.freeze)))
     early = EarlyStopping.from_config(cfg.train.early_stopping) if cfg.train.early_stopping else None
     start = 0
     if checkpoint is not None:

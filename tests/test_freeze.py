@@ -1,0 +1,58 @@
+"""``train.freeze``: frozen weights come out of training bit-identical on every backend, the others move,
+and a pattern that matches nothing is one line, exit 2, before anything is written."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import crossframe
+from crossframe.checkpoint import load_checkpoint
+from crossframe.cli.main import main
+
+BACKENDS = [b for b in ("torch", "jax", "tensorflow") if importlib.util.find_spec(b)]
+pytestmark = pytest.mark.slow
+
+LAYERS = [{"embedding": {"name": "wte", "dim": 16}},
+          {"residual": {"name": "", "layers": [{"norm": {"name": "ln", "kind": "rms"}},
+                                               {"attention": {"name": "attn", "heads": 2, "rope": True}}]}},
+          {"residual": {"name": "", "layers": [{"norm": {"name": "ln2", "kind": "rms"}},
+                                               {"gated_mlp": {"name": "mlp", "hidden": 24}}]}},
+          {"norm": {"name": "ln_f", "kind": "rms"}}, {"tied_head": "wte"}]
+
+
+def config(backend: str, freeze: list[str]) -> dict:
+    return {"name": f"freeze-{backend}", "backend": backend, "device": "cpu", "seed": 0,
+            "data": {"name": "python-stdlib", "max_files": 2, "val_fraction": 0.5},
+            "text": {"tokenizer": {"name": "bytes"}, "seq_len": 8, "max_eval_tokens": 32},
+            "model": {"name": "graph", "layers": LAYERS},
+            "train": {"steps": 3, "batch_size": 2, "eval_every": 0, "clip_norm": 1.0,
+                      "optimizer": {"name": "adamw", "lr": 1e-2, "weight_decay": 0.1}, "freeze": freeze}}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_frozen_weights_are_bit_identical_after_training(workdir: Path, backend: str) -> None:
+    result = crossframe.run(config(backend, ["wte.*", "attn.*"]), quiet=True)
+    from crossframe.config.loading import load_config
+    from crossframe.models import spec_from_json
+
+    loaded = load_checkpoint(result.run_dir)
+    start = spec_from_json(loaded.state["model"]).init(load_config(result.run_dir / "config.yaml").seed)
+    for name, value in loaded.weights.items():
+        if name.startswith(("wte.", "attn.")):
+            assert np.array_equal(value, start[name]), f"{backend}: frozen '{name}' changed"
+        else:
+            assert not np.array_equal(value, start[name]), f"{backend}: '{name}' did not train"
+
+
+def test_a_pattern_that_matches_nothing_is_one_line(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    Path("c.json").write_text(json.dumps(config("torch", ["encoder.*"])))
+    assert main(["run", "c.json", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "train.freeze.0: 'encoder.*' matches no weight" in err and "Traceback" not in err
+    assert not Path("runs/freeze-torch").exists()
