@@ -40,6 +40,9 @@ from crossframe.nn.graph import Graph, build_graph
 from crossframe.nn.layers import ACTIVATION_FUNCTIONS, BUILTIN_LAYERS
 
 U32 = 2.0**-24  # unit roundoff of float32
+#: an example's params may hold this key: layers the checked one needs before it (``tied_head`` reads the
+#: table of an ``embedding``); they are checked along with it
+BEFORE = "__before__"
 Example = tuple[dict[str, Any], tuple[int, ...]]
 
 #: small examples of each built-in layer: (params, per-example input shape)
@@ -62,6 +65,7 @@ BUILTIN_EXAMPLES: dict[str, list[Example]] = {
                   ({"heads": 2, "qkv_bias": True}, (3, 4))],
     "sequential": [({"repeat": 2, "layers": [{"dense": 3}, "tanh"]}, (3,))],
     "residual": [({"layers": [{"norm": "rms"}, {"dense": 4}]}, (2, 4))],
+    "tied_head": [({"embedding": "wte", BEFORE: [{"embedding": {"name": "wte", "vocab": 7, "dim": 3}}]}, (4,))],
 }
 BUILTIN_KINDS = {cls.kind for cls in BUILTIN_LAYERS}
 
@@ -135,12 +139,15 @@ def _driver(backend: str) -> Any:
 
 
 def example_spec(kind: str, params: Mapping[str, Any], input_shape: tuple[int, ...]) -> ModelSpec:
-    """A spec of the one layer ``{kind: params}`` on per-example inputs of ``input_shape``."""
+    """A spec of the one layer ``{kind: params}`` (after the example's ``__before__`` layers, if any) on
+    per-example inputs of ``input_shape``."""
     from crossframe.nn.model import registry_lookup
 
-    graph = build_graph([{kind: dict(params)}], tuple(input_shape), 3, registry_lookup, where=f"example of '{kind}'")
+    own = {k: v for k, v in params.items() if k != BEFORE}
+    layers = [*params.get(BEFORE, []), {kind: own}]
+    graph = build_graph(layers, tuple(input_shape), 3, registry_lookup, where=f"example of '{kind}'")
     info = DataInfo("regression", tuple(input_shape), 3)
-    return ModelSpec("graph", {"layers": [{kind: dict(params)}]}, info, graph.table, graph.reference, graph=graph)
+    return ModelSpec("graph", {"layers": layers}, info, graph.table, graph.reference, graph=graph)
 
 
 def _inputs(graph: Graph, rng: np.random.Generator) -> np.ndarray:
