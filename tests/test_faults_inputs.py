@@ -108,6 +108,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("trained")
     cfg = {**tiny_config(steps=4, checkpoint_every=2), "name": "base", "output_dir": str(root / "runs")}
+    cfg["model"] = {"name": "mlp", "hidden": [64]}  # its weights outweigh every text file a run writes
     (root / "cfg.json").write_text(json.dumps(cfg))
     assert main(["run", str(root / "cfg.json"), "-q"]) == 0
     return root / "runs" / "base"
@@ -237,6 +238,8 @@ def test_a_full_disk_is_one_line_exit_1_and_the_previous_checkpoint_survives(wor
     run = copy_run(trained, workdir)
     (run / "metrics.jsonl").unlink()  # only the checkpoint may reach the size limit below
     before = (run / "checkpoints" / "step_4" / MODEL_FILE).read_bytes()
+    texts = [p for p in run.rglob("*") if p.is_file() and p.suffix in (".yaml", ".json")]
+    assert max(p.stat().st_size for p in texts) < len(before) - 1  # the limit below stops the checkpoint first
     code = ("import resource, signal, sys\n"
             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"  # writes past the limit fail with EFBIG
             "from crossframe.cli.main import main\n"
@@ -254,3 +257,20 @@ def test_a_full_disk_is_one_line_exit_1_and_the_previous_checkpoint_survives(wor
     assert load_checkpoint(run).step == 4
     assert (run / "checkpoints" / "step_4" / MODEL_FILE).read_bytes() == before
     assert not list((run / "checkpoints").glob(".step_*"))
+
+
+def test_a_file_size_limit_hit_before_the_checkpoint_is_one_line(workdir: Path, trained: Path) -> None:
+    """``ulimit -f`` (EFBIG) stops the first write, config.yaml of a new run: one line naming the file."""
+    code = ("import resource, signal, sys\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "from crossframe.cli.main import main\n"
+            "import torch\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (64, resource.RLIM_INFINITY))\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.run([sys.executable, "-c", code, "run", str(trained.parent.parent / "cfg.json"),
+                           "--set", "name=limited", "-q"], capture_output=True, text=True, cwd=workdir,
+                          env={**os.environ})
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "File too large" in lines[0] or "config.yaml" in lines[0], lines[0]

@@ -17,7 +17,7 @@ from crossframe import __version__
 
 EXIT_USAGE = 2
 #: OS errors that describe the machine, not a bug: reported in one line (exit 1), no traceback
-_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EMFILE}
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS, errno.EMFILE}
 
 
 def _pre_parse(argv: list[str]) -> tuple[bool, list[str]]:
