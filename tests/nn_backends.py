@@ -9,8 +9,9 @@ import numpy as np
 
 from crossframe.data.dataset import DataInfo
 from crossframe.models.spec import ModelSpec
-from crossframe.nn.graph import Graph, build_graph
+from crossframe.nn.graph import build_graph
 from crossframe.nn.model import registry_lookup
+from crossframe.testing.layers import directional_derivative  # noqa: F401 (re-exported for the tests)
 
 BACKENDS = ("torch", "jax", "tensorflow")
 U32 = 2.0**-24  # unit roundoff of float32
@@ -31,12 +32,3 @@ def forward_and_grads(backend: str, spec: ModelSpec, weights: Mapping[str, np.nd
     return importlib.import_module(f"crossframe_{backend}.layer_check").forward_and_grads(spec, weights, x, cotangent)
 
 
-def directional_derivative(graph: Graph, weights: Mapping[str, np.ndarray], x: np.ndarray, cot: np.ndarray,
-                           dw: Mapping[str, np.ndarray], dx: np.ndarray | None, eps: float = 1e-6) -> float:
-    """``d/dt <f(w + t dw, x + t dx), cot>`` at 0, by float64 central differences of the numpy reference."""
-    def at(t: float) -> float:
-        w = {k: np.asarray(v, np.float64) + t * dw[k] for k, v in weights.items()}
-        xi = x if dx is None else np.asarray(x, np.float64) + t * dx
-        return float(np.sum(graph.reference(w, xi) * cot))
-
-    return (at(eps) - at(-eps)) / (2 * eps)

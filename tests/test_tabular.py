@@ -75,6 +75,12 @@ def test_statistics_come_from_the_training_split_and_eval_applies_the_saved_ones
     np.testing.assert_array_equal(data.val.x[:, 1:4].sum(axis=1), 1.0)  # one-hot plan
     assert data.info.class_names == ("no", "yes") and data.info.input_shape == (7,)
     assert evaluate(result.run_dir)["val/accuracy"] == pytest.approx(result.metrics["val/accuracy"])
+    # the file changes after training: explain (like eval) keeps the run's statistics, never refits them
+    from crossframe.explain.load import load_run
+
+    _write_csv(path, {**table, "age": [a + 100.0 for a in table["age"]]})
+    shifted = load_run(result.run_dir).dataset.x[:, 0]
+    np.testing.assert_allclose(shifted, (age + 100.0 - saved["mean"][0]) / saved["std"][0], rtol=1e-6, atol=1e-5)
 
 
 def test_parquet_and_arrow_files_read_as_the_csv_does(tmp_path: Path) -> None:

@@ -9,14 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from crossframe.backend import Backend
-from crossframe.checkpoint import load_checkpoint
-from crossframe.config.loading import load_config
 from crossframe.config.schema import RunConfig
 from crossframe.errors import ConfigError
-from crossframe.models import spec_from_json
 from crossframe.models.spec import ModelSpec
-from crossframe.train.data import load_training_data
-from crossframe.train.runner import CONFIG_FILE, prepare_backend
+from crossframe.train.evaluate import load_run as load_for_inference
 
 
 @dataclass
@@ -34,19 +30,10 @@ class LoadedRun:
 
 def load_run(run: str | os.PathLike, overrides: Iterable[str] = (), backend: str | None = None,
              split: str = "val") -> LoadedRun:
-    """The run's latest checkpoint (or the ``checkpoints/step_N`` given) on ``backend`` (default: its own)."""
-    checkpoint = load_checkpoint(Path(run))
-    run_dir = checkpoint.path.parent.parent
-    saved = run_dir / CONFIG_FILE
-    if not saved.is_file():
-        raise ConfigError(f"explain: '{run_dir}' has no {CONFIG_FILE}")
-    cfg = load_config(saved, overrides, backend=backend)
-    spec = spec_from_json(checkpoint.state["model"])
-    if spec.data_info.task == "language_modeling":
+    """The run's latest checkpoint (or the ``checkpoints/step_N`` given) on ``backend`` (default: its own),
+    with its ``split`` (inputs through the run's saved tabular transform, as ``crossframe eval`` sees them)."""
+    loaded = load_for_inference(run, overrides, backend, command="explain")
+    if loaded.spec.data_info.task == "language_modeling":
         raise ConfigError("explain: language models are not supported (array inputs only)")
-    impl, device = prepare_backend(cfg, training=False)
-    spec.check_checkpoint(checkpoint.weights, {}, f"checkpoint '{checkpoint.path}'")
-    state = impl.inference_state(spec, checkpoint.weights, device, cfg.precision)
-    data = load_training_data(cfg)
-    dataset = data.loader.dataset if split == "train" else data.val
-    return LoadedRun(run_dir, checkpoint.step, cfg, impl, state, spec, dataset)
+    return LoadedRun(loaded.run_dir, loaded.step, loaded.config, loaded.backend, loaded.state, loaded.spec,
+                     loaded.dataset(split))

@@ -158,9 +158,9 @@ def _inputs(graph: Graph, rng: np.random.Generator) -> np.ndarray:
     return rng.normal(size=shape).astype(np.float32)
 
 
-def _directional(graph: Graph, weights: Mapping[str, np.ndarray], x: np.ndarray, cot: np.ndarray,
+def directional_derivative(graph: Graph, weights: Mapping[str, np.ndarray], x: np.ndarray, cot: np.ndarray,
                  dw: Mapping[str, np.ndarray], dx: np.ndarray | None, eps: float = 1e-6) -> float:
-    """``d/dt <f(w + t dw, x + t dx), cot>`` at 0, by float64 central differences of the reference."""
+    """``d/dt <f(w + t dw, x + t dx), cot>`` at 0, by float64 central differences of the graph's numpy reference."""
     def at(t: float) -> float:
         w = {k: np.asarray(v, np.float64) + t * dw[k] for k, v in weights.items()}
         xi = x if dx is None else np.asarray(x, np.float64) + t * dx
@@ -190,7 +190,7 @@ def check_example(kind: str, params: Mapping[str, Any], input_shape: tuple[int, 
         return f"forward differs from the reference by {worst:.3g} (allowed {bound:.3g})"
     dw = {k: rng.normal(size=v.shape) for k, v in weights.items()}
     dx = None if gx is None else rng.normal(size=x.shape)
-    expected = _directional(spec.graph, weights, x, cot, dw, dx)
+    expected = directional_derivative(spec.graph, weights, x, cot, dw, dx)
     terms = [np.asarray(grads[k], np.float64) * dw[k] for k in weights]
     if dx is not None:
         terms.append(np.asarray(gx, np.float64) * dx)
