@@ -383,7 +383,7 @@ def test_entry_point_module_is_light_and_the_factory_loads_jax() -> None:
 def test_capabilities_on_this_machine() -> None:
     caps = BACKEND.capabilities()
     assert caps.devices[0] == "cpu"
-    assert caps.models == ("mlp", "cnn", "gpt", "graph")
+    assert caps.models == ("mlp", "cnn", "gpt", "graph", "hf")
     assert caps.optimizers == ("sgd", "adam", "adamw", "rmsprop", "adagrad", "lion")
     assert caps.precisions == ("fp32", "bf16") and caps.strategies == ("single", "data_parallel", "fully_sharded")
     assert BACKEND.framework_version() == jax.__version__

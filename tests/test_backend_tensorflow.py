@@ -347,7 +347,7 @@ def test_fp16_skips_steps_with_overflowing_gradients() -> None:
 
 def test_capabilities_and_a_missing_tpu(workdir: Path, tiny) -> None:
     caps = BACKEND.capabilities()
-    assert caps.models == ("mlp", "cnn", "gpt", "graph")
+    assert caps.models == ("mlp", "cnn", "gpt", "graph", "hf")
     assert caps.optimizers == ("sgd", "adam", "adamw", "rmsprop", "adagrad", "lion")
     assert caps.devices[0] == "cpu" and caps.compile and caps.strategies == ("single", "data_parallel")
     if "tpu" in caps.devices:

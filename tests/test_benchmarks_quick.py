@@ -16,7 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 #: keys of a row that are measured figures and must be finite and positive
-FIGURE = re.compile(r"(per_s$|_s_[0n]_plugins$|ratio|_mfu$|_bytes$|_p\d\d_ms|throughput)")
+FIGURE = re.compile(r"(per_s$|_s_[0n]_plugins$|ratio|_mfu$|_bytes$|_p\d\d_ms|throughput"
+                    r"|^(plain|dp|opacus)_ms$|_over_|^vs_)")
 
 
 def _figures(row: dict[str, Any]) -> dict[str, Any]:

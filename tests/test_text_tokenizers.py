@@ -179,7 +179,7 @@ def test_registry_registers_factories_with_schemas() -> None:
 
     sources: dict[str, Any] = {}
     registry.register_datasets(lambda name, obj, *, schema=None, description="": sources.update({name: schema}))
-    assert set(sources) == {"text-files", "jsonl", "python-stdlib"}
+    assert set(sources) == {"text-files", "jsonl", "python-stdlib", "instructions"}
 
 
 def test_importing_the_text_package_loads_no_framework_nor_tokenizers() -> None:

@@ -52,7 +52,7 @@ from crossframe.compress.measure import (
 )
 from crossframe.compress.report import Report
 from crossframe.config.loading import atomic_write_text, dump_yaml, load_config, read_config_file
-from crossframe.config.schema import ComponentConfig, RunConfig
+from crossframe.config.schema import ComponentConfig, ModelConfig, RunConfig
 from crossframe.config.validation import describe, validate_params
 from crossframe.errors import ConfigError, CrossframeError, ExportError, UsageError
 from crossframe.export.files import atomic_output
@@ -284,7 +284,8 @@ class Pipeline:
     def _write_stage(self, stage: Stage, index: int, step: ComponentConfig, result: CompressResult,
                      source: Stage) -> None:
         cfg = self.cfg.model_copy(deep=True)
-        cfg.model = ComponentConfig.model_validate({"name": stage.spec.name, **stage.spec.params})
+        # the stage's own weights are complete: no init_from
+        cfg.model = ModelConfig.model_validate({"name": stage.spec.name, **stage.spec.params})
         cfg.compress = [ComponentConfig.model_validate(s.model_dump()) for s in self._applied]
         state = {"step": 0, "model": stage.spec.to_json(), "backend": self.cfg.backend,
                  "compress": {"index": index, "name": step.name, "params": step.params,
