@@ -163,3 +163,21 @@ def test_oversampled_run_resumes_with_the_same_batches(workdir: Path, tiny) -> N
     finally:
         manager.unregister("recorder")
     assert first.batches + second.batches == straight.batches and len(straight.batches) == 12
+
+
+def test_a_backend_without_weighted_losses_refuses_them_in_one_line() -> None:
+    """A backend that does not claim ``weighted_losses`` (a third party's, say) is stopped before the run."""
+    from crossframe.backend import Capabilities
+    from crossframe.config.schema import RunConfig
+    from crossframe.errors import CapabilityError
+    from crossframe.train.runner import check_capabilities
+
+    caps = Capabilities(devices=("cpu",), precisions=("fp32",), strategies=("single",), models=("mlp",),
+                        optimizers=("adamw",))
+    plain = RunConfig.model_validate({"backend": "torch", "model": {"name": "mlp"}})
+    check_capabilities(plain, caps, "cpu", "mlp")  # plain cross-entropy passes
+    focal = RunConfig.model_validate({"backend": "torch", "model": {"name": "mlp"},
+                                      "train": {"loss": {"name": "focal"}}})
+    with pytest.raises(CapabilityError, match=r"^train\.loss: backend 'torch' trains with plain cross-entropy"):
+        check_capabilities(focal, caps, "cpu", "mlp")
+    assert check_capabilities(focal, caps, "cpu", "mlp", training=False) is None  # evaluation needs no loss

@@ -47,6 +47,8 @@ class Capabilities:
     optimizers: tuple[str, ...]
     compile: bool = False
     can_train: bool = True
+    #: the step honours ``TrainSetup.objective`` (class weights, focal loss, label smoothing)
+    weighted_losses: bool = False
     notes: dict[str, str] = field(default_factory=dict)  # e.g. {"tpu": "install torch_xla"}
 
 

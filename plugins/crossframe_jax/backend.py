@@ -339,6 +339,7 @@ class JaxBackend(Backend):
             models=MODELS,
             optimizers=SUPPORTED,
             compile=True,
+            weighted_losses=True,
             notes={"tpu": "install jax[tpu] on a TPU host", "gpu": "install jax[cuda12] on a machine with a CUDA GPU",
                    "fp16": "no loss scaling in the jax backend yet; use bf16",
                    "compile": "steps are always jax.jit-compiled; train.compile is accepted and ignored"},

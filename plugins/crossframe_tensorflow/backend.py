@@ -94,6 +94,7 @@ class TensorFlowBackend(Backend):
             models=MODELS,
             optimizers=SUPPORTED,
             compile=True,
+            weighted_losses=True,
             notes={"gpu": "no GPU visible to TensorFlow: tensorflow-cpu, or no CUDA device",
                    "tpu": "no TPU visible to TensorFlow: needs a TPU VM and a TPU build of TensorFlow",
                    "fully_sharded": "tf.distribute mirrors variables, it does not shard them; use data_parallel"},

@@ -93,6 +93,7 @@ class TorchBackend(Backend):
             models=MODELS,
             optimizers=SUPPORTED,
             compile=True,
+            weighted_losses=True,
             notes={"tpu": "install torch_xla", "gpu": "no CUDA or MPS device visible to torch"},
         )
 

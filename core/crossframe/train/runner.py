@@ -80,6 +80,14 @@ def check_capabilities(config: RunConfig, caps: Capabilities, device: str, model
                                   f"{one_of(available)}{f' ({note})' if note else ''}")
     if training and config.train.compile is True and not caps.compile:
         raise CapabilityError(f"train.compile: backend '{name}' cannot compile steps")
+    t = config.train
+    if training and not caps.weighted_losses:
+        asked = [k for k, on in (("class_weights", t.class_weights is not None),
+                                 ("loss", t.loss is not None and t.loss.name != "cross_entropy"),
+                                 ("label_smoothing", t.label_smoothing > 0)) if on]
+        if asked:
+            raise CapabilityError(f"train.{asked[0]}: backend '{name}' trains with plain cross-entropy only "
+                                  "(no class weights, focal loss or label smoothing)")
 
 
 def _unique_dir(base: Path) -> Path:
