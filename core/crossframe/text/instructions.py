@@ -11,7 +11,6 @@ cut into rows; the training order is a seeded permutation of rows per epoch, so 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from crossframe.errors import ConfigError, DataError
+from crossframe.text.sources import jsonl_records
 
 
 class InstructionParams(BaseModel):
@@ -67,17 +67,7 @@ class InstructionSource:
 
 
 def _examples(params: InstructionParams, path: Path) -> Iterator[list[dict[str, str]]]:
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise DataError(f"data.paths: cannot read '{path}' ({exc.strerror or exc})") from None
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except ValueError as exc:
-            raise DataError(f"data: {path}:{number} is not valid JSON ({exc})") from None
+    for number, record in jsonl_records(path):
         if isinstance(record, dict) and isinstance(record.get(params.messages_field), list):
             messages = record[params.messages_field]
             if not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages):

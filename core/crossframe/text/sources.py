@@ -13,6 +13,7 @@ import re
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
@@ -106,39 +107,45 @@ def _valid_unicode(text: str) -> str:
     return text
 
 
+def jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed value)`` of each non-blank line of the JSON Lines file ``path``, streamed;
+    an unreadable file or a line that is not JSON is one :class:`DataError` naming the file and line."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise DataError(f"data.paths: cannot read '{path}' ({exc.strerror or exc})") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                yield number, json.loads(raw)
+            except ValueError as exc:
+                raise DataError(f"data: {path}:{number} is not valid JSON ({exc})") from None
+
+
 def _jsonl_documents(params: JsonlParams, files: list[tuple[str, Path]]) -> Iterator[Document]:
     count = 0
     for file_id, path in files:
-        try:
-            handle = path.open("rb")
-        except OSError as exc:
-            raise DataError(f"data.paths: cannot read '{path}' ({exc.strerror or exc})") from None
-        with handle:
-            for number, raw in enumerate(handle, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    record = json.loads(raw)
-                except ValueError as exc:
-                    raise DataError(f"data: {path}:{number} is not valid JSON ({exc})") from None
-                if not isinstance(record, dict):
-                    raise DataError(f"data: {path}:{number} is a JSON {type(record).__name__}, not an object")
-                if params.field not in record:
-                    keys = ", ".join(sorted(map(str, record))) or "none"
-                    raise DataError(f"data.field: {path}:{number} has no key '{params.field}' (keys: {keys})")
-                text = record[params.field]
-                if not isinstance(text, str):
-                    raise DataError(f"data.field: {path}:{number} '{params.field}' is a JSON "
-                                    f"{type(text).__name__}, not a string")
-                doc_id = f"{file_id}:{number}"
-                if params.id_field is not None:
-                    if params.id_field not in record:
-                        raise DataError(f"data.id_field: {path}:{number} has no key '{params.id_field}'")
-                    doc_id = str(record[params.id_field])
-                yield Document(doc_id, _valid_unicode(text))
-                count += 1
-                if params.max_docs is not None and count >= params.max_docs:
-                    return
+        for number, record in jsonl_records(path):
+            if not isinstance(record, dict):
+                raise DataError(f"data: {path}:{number} is a JSON {type(record).__name__}, not an object")
+            if params.field not in record:
+                keys = ", ".join(sorted(map(str, record))) or "none"
+                raise DataError(f"data.field: {path}:{number} has no key '{params.field}' (keys: {keys})")
+            text = record[params.field]
+            if not isinstance(text, str):
+                raise DataError(f"data.field: {path}:{number} '{params.field}' is a JSON "
+                                f"{type(text).__name__}, not a string")
+            doc_id = f"{file_id}:{number}"
+            if params.id_field is not None:
+                if params.id_field not in record:
+                    raise DataError(f"data.id_field: {path}:{number} has no key '{params.id_field}'")
+                doc_id = str(record[params.id_field])
+            yield Document(doc_id, _valid_unicode(text))
+            count += 1
+            if params.max_docs is not None and count >= params.max_docs:
+                return
 
 
 def load_jsonl(params: JsonlParams) -> TextCorpus:
