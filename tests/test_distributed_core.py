@@ -213,3 +213,37 @@ def test_workers_that_all_succeed_end_quietly(tmp_path: Path) -> None:
     """)
     run_local(job)
     assert sorted(p.name for p in marker.iterdir()) == ["0-3-0", "1-3-1", "2-3-2"]
+
+
+WORKER_EXIT = """
+import atexit, sys, threading, time
+
+class Teardown:
+    def __del__(self):
+        print("teardown", flush=True)
+
+keep = Teardown()  # a module global: interpreter teardown would collect it
+atexit.register(lambda: print("atexit ran"))
+threading.Thread(target=lambda: (time.sleep(0.2), print("thread done"))).start()
+sys.argv = ["crossframe", *sys.argv[1:]]
+from crossframe.cli.main import entry
+entry()
+"""
+
+
+@pytest.mark.parametrize(("args", "code"), [(["--version"], 0), (["run", "no-such.yaml"], 2)])
+def test_a_launched_worker_ends_without_interpreter_teardown(tmp_path: Path, args: list[str], code: int) -> None:
+    """A worker ends as multiprocessing's children do (threads joined, atexit run, streams flushed, no
+    teardown), which keeps gloo from aborting at exit; the exit code is the command's. A plain process
+    tears down as usual."""
+    import os
+
+    for worker, torn_down in (("1", False), ("", True)):
+        env = {**os.environ, "CROSSFRAME_WORKER": worker}
+        env.pop("TORCHELASTIC_RUN_ID", None)
+        proc = subprocess.run([sys.executable, "-c", WORKER_EXIT, *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == code, proc.stderr[-1000:]
+        lines = proc.stdout.splitlines()
+        assert "thread done" in lines and "atexit ran" in lines, proc.stdout
+        assert ("teardown" in lines) is torn_down, proc.stdout

@@ -103,8 +103,14 @@ def main(argv: Sequence[str] | None = None, keep_plugins: bool = False) -> int:
 
 
 def entry() -> None:
-    """Console-script wrapper."""
-    sys.exit(main())
+    """Console-script wrapper; a launched worker ends without interpreter teardown (see
+    :func:`crossframe.distributed.world.end_worker`)."""
+    code = main()
+    from crossframe.distributed.world import end_worker, is_worker
+
+    if is_worker():
+        end_worker(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

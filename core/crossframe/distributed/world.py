@@ -82,6 +82,29 @@ def is_worker(environ: Mapping[str, str] | None = None) -> bool:
     return env.get(WORKER_ENV, "") not in ("", "0") or "TORCHELASTIC_RUN_ID" in env  # or started by torchrun
 
 
+def end_worker(code: int) -> None:
+    """End a launched worker with ``code`` the way :mod:`multiprocessing` ends its children: wait for
+    non-daemon threads, run the ``atexit`` handlers, flush the standard streams, then ``os._exit``,
+    skipping interpreter teardown.
+
+    torch's gloo process group can abort (SIGABRT, "terminate called without an active exception")
+    while C++ objects are torn down at interpreter exit, even after ``destroy_process_group`` and a
+    successful run; a worker has nothing left to do at that point, so it does not tear down.
+    """
+    import atexit
+    import sys
+    import threading
+
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]  # what multiprocessing's children call
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on ``host`` right now (the OS picks it by binding to port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
