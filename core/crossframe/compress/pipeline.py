@@ -342,6 +342,9 @@ class Pipeline:
         info: dict[str, Any] = {}
         tolerance = None
         if step.name in deploy.DEPLOY:
+            from crossframe.security.artifacts import refuse_unsealable
+
+            refuse_unsealable(f"{where}.name: '{step.name}'", "its quantiser reads and writes model files")
             params = deploy.parse_params(step.name, step.params, where)
             tolerance = params.tolerance
 
