@@ -1,7 +1,7 @@
-"""Encrypted exports: with ``security.encrypt`` an ONNX file and a torch.export program are sealed in
-memory before they are written, and ONNX Runtime (or torch) opens them from decrypted bytes, never
-from plaintext on the disk; without the key, with the wrong key or a flipped byte they are refused in
-one line."""
+"""Plaintext never on the disk: with ``security.encrypt`` an ONNX file and a torch.export program are
+sealed in memory before they are written, and ONNX Runtime (or torch) opens them from decrypted
+bytes; without the key, with the wrong key or a flipped byte they are refused in one line. A token
+store is encrypted as it streams out, watched file by file while it is written."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
@@ -25,7 +27,7 @@ from crossframe.export.verify import DEFAULT_TOLERANCE
 from crossframe.security import Protection, SecurityError, protecting
 from crossframe.security.artifacts import artifact_bytes, refuse_unsealable
 from crossframe.security.keys import KEY_FILE_ENV, SIGNING_KEY_ENV, VERIFY_KEY_ENV, read_aes_key, write_new_keys
-from crossframe.security.sealing import is_sealed
+from crossframe.security.sealing import SealingWriter, is_sealed, read_sealed, unseal
 from crossframe.serve.loading import load_served_model
 
 
@@ -121,3 +123,68 @@ def test_quantised_deployments_are_refused_when_encrypting(workdir: Path, tiny: 
     with protecting(Protection(key=read_aes_key(keys["aes"]))), \
             pytest.raises(SecurityError, match=r"^export: saved-model: cannot be encrypted \(TensorFlow"):
         refuse_unsealable("export: saved-model", "TensorFlow loads a SavedModel only from files")
+
+
+def test_a_sealed_token_store_never_puts_plaintext_on_the_disk(tmp_path: Path, keys: dict[str, Path],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's directory and the temporary directory are scanned while ``prepare`` streams (the
+    documents come from a generator that looks before each batch), and after: no document text, no
+    run of its token ids (as the store's uint16) and no document id is ever in any file, temporary or
+    final; the sealed store still opens to exactly the plain store's tokens."""
+    from crossframe.text.corpus import Document
+    from crossframe.text.store import TokenStore, prepare
+    from crossframe.text.tokenizers import BytesTokenizer
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    tokenizer = BytesTokenizer()
+    # long enough (about 4 KB of tokens each) that buffered plain writes would reach the files mid-stream
+    docs = [Document(f"patient-{i:03d}", f"confidential record {i:03d}: diagnosis withheld. " * 40)
+            for i in range(60)]
+    needles = [b"confidential", b"patient-0"]
+    needles += [np.asarray(tokenizer.encode(d.text), np.uint16)[:12].tobytes() for d in docs[::7]]
+    out = tmp_path / "store"
+    seen: set[str] = set()
+
+    def scan() -> None:
+        for path in every_file(tmp_path):
+            if path.is_relative_to(tmp_path / "keys"):
+                continue
+            seen.add(path.name)
+            data = path.read_bytes()
+            for needle in needles:
+                assert needle not in data, f"{path} holds plaintext {needle[:16]!r}"
+
+    def watched() -> Any:
+        for i, doc in enumerate(docs):
+            if i % 5 == 0:
+                scan()
+            yield doc
+
+    with protecting(Protection(key=read_aes_key(keys["aes"]))):
+        sealed = prepare(watched(), tokenizer, out, val_fraction=0.25, chunk_tokens=32, batch_chars=64)
+    scan()
+    assert any(".train.bin.tmp-" in name for name in seen)  # the scans saw the store's files mid-write
+    assert not list(out.glob(".*tmp*"))  # nothing temporary is left
+    plain = prepare(docs, tokenizer, tmp_path / "plain", val_fraction=0.25)
+    reopened = TokenStore.open(out)
+    for split in ("train", "val"):
+        assert np.array_equal(sealed[split].tokens, plain[split].tokens)
+        assert np.array_equal(reopened[split].offsets, plain[split].offsets)
+        assert list(reopened[split].doc_ids()) == list(plain[split].doc_ids())
+
+
+@given(chunks=st.lists(st.binary(max_size=300), max_size=8))
+def test_a_streamed_seal_opens_as_one_sealed_file(tmp_path_factory: pytest.TempPathFactory,
+                                                  chunks: list[bytes]) -> None:
+    """What :class:`SealingWriter` writes in chunks is what :func:`seal` writes at once: the same
+    format, bound to the same name, opened by :func:`read_sealed`; another name does not open it."""
+    key = bytes(range(32))
+    path = tmp_path_factory.mktemp("stream") / "train.bin"
+    with SealingWriter(path, key, "train.bin") as handle:
+        for chunk in chunks:
+            assert handle.write(chunk) == len(chunk)
+    assert read_sealed(path, key) == b"".join(chunks)
+    with pytest.raises(SecurityError, match="wrong key"):
+        unseal(path.read_bytes(), key, "val.bin", path)
