@@ -1,8 +1,10 @@
-"""DP-SGD with data parallelism: two DDP workers (gloo on CPU, torch's elastic launcher through
-``crossframe run``) against one process with the same global batch and seed."""
+"""DP-SGD with data parallelism: two worker processes started by ``crossframe run --nproc-per-node 2``
+(torch: DDP over gloo through torch's elastic launcher; jax: ``jax.distributed`` with gloo CPU
+collectives) against one process with the same global batch and seed."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,8 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-
-pytest.importorskip("torch")
 
 import crossframe
 from crossframe.errors import CapabilityError
@@ -27,12 +27,23 @@ STEPS = 20
 LR = 0.1
 SIGMA, CLIP = 1.0, 1.0
 BOUND_S = 240  # a hang detector for the whole job, not a timing claim
+ROOT = Path(__file__).resolve().parents[1]
+#: backends whose DP-SGD runs data parallel (their capabilities' private_strategies), when installed
+BACKENDS = [b for b in ("torch", "jax") if importlib.util.find_spec(b)]
 
 
-def dp_config(output_dir: Path, name: str, batch_size: int, **over: Any) -> dict[str, Any]:
+def worker_env() -> dict[str, str]:
+    """The environment for the launcher: this checkout first, no forced devices or launcher variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CROSSFRAME_", "XLA_FLAGS"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "core"), str(ROOT / "plugins"),
+                                                      env.get("PYTHONPATH", "")]))
+    return env
+
+
+def dp_config(output_dir: Path, name: str, batch_size: int, backend: str = "torch", **over: Any) -> dict[str, Any]:
     """A tiny MLP on synthetic data with Poisson-sampled DP-SGD in two micro-batches, every step logged."""
     cfg: dict[str, Any] = {
-        "name": name, "backend": "torch", "device": "cpu", "seed": 4, "output_dir": str(output_dir),
+        "name": name, "backend": backend, "device": "cpu", "seed": 4, "output_dir": str(output_dir),
         "data": {"name": "synthetic", "samples": 256, "features": 8, "classes": 3},
         "model": {"name": "mlp", "hidden": [16]},
         "train": {"steps": STEPS, "batch_size": batch_size, "grad_accum": ACCUM, "log_every": 1,
@@ -56,7 +67,8 @@ def stored_privacy(run_dir: Path) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_two_dp_workers_give_the_single_process_loss_curve_and_epsilon(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_dp_workers_give_the_single_process_loss_curve_and_epsilon(tmp_path: Path, backend: str) -> None:
     """Each worker clips and sums its own part of every (Poisson) micro-batch; the sums are all-reduced
     and the one noise draw of ``(seed, step)`` is added once, so two workers with 8 rows per micro-batch
     train as one process with 16, and spend the same epsilon (the global sample rate).
@@ -75,12 +87,12 @@ def test_two_dp_workers_give_the_single_process_loss_curve_and_epsilon(tmp_path:
     bound = CLIP * STEPS * LR * rel * (CLIP + 4 * SIGMA * CLIP / (2 * PER_WORKER * ACCUM)) + rel * 1.1
     assert bound < 1e-5  # about 3.5e-6
 
-    one = crossframe.run(dp_config(tmp_path, "one", 2 * PER_WORKER), quiet=True)
+    one = crossframe.run(dp_config(tmp_path, "one", 2 * PER_WORKER, backend), quiet=True)
     config = tmp_path / "two.yaml"
-    config.write_text(yaml.safe_dump(dp_config(tmp_path, "two", PER_WORKER)), encoding="utf-8")
+    config.write_text(yaml.safe_dump(dp_config(tmp_path, "two", PER_WORKER, backend)), encoding="utf-8")
     proc = subprocess.run([sys.executable, "-m", "crossframe", "run", str(config), "--quiet",
                            "--strategy", "data_parallel", "--nproc-per-node", "2"],
-                          capture_output=True, text=True, timeout=BOUND_S, env=dict(os.environ))
+                          capture_output=True, text=True, timeout=BOUND_S, env=worker_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     two = tmp_path / "two"
 
@@ -95,8 +107,9 @@ def test_two_dp_workers_give_the_single_process_loss_curve_and_epsilon(tmp_path:
     assert double["epsilon"] == single["epsilon"] == epsilon(SIGMA, single["sample_rate"], STEPS, 1e-5)
 
 
-def test_dp_with_a_sharded_strategy_or_a_backend_without_it_is_one_line(tmp_path: Path) -> None:
-    cfg = dp_config(tmp_path, "fsdp", PER_WORKER, strategy="fully_sharded")
-    with pytest.raises(CapabilityError, match=r"^train\.privacy: DP-SGD with strategy 'fully_sharded'"):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dp_with_a_sharded_strategy_is_one_line_before_the_run(tmp_path: Path, backend: str) -> None:
+    cfg = dp_config(tmp_path, "fsdp", PER_WORKER, backend, strategy="fully_sharded")
+    with pytest.raises(CapabilityError, match=r"^train\.privacy: DP-SGD with strategy 'fully_sharded' on backend"):
         crossframe.run(cfg, quiet=True)
     assert not (tmp_path / "fsdp").exists()
