@@ -24,7 +24,7 @@ from crossframe.export.failure import export_failure
 from crossframe.export.files import atomic_output
 from crossframe.export.quiet import quiet_converters
 from crossframe.export.verify import is_token_model, trace_example
-from crossframe.security.artifacts import artifact_source, refuse_unsealable, write_artifact
+from crossframe.security.artifacts import UNSEALABLE, artifact_source, refuse_unsealable, write_artifact
 from crossframe_tensorflow.devices import tf
 from crossframe_tensorflow.models import build_model
 
@@ -74,7 +74,7 @@ def export(request: ExportRequest, fmt: str, options: dict[str, Any]) -> ExportA
             if fmt == "onnx":
                 extra["opset"] = _write_onnx(module, request, int(options.get("opset", 18)), tmp, path.name)
             elif fmt == "saved-model":
-                refuse_unsealable("export: saved-model", "TensorFlow loads a SavedModel only from files")
+                refuse_unsealable("export: saved-model", UNSEALABLE["saved-model"])
                 tf.saved_model.save(module, str(tmp), signatures={SIGNATURE: module.serve.get_concrete_function()})
             else:
                 concrete = module.forward.get_concrete_function()

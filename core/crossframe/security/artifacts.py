@@ -27,10 +27,23 @@ def encrypting() -> bool:
     return protection is not None and protection.key is not None
 
 
+#: why each export that can only be opened from files is refused under encryption, by exporter name
+UNSEALABLE = {"saved-model": "TensorFlow loads a SavedModel only from files",
+              "onnx-int8-dynamic": "its quantiser reads and writes model files",
+              "onnx-int8-static": "its quantiser reads and writes model files",
+              "tflite-int8": "its quantiser reads and writes model files",
+              "torch-int8": "its quantiser reads and writes model files"}
+
+
+def unsealable(what: str, why: str) -> SecurityError:
+    """The one line for an artefact ``what`` that cannot be written sealed, because ``why``."""
+    return SecurityError(f"{what}: cannot be encrypted ({why}); use onnx, or turn security.encrypt off for it")
+
+
 def refuse_unsealable(what: str, why: str) -> None:
     """Raise one :class:`SecurityError` line when encrypting: ``what`` cannot be written sealed, because ``why``."""
     if encrypting():
-        raise SecurityError(f"{what}: cannot be encrypted ({why}); use onnx, or turn security.encrypt off for it")
+        raise unsealable(what, why)
 
 
 def write_artifact(path: Path, data: bytes, name: str | None = None) -> None:
@@ -71,4 +84,5 @@ def artifact_source(path: Path) -> str | bytes:
     return artifact_bytes(path) if is_sealed(path) else str(path)
 
 
-__all__ = ["artifact_bytes", "artifact_source", "encrypting", "refuse_unsealable", "write_artifact"]
+__all__ = ["UNSEALABLE", "artifact_bytes", "artifact_source", "encrypting", "refuse_unsealable", "unsealable",
+           "write_artifact"]
