@@ -87,7 +87,8 @@ def test_encrypted_signed_run_resumes_evaluates_and_exports(workdir: Path, tiny:
 
     _, entries = export_run(resumed.run_dir, ["onnx"])
     export_dir = Path(entries[0]["path"]).parent
-    assert (export_dir / "manifest.sig").is_file()  # exports are signed (not encrypted: see docs/security.md)
+    assert (export_dir / "manifest.sig").is_file()  # exports are signed, and sealed (test_security_sealed.py)
+    assert (export_dir / "model.onnx").read_bytes().startswith(MAGIC)
     assert main(["verify", str(resumed.run_dir)]) == 0
 
 

@@ -49,6 +49,8 @@ class Capabilities:
     can_train: bool = True
     #: the step honours ``TrainSetup.objective`` (class weights, focal loss, label smoothing)
     weighted_losses: bool = False
+    #: strategies whose DP-SGD step sums clipped gradients over every worker and adds the noise once
+    private_strategies: tuple[str, ...] = ("single",)
     notes: dict[str, str] = field(default_factory=dict)  # e.g. {"tpu": "install torch_xla"}
 
 

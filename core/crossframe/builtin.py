@@ -177,7 +177,8 @@ def check_run_config(config: Any) -> None:
     if config.compress or config.export:
         from crossframe.compress.pipeline import check_steps
 
-        check_steps(config.compress, config.export)
+        security = getattr(config, "security", None)
+        check_steps(config.compress, config.export, encrypt=bool(security is not None and security.encrypt))
 
 
 @hookimpl

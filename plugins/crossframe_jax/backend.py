@@ -340,6 +340,7 @@ class JaxBackend(Backend):
             optimizers=SUPPORTED,
             compile=True,
             weighted_losses=True,
+            private_strategies=("single", "data_parallel"),  # DP-SGD: XLA all-reduces the clipped sums
             notes={"tpu": "install jax[tpu] on a TPU host", "gpu": "install jax[cuda12] on a machine with a CUDA GPU",
                    "fp16": "no loss scaling in the jax backend yet; use bf16",
                    "compile": "steps are always jax.jit-compiled; train.compile is accepted and ignored"},

@@ -303,6 +303,13 @@ class Plan:
             return jax.make_array_from_process_local_data(sharding, a)
         return jax.device_put(a, sharding)
 
+    def copy(self, a: np.ndarray) -> jax.Array:
+        """An array every process holds in full, replicated on every device (DP-SGD's noise)."""
+        a = np.asarray(a)
+        if self.multiprocess:
+            return jax.make_array_from_process_local_data(self.replicated, a, a.shape)
+        return jax.device_put(a, self.replicated)
+
     def whole(self, a: np.ndarray | None) -> jax.Array | None:
         """An array every process holds in full (eval and predict inputs), split over the devices
         when its rows divide evenly, else replicated."""
@@ -386,22 +393,8 @@ def create_state(backend: Any, setup: TrainSetup) -> Any:
     opt_sh = plan.opt_state(opt_shape, param_sh, shapes)
     opt = jax.jit(lambda p: OptState(tx.init(p), jnp.zeros((), jnp.int32)), out_shardings=opt_sh)(params)
 
-    split = setup.grad_accum > 1
-    step = jax.jit(_raw(jb.make_train_fn(setup, program.forward, tx, program.traces, teacher_forward,
-                                         presplit=split)),
-                   donate_argnums=(0, 1), out_shardings=(param_sh, opt_sh, plan.replicated))
-
-    def train(params: Any, opt: Any, x: np.ndarray, y: np.ndarray, mask: np.ndarray | None, lr: Any,
-              *rest: Any) -> Any:
-        try:  # (not a context manager: this runs every step)
-            return step(params, opt, plan.batch(x, split), plan.batch(y, split),
-                        None if mask is None else plan.batch(mask, split), lr, *rest)
-        except jax.errors.JaxRuntimeError as exc:
-            raise_collective_error(exc)
-            raise
-
-    train.jitted = step  # type: ignore[attr-defined]  # for inspection (tests lower it to see the collectives)
-
+    train = (_private_train(jb, program, plan, param_sh, opt_sh) if setup.privacy is not None
+             else _train(jb, setup, program, plan, teacher_forward, param_sh, opt_sh))
     evaluate_jit = jax.jit(_raw(program.evaluate), out_shardings=plan.replicated)
     predict_jit = jax.jit(_raw(program.predict), out_shardings=plan.replicated)
 
@@ -417,6 +410,55 @@ def create_state(backend: Any, setup: TrainSetup) -> Any:
     fields.update(train=train, evaluate=evaluate, predict=predict, extra=(extra,) if extra else ())
     sharded = sharded_program_class()(**fields, plan=plan, param_shardings=param_sh, opt_shardings=opt_sh)
     return jb.JaxState(sharded, params, opt)
+
+
+def _train(jb: Any, setup: TrainSetup, program: Any, plan: Plan, teacher_forward: Any, param_sh: Any,
+           opt_sh: Any) -> Callable[..., Any]:
+    """The train function on the mesh: :func:`crossframe_jax.backend.make_train_fn` on global arrays."""
+    split = setup.grad_accum > 1
+    step = jax.jit(_raw(jb.make_train_fn(setup, program.forward, program.tx, program.traces, teacher_forward,
+                                         presplit=split)),
+                   donate_argnums=(0, 1), out_shardings=(param_sh, opt_sh, plan.replicated))
+
+    def train(params: Any, opt: Any, x: np.ndarray, y: np.ndarray, mask: np.ndarray | None, lr: Any,
+              *rest: Any) -> Any:
+        try:  # (not a context manager: this runs every step)
+            return step(params, opt, plan.batch(x, split), plan.batch(y, split),
+                        None if mask is None else plan.batch(mask, split), lr, *rest)
+        except jax.errors.JaxRuntimeError as exc:
+            raise_collective_error(exc)
+            raise
+
+    train.jitted = step  # type: ignore[attr-defined]  # for inspection (tests lower it to see the collectives)
+    return train
+
+
+def _private_train(jb: Any, program: Any, plan: Plan, param_sh: Any, opt_sh: Any) -> Callable[..., Any]:
+    """DP-SGD's train function on a data-parallel mesh: the single-device DP step of
+    :func:`crossframe_jax.privacy.make_train_fn`, written on the *global* batch, jitted with the rows
+    sharded. Each device clips its own examples; XLA turns the sum over the batch's rows into an
+    all-reduce of the clipped sums, and the noise (drawn by every process from ``(seed, step)``,
+    replicated) is added once to that global sum, so every device takes the one-device step."""
+    from crossframe_jax import privacy
+
+    setup = program.setup
+    if plan.strategy == "fully_sharded":
+        raise CapabilityError("train.privacy: DP-SGD on jax runs with strategy data_parallel, not fully_sharded")
+    step = jax.jit(_raw(privacy.make_train_fn(setup, program.forward, program.tx, program.traces,
+                                              jb._uses_rng(setup))),
+                   donate_argnums=(0, 1), out_shardings=(param_sh, opt_sh, plan.replicated))
+
+    def train(params: Any, opt: Any, x: np.ndarray, y: np.ndarray, w: np.ndarray, noise: Mapping[str, np.ndarray],
+              lr: Any, *rest: Any) -> Any:
+        try:
+            return step(params, opt, plan.batch(x, False), plan.batch(y, False), plan.batch(w, False),
+                        {name: plan.copy(value) for name, value in noise.items()}, lr, *rest)
+        except jax.errors.JaxRuntimeError as exc:
+            raise_collective_error(exc)
+            raise
+
+    train.jitted = step  # type: ignore[attr-defined]
+    return train
 
 
 def gathered(state: Any) -> Any:

@@ -32,6 +32,7 @@ from crossframe.export.failure import export_failure
 from crossframe.export.files import atomic_output
 from crossframe.export.quiet import quiet_converters
 from crossframe.export.verify import is_token_model, trace_example
+from crossframe.security.artifacts import artifact_bytes, write_artifact
 from crossframe_jax.models import load_canonical, make_forward
 
 FORMATS = ("onnx", "stablehlo")
@@ -76,11 +77,11 @@ def export(request: ExportRequest, fmt: str, options: dict[str, Any]) -> ExportA
         fn = native_function(request)
         with _quiet(), atomic_output(path) as tmp:
             if fmt == "onnx":
-                extra["opset"] = _write_onnx(fn, request, int(options.get("opset", 18)), tmp)
+                extra["opset"] = _write_onnx(fn, request, int(options.get("opset", 18)), tmp, path.name)
             else:
                 platforms = tuple(dict.fromkeys(("cpu", jax_export.default_export_platform())))
                 exported = jax_export.export(jax.jit(fn), platforms=platforms)(input_spec(request))
-                tmp.write_bytes(bytes(exported.serialize()))
+                write_artifact(tmp, bytes(exported.serialize()), name=path.name)  # sealed with security.encrypt
                 extra["platforms"] = list(platforms)
     except CrossframeError:
         raise
@@ -92,7 +93,8 @@ def export(request: ExportRequest, fmt: str, options: dict[str, Any]) -> ExportA
 # --------------------------------------------------------------------------- onnx
 
 
-def _write_onnx(fn: Callable[[jax.Array], jax.Array], request: ExportRequest, opset: int, path: Path) -> int:
+def _write_onnx(fn: Callable[[jax.Array], jax.Array], request: ExportRequest, opset: int, path: Path,
+                final: str) -> int:
     """jax2onnx to ``path`` (with the two rewrites above); checked for untranslated ops; returns the opset."""
     from jax2onnx import to_onnx
 
@@ -102,7 +104,7 @@ def _write_onnx(fn: Callable[[jax.Array], jax.Array], request: ExportRequest, op
                     input_names=["x"], output_names=["y"])
     rewrite_nhwc_pools(proto)
     written = check_onnx_model(proto, "jax", request.spec.name)
-    path.write_bytes(proto.SerializeToString())
+    write_artifact(path, proto.SerializeToString(), name=final)  # sealed in memory with security.encrypt
     return written
 
 
@@ -201,8 +203,9 @@ def load(artifact: ExportArtifact) -> Callable[[np.ndarray], np.ndarray]:
     """Run a ``stablehlo`` artefact: ``jax.export.deserialize`` and call it (jit, one trace per shape)."""
     if artifact.format != "stablehlo":
         raise CapabilityError(f"export: backend 'jax' cannot load '{artifact.format}' artefacts")
+    data = artifact_bytes(artifact.path)  # a sealed file is decrypted in memory (one line without the key)
     try:
-        exported = jax_export.deserialize(bytearray(Path(artifact.path).read_bytes()))
+        exported = jax_export.deserialize(bytearray(data))
     except Exception as exc:
         raise export_failure("jax", artifact.format, str(artifact.extra.get("model", "?")), exc) from None
     call = jax.jit(exported.call)

@@ -95,6 +95,7 @@ class TensorFlowBackend(Backend):
             optimizers=SUPPORTED,
             compile=True,
             weighted_losses=True,
+            private_strategies=("single", "data_parallel"),  # DP-SGD: clipped sums all-reduced, noise once
             notes={"gpu": "no GPU visible to TensorFlow: tensorflow-cpu, or no CUDA device",
                    "tpu": "no TPU visible to TensorFlow: needs a TPU VM and a TPU build of TensorFlow",
                    "fully_sharded": "tf.distribute mirrors variables, it does not shard them; use data_parallel"},

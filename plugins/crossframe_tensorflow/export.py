@@ -24,6 +24,7 @@ from crossframe.export.failure import export_failure
 from crossframe.export.files import atomic_output
 from crossframe.export.quiet import quiet_converters
 from crossframe.export.verify import is_token_model, trace_example
+from crossframe.security.artifacts import UNSEALABLE, artifact_source, refuse_unsealable, write_artifact
 from crossframe_tensorflow.devices import tf
 from crossframe_tensorflow.models import build_model
 
@@ -71,13 +72,14 @@ def export(request: ExportRequest, fmt: str, options: dict[str, Any]) -> ExportA
     try:
         with _quiet(), atomic_output(path, directory=fmt == "saved-model") as tmp:
             if fmt == "onnx":
-                extra["opset"] = _write_onnx(module, request, int(options.get("opset", 18)), tmp)
+                extra["opset"] = _write_onnx(module, request, int(options.get("opset", 18)), tmp, path.name)
             elif fmt == "saved-model":
+                refuse_unsealable("export: saved-model", UNSEALABLE["saved-model"])
                 tf.saved_model.save(module, str(tmp), signatures={SIGNATURE: module.serve.get_concrete_function()})
             else:
                 concrete = module.forward.get_concrete_function()
                 converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
-                tmp.write_bytes(converter.convert())
+                write_artifact(tmp, converter.convert(), name=path.name)  # sealed with security.encrypt
     except CrossframeError:
         raise
     except Exception as exc:
@@ -85,7 +87,7 @@ def export(request: ExportRequest, fmt: str, options: dict[str, Any]) -> ExportA
     return ExportArtifact(fmt, path, "tensorflow", fmt, extra)
 
 
-def _write_onnx(module: Exportable, request: ExportRequest, opset: int, path: Path) -> int:
+def _write_onnx(module: Exportable, request: ExportRequest, opset: int, path: Path, final: str) -> int:
     """tf2onnx from the serving function to ``path``; checked for untranslated ops; returns the opset."""
     import tf2onnx
 
@@ -93,7 +95,7 @@ def _write_onnx(module: Exportable, request: ExportRequest, opset: int, path: Pa
 
     proto, _ = tf2onnx.convert.from_function(module.forward, input_signature=module.signature, opset=opset)
     written = check_onnx_model(proto, "tensorflow", request.spec.name)
-    path.write_bytes(proto.SerializeToString())
+    write_artifact(path, proto.SerializeToString(), name=final)  # sealed in memory with security.encrypt
     return written
 
 
@@ -107,6 +109,8 @@ def load(artifact: ExportArtifact) -> Callable[[np.ndarray], np.ndarray]:
                 return _saved_model_runner(artifact.path, dtype)
             if artifact.format == "tflite":
                 return tflite_runner(artifact.path, dtype)
+    except CrossframeError:  # a sealed file without the key, or changed: its own line
+        raise
     except Exception as exc:
         raise export_failure("tensorflow", artifact.format, model, exc) from None
     raise CapabilityError(f"export: backend 'tensorflow' cannot load '{artifact.format}' artefacts")
@@ -127,7 +131,11 @@ def _saved_model_runner(path: Path, dtype: np.dtype) -> Callable[[np.ndarray], n
 
 def tflite_runner(path: Path, dtype: np.dtype | None = None, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     """Run a ``.tflite`` file: inputs cast to ``dtype`` (default: the model's input type), resized per shape."""
-    interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads or None)
+    source = artifact_source(path)  # a sealed file is decrypted into memory (one line without the key)
+    if isinstance(source, bytes):
+        interpreter = tf.lite.Interpreter(model_content=source, num_threads=threads or None)
+    else:
+        interpreter = tf.lite.Interpreter(model_path=source, num_threads=threads or None)
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
     dtype = np.dtype(inp["dtype"]) if dtype is None else dtype

@@ -5,6 +5,12 @@ One ``tf.function`` with a fixed signature ``(x, y, weights, *noise, lr)``: the 
 batch (``dp_noise/<name>``, drawn by :mod:`crossframe.privacy` in numpy), so TensorFlow adds exactly the
 numbers torch and JAX add. ``grad_accum`` micro-batches run in order (their clipped sums add up; the
 noise is added once per optimizer step).
+
+Data parallel (``tf.distribute``: MirroredStrategy in one process, MultiWorkerMirroredStrategy across
+processes): each replica clips and sums its own rows of every micro-batch; the sums, the loss and the
+counts are all-reduced (summed); every replica then adds the same noise (the whole array, the same on
+every worker) once and divides by the *global* expected batch, so all copies of the variables take the
+step one device would take on the global batch.
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from crossframe.errors import CapabilityError
+from crossframe.errors import CapabilityError, DistributedError
 from crossframe.privacy import batch_noise, batch_weights
 from crossframe.privacy.setup import CLIP_EPS
 from crossframe_tensorflow.devices import tf
+from crossframe_tensorflow.distributed import COLLECTIVE_FAILURES, DistributedTrain, collective_failure
 
 
 def clipped_sum(grads: list[tf.Tensor], weights: tf.Tensor, max_grad_norm: float) -> tuple[list[tf.Tensor], tf.Tensor]:
@@ -55,8 +62,10 @@ def train_function(state: Any) -> Any:
         sums, norms = clipped_sum(grads, w, c)
         return sums, tf.reduce_sum(losses * w), tf.reduce_sum(tf.cast(norms > c, tf.float32) * w)
 
-    def train(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor, *rest: tf.Tensor) -> dict[str, tf.Tensor]:
-        *noise, lr = rest
+    replicas = state.replicas
+
+    def step(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor, noise: list[tf.Tensor], lr: tf.Tensor
+             ) -> dict[str, tf.Tensor]:
         with tf.device(state.device):
             parts = zip(tf.split(x, k), tf.split(y, k), tf.split(w, k), strict=True) if k > 1 else [(x, y, w)]
             sums: list[tf.Tensor] | None = None
@@ -66,17 +75,65 @@ def train_function(state: Any) -> Any:
                 sums = s if sums is None else [a + b for a, b in zip(sums, s, strict=True)]
                 loss_sum, clipped = loss_sum + ls, clipped + cl
             assert sums is not None
+            # data parallel: the replicas' clipped sums add up before the one noise draw
+            sums, loss_sum, clipped, count = replicas.all_sum((sums, loss_sum, clipped, tf.reduce_sum(w)))
             grads = [(s + n) / expected for s, n in zip(sums, noise, strict=True)]
-            optimizer.apply(dict(zip(names, grads, strict=True)), lr)
-            if state.masked:
-                state.apply_masks()
-            count = tf.maximum(tf.reduce_sum(w), 1.0)
+
+            def update(by_name: dict[str, tf.Tensor], lr: tf.Tensor) -> None:
+                optimizer.apply(by_name, lr)
+                if state.masked:
+                    state.apply_masks()
+
+            replicas.update(update, dict(zip(names, grads, strict=True)), lr)  # on every copy of the variables
+            count = tf.maximum(count, 1.0)
             return {"loss": loss_sum / count, "dp_clipped_fraction": clipped / count}
+
+    if replicas.strategy is not None:
+        return PrivateTrain(replicas, step, k)
+
+    def train(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor, *rest: tf.Tensor) -> dict[str, tf.Tensor]:
+        *noise, lr = rest
+        return step(x, y, w, noise, lr)
 
     noise_specs = [tf.TensorSpec(p.shape, tf.float32, name=f"noise_{i}") for i, p in enumerate(setup.spec.table)]
     signature = [*_specs(state), tf.TensorSpec([None], tf.float32, name="weights"), *noise_specs,
                  tf.TensorSpec([], tf.float32, name="lr")]
     return Compiled(tf.function(train, input_signature=signature, jit_compile=setup.compile))
+
+
+class PrivateTrain(DistributedTrain):
+    """The DP step on every replica inside one ``tf.function``, called as the one-device step is:
+    ``(x, y, weights, *noise, lr)`` with this process's rows; rows and weights are split over the
+    local replicas as :class:`~crossframe_tensorflow.distributed.DistributedTrain` splits a batch,
+    the noise goes to every replica whole."""
+
+    def __init__(self, replicas: Any, step: Any, grad_accum: int) -> None:
+        strategy = replicas.strategy
+        self.replicas, self.strategy, self.k, self.lm = replicas, strategy, grad_accum, False
+
+        def train(x: Any, y: Any, w: Any, noise: list[tf.Tensor], lr: tf.Tensor) -> dict[str, tf.Tensor]:
+            out = strategy.run(step, args=(x, y, w, noise, lr))
+            return {key: strategy.experimental_local_results(value)[0] for key, value in out.items()}
+
+        self.function = tf.function(train, reduce_retracing=True)
+        self._concrete: dict[tuple[tuple[int, ...], ...], Any] = {}
+
+    def __call__(self, *args: tf.Tensor) -> dict[str, tf.Tensor]:
+        """One DP optimizer step: ``(x, y, weights, *noise, lr)``."""
+        x, y, w, *rest = args
+        *noise, lr = rest
+        inputs = (self._split(x), self._split(y), self._split(w), list(noise), lr)
+        key = tuple(tuple(t.shape) for t in (x, y))
+        try:
+            concrete = self._concrete.get(key)
+            if concrete is None:  # traced once per batch shape
+                concrete = self._concrete[key] = self.function.get_concrete_function(*inputs)
+            return concrete(*inputs)
+        except COLLECTIVE_FAILURES as exc:
+            world = self.replicas.world
+            if world is None or world.world_size == 1:
+                raise
+            raise DistributedError(collective_failure(world, exc)) from None
 
 
 def train_step(state: Any, batch: dict[str, np.ndarray], lr: float) -> dict[str, Any]:

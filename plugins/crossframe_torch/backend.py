@@ -94,6 +94,7 @@ class TorchBackend(Backend):
             optimizers=SUPPORTED,
             compile=True,
             weighted_losses=True,
+            private_strategies=("single", "data_parallel"),  # DP-SGD: clipped sums all-reduced, noise once
             notes={"tpu": "install torch_xla", "gpu": "no CUDA or MPS device visible to torch"},
         )
 

@@ -8,6 +8,7 @@ axis up to ``max_seq_len`` for token models), so the artefacts run on any batch 
 from __future__ import annotations
 
 import functools
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from crossframe.export.failure import export_failure
 from crossframe.export.files import atomic_output
 from crossframe.export.quiet import quiet_converters
 from crossframe.export.verify import is_token_model, trace_example
+from crossframe.security.artifacts import artifact_bytes, encrypting, write_artifact
 from crossframe_torch.models import build_module, load_canonical
 
 FORMATS = ("onnx", "torch-export")
@@ -60,10 +62,13 @@ def export(request: ExportRequest, fmt: str, options: dict[str, Any]) -> ExportA
     try:
         with _quiet(), torch.no_grad(), atomic_output(path) as tmp:
             if fmt == "onnx":
-                extra["opset"] = _write_onnx(module, example, request, int(options.get("opset", 18)), tmp)
+                extra["opset"] = _write_onnx(module, example, request, int(options.get("opset", 18)), tmp,
+                                             path.name)
             else:
                 program = torch.export.export(module, (example,), dynamic_shapes=dynamic_shapes(request))
-                torch.export.save(program, str(tmp))
+                buffer = io.BytesIO()  # in memory, so security.encrypt seals it before it is written
+                torch.export.save(program, buffer)
+                write_artifact(tmp, buffer.getvalue(), name=path.name)
     except CrossframeError:
         raise
     except Exception as exc:
@@ -72,7 +77,7 @@ def export(request: ExportRequest, fmt: str, options: dict[str, Any]) -> ExportA
 
 
 def _write_onnx(module: torch.nn.Module, example: torch.Tensor, request: ExportRequest, opset: int,
-                path: Path) -> int:
+                path: Path, final: str) -> int:
     """torch.onnx (dynamo) to ``path``; checked for untranslated ops; returns the opset written."""
     import onnx
 
@@ -82,17 +87,23 @@ def _write_onnx(module: torch.nn.Module, example: torch.Tensor, request: ExportR
                                 opset_version=opset, input_names=["x"], output_names=["y"], verbose=False)
     if program is None:  # pragma: no cover - the dynamo path always returns a program
         raise RuntimeError("torch.onnx.export returned no program")
-    program.save(str(path))
-    return check_onnx_model(onnx.load(str(path)), "torch", request.spec.name)
+    if not encrypting():
+        program.save(str(path))  # large models get their weights as external data beside the file
+        return check_onnx_model(onnx.load(str(path)), "torch", request.spec.name)
+    proto = program.model_proto  # security.encrypt: serialised and sealed in memory (models under 2 GB)
+    written = check_onnx_model(proto, "torch", request.spec.name)
+    write_artifact(path, proto.SerializeToString(), name=final)
+    return written
 
 
 def load(artifact: ExportArtifact) -> Callable[[np.ndarray], np.ndarray]:
     """Run a ``torch-export`` artefact: ``torch.export.load`` and its module, float32 numpy out."""
     if artifact.format != "torch-export":
         raise CapabilityError(f"export: backend 'torch' cannot load '{artifact.format}' artefacts")
+    data = artifact_bytes(artifact.path)  # a sealed program is decrypted in memory (one line without the key)
     try:
         with _quiet():
-            program = torch.export.load(str(artifact.path))
+            program = torch.export.load(io.BytesIO(data))
     except Exception as exc:
         raise export_failure("torch", artifact.format, str(artifact.extra.get("model", "?")), exc) from None
     module = program.module()

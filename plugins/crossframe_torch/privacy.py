@@ -4,6 +4,12 @@ to ``max_grad_norm``, summed, plus the core's seeded noise, over the expected ba
 The backend's ``train_step`` hands a step here when ``TrainSetup.privacy`` is set. Micro-batches of
 ``grad_accum`` are processed one after another (their clipped sums add up; the noise is added once
 per optimizer step), then the configured optimizer steps on the private gradient as usual.
+
+Data parallel (DDP, ``strategy: data_parallel``): each worker clips and sums its own examples; the
+sums (with the loss and counts) are all-reduced, summed, in one flat buffer; then every worker adds
+the same noise (drawn from ``(seed, step)`` by its loader) once, and divides by the *global*
+expected batch, so all workers take the identical step one process would take on the global batch.
+DDP's own gradient hooks never fire: the per-example gradients come from ``torch.func``, not backward.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import torch.nn.functional as F
 
 from crossframe.privacy import batch_noise, batch_weights
 from crossframe.privacy.setup import CLIP_EPS
+from crossframe_torch import distributed
 from crossframe_torch.models import to_native
 
 
@@ -61,6 +68,22 @@ def clipped_sum(grads: dict[str, torch.Tensor], weights: torch.Tensor, max_grad_
     return {n: torch.tensordot(factor, g.float(), dims=1) for n, g in grads.items()}, norms
 
 
+def all_reduce_sums(sums: dict[str, torch.Tensor], scalars: list[torch.Tensor]
+                    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """``sums`` and ``scalars`` summed over every worker: one all-reduce of one flat float32 buffer."""
+    import torch.distributed as dist
+
+    names = list(sums)
+    flat = torch.cat([sums[n].reshape(-1) for n in names] + [s.reshape(1).float() for s in scalars])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    out, at = {}, 0
+    for n in names:
+        size = sums[n].numel()
+        out[n] = flat[at:at + size].view_as(sums[n])
+        at += size
+    return out, list(flat[at:].unbind())
+
+
 def train_step(state: Any, batch: dict[str, np.ndarray], lr: float) -> tuple[Any, dict[str, Any]]:
     """One DP-SGD optimizer step on ``batch`` (which carries its noise) at rate ``lr``."""
     setup, opt = state.setup, state.optimizer
@@ -85,6 +108,9 @@ def train_step(state: Any, batch: dict[str, np.ndarray], lr: float) -> tuple[Any
         loss_sum = loss_sum + (losses.float() * wi).sum()
         clipped = clipped + ((norms > priv.max_grad_norm).float() * wi).sum()
     assert sums is not None
+    count = w.sum()
+    if distributed.active(setup):  # the workers' clipped sums add up before the one noise draw
+        sums, (loss_sum, clipped, count) = all_reduce_sums(sums, [loss_sum, clipped, count])
     noise = batch_noise(batch)
     with torch.no_grad():
         for canonical, name, layout in _names(state):
@@ -96,5 +122,5 @@ def train_step(state: Any, batch: dict[str, np.ndarray], lr: float) -> tuple[Any
         state.apply_masks()
     opt.zero_grad(set_to_none=True)
     state.step += 1
-    count = torch.clamp(w.sum(), min=1.0)
+    count = torch.clamp(count, min=1.0)
     return state, {"loss": loss_sum / count, "dp_clipped_fraction": clipped / count}

@@ -184,11 +184,14 @@ def ort_predictor(path: Path, threads: int = 0) -> Callable[[np.ndarray], np.nda
     """
     import onnxruntime as ort
 
+    from crossframe.security.artifacts import artifact_source
+
+    source = artifact_source(path)  # a sealed file is decrypted into memory (one line without the key)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ExportError(f"onnx: ONNX Runtime cannot load '{path}': {type(exc).__name__}: {exc}") from None
     inp = session.get_inputs()[0]

@@ -342,6 +342,9 @@ class Pipeline:
         info: dict[str, Any] = {}
         tolerance = None
         if step.name in deploy.DEPLOY:
+            from crossframe.security.artifacts import UNSEALABLE, refuse_unsealable
+
+            refuse_unsealable(f"{where}.name: '{step.name}'", UNSEALABLE[step.name])
             params = deploy.parse_params(step.name, step.params, where)
             tolerance = params.tolerance
 
@@ -439,13 +442,16 @@ def _check_names(steps: Sequence[ComponentConfig], kind: str, field: str) -> Non
                               f"(available: {', '.join(sorted(available)) or 'none installed'})")
 
 
-def check_steps(compress: Sequence[ComponentConfig], export: Sequence[ComponentConfig]) -> None:
+def check_steps(compress: Sequence[ComponentConfig], export: Sequence[ComponentConfig], encrypt: bool = False
+                ) -> None:
     """Validate every compress and export step (names and params) before any work: one line, exit 2.
 
     ``crossframe run`` calls this before training and ``crossframe config show`` when showing a config,
-    so a typo in ``compress:`` never costs a training run.
+    so a typo in ``compress:`` never costs a training run. With ``encrypt`` (``security.encrypt``) an
+    export that can only be opened from files is refused here too.
     """
     from crossframe.compress import deploy
+    from crossframe.security.artifacts import UNSEALABLE, unsealable
 
     _check_names(compress, "compressor", "compress")
     _check_names(export, "exporter", "export")
@@ -455,6 +461,8 @@ def check_steps(compress: Sequence[ComponentConfig], export: Sequence[ComponentC
         validate_params(component("compressor", step.name, f"{where}.name").schema, own, where)
     for i, step in enumerate(export):
         where = f"export.{i}"
+        if encrypt and step.name in UNSEALABLE:
+            raise unsealable(f"{where}.name: '{step.name}'", UNSEALABLE[step.name])
         if step.name in deploy.DEPLOY:
             deploy.parse_params(step.name, step.params, where)
         else:

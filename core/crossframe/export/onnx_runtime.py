@@ -73,11 +73,14 @@ class OnnxRunner:
         self.path = Path(path)
         self.backend, self.model = backend, model
         verify_export_file(self.path)
+        from crossframe.security.artifacts import artifact_source
+
+        source = artifact_source(self.path)  # a sealed file is decrypted into memory, never onto the disk
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options,
+            self.session = ort.InferenceSession(source, sess_options=options,
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT lacks an op, or the file is not a valid model
             raise export_failure(backend, "onnx", model, _ort_message(exc)) from None

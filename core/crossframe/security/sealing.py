@@ -8,6 +8,7 @@ than a key will see). The plaintext never touches the disk.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -32,6 +33,49 @@ def seal(data: bytes, key: bytes, name: str) -> bytes:
 
     nonce = os.urandom(NONCE_BYTES)
     return MAGIC + nonce + AESGCM(key).encrypt(nonce, data, MAGIC + name.encode())
+
+
+class SealingWriter(io.RawIOBase):
+    """A file that encrypts as it is written: the same ``MAGIC || nonce || ciphertext || tag`` as
+    :func:`seal`, produced in chunks (AES-GCM is a stream cipher plus a tag at the end), so a large
+    file is sealed with bounded memory and its plaintext never reaches the disk. ``close()`` writes
+    the tag and syncs; :func:`unseal` / :func:`read_sealed` open the result."""
+
+    def __init__(self, path: Path, key: bytes, name: str) -> None:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        super().__init__()
+        nonce = os.urandom(NONCE_BYTES)
+        self._encryptor = Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
+        self._encryptor.authenticate_additional_data(MAGIC + name.encode())
+        self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._file.write(MAGIC + nonce)
+
+    def writable(self) -> bool:
+        """Always: this is a write-only file."""
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        """Encrypt ``data`` and append it; returns its length."""
+        view = memoryview(data).cast("B")
+        self._file.write(self._encryptor.update(view))
+        return view.nbytes
+
+    def fileno(self) -> int:
+        """The descriptor of the file being written (its ciphertext)."""
+        return self._file.fileno()
+
+    def close(self) -> None:
+        """Append the authentication tag, sync and close (once)."""
+        if self.closed:
+            return
+        try:
+            self._file.write(self._encryptor.finalize() + self._encryptor.tag)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        finally:
+            self._file.close()
+            super().close()
 
 
 def unseal(blob: bytes, key: bytes, name: str, where: Path | str) -> bytes:

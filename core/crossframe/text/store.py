@@ -14,10 +14,16 @@ Layout of a store directory::
 through a fixed-size buffer, so its memory does not grow with the corpus. Every file is written
 under a temporary name and moved into place with ``os.replace``; ``meta.json`` goes last and is
 removed first, so a store is either complete or refused by :meth:`TokenStore.open`.
+
+Under ``security.encrypt`` the split files are encrypted as they stream out
+(:class:`~crossframe.security.sealing.SealingWriter`: AES-256-GCM, bound to the final file name) and
+the document offsets stay in memory (8 bytes a document) until the sealed index is written, so no
+token, offset or id reaches the disk in plain text, not even in a temporary file.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -70,15 +76,31 @@ class _SplitWriter:
         suffix = f".tmp-{os.getpid()}"
         names = split_files(split)
         self.tmp = {key: directory / f".{name}{suffix}" for key, name in names.items()}
-        self.tmp["offsets"] = directory / f".{split}.offsets{suffix}"
         self.final = {key: directory / name for key, name in names.items()}
-        self._tokens: BinaryIO = open(self.tmp["tokens"], "wb")  # noqa: SIM115 - closed in finish/abort
-        self._offsets: BinaryIO = open(self.tmp["offsets"], "wb")  # noqa: SIM115
-        self._ids = open(self.tmp["ids"], "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+        from crossframe.security import active
+
+        protection = active()
+        self._key = protection.key if protection is not None else None
+        self._offset_chunks: list[np.ndarray] = []  # sealed stores: offsets kept in memory, never spilled
+        self._offsets: BinaryIO | None = None
+        if self._key is None:
+            self.tmp["offsets"] = directory / f".{split}.offsets{suffix}"
+            self._tokens: BinaryIO = open(self.tmp["tokens"], "wb")  # noqa: SIM115 - closed in finish/abort
+            self._offsets = open(self.tmp["offsets"], "wb")  # noqa: SIM115
+            self._ids: Any = open(self.tmp["ids"], "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+        else:  # security.encrypt: encrypted as written, bound to the final names
+            self._tokens = io.BufferedWriter(self._sealed("tokens"), buffer_size=1 << 20)
+            self._ids = io.TextIOWrapper(io.BufferedWriter(self._sealed("ids")), encoding="utf-8", newline="\n")
         self._buf = np.empty(chunk_tokens, dtype=dtype)
         self._fill = 0
         self._pending_offsets: list[int] = []
         self.n_tokens = self.n_docs = self.n_chars = 0
+
+    def _sealed(self, key: str) -> Any:
+        from crossframe.security.sealing import SealingWriter
+
+        assert self._key is not None
+        return SealingWriter(self.tmp[key], self._key, self.final[key].name)
 
     def add(self, doc: Document, ids: np.ndarray) -> None:
         """Append one document's ids and an EOT."""
@@ -117,7 +139,11 @@ class _SplitWriter:
         self._fill = 0
 
     def _flush_offsets(self) -> None:
-        self._offsets.write(np.asarray(self._pending_offsets, dtype=np.int64).tobytes())
+        chunk = np.asarray(self._pending_offsets, dtype=np.int64)
+        if self._offsets is None:
+            self._offset_chunks.append(chunk)
+        else:
+            self._offsets.write(chunk.tobytes())
         self._pending_offsets.clear()
 
     def finish(self) -> dict[str, Any]:
@@ -125,10 +151,16 @@ class _SplitWriter:
         self._flush_tokens()
         self._pending_offsets.append(self.n_tokens)
         self._flush_offsets()
-        for handle in (self._tokens, self._offsets, self._ids):
+        for handle in self._handles():
             handle.flush()
             os.fsync(handle.fileno())
-            handle.close()
+            handle.close()  # a sealed file gets its tag here
+        if self._offsets is None:  # sealed: the .npy index built in memory, encrypted as it is written
+            buffer = io.BytesIO()
+            np.save(buffer, np.concatenate(self._offset_chunks), allow_pickle=False)
+            with self._sealed("index") as sealed:
+                sealed.write(buffer.getbuffer())
+            return self._counts()
         index = np.lib.format.open_memmap(self.tmp["index"], mode="w+", dtype=np.int64, shape=(self.n_docs + 1,))
         raw = np.memmap(self.tmp["offsets"], dtype=np.int64, mode="r")
         for start in range(0, raw.size, 1 << 20):
@@ -136,36 +168,26 @@ class _SplitWriter:
         index.flush()
         del index, raw
         self.tmp.pop("offsets").unlink()
+        return self._counts()
+
+    def _handles(self) -> list[Any]:
+        return [h for h in (self._tokens, self._offsets, self._ids) if h is not None]
+
+    def _counts(self) -> dict[str, Any]:
         return {"n_tokens": self.n_tokens, "n_docs": self.n_docs, "n_chars": self.n_chars,
                 "files": split_files(self.split)}
 
     def commit(self) -> None:
-        """Move the finished temporary files into place (sealed first under ``security.encrypt``)."""
-        from crossframe.security import active
-
-        protection = active()
+        """Move the finished temporary files into place (sealed as they were written, under ``security.encrypt``)."""
         for key, tmp in self.tmp.items():
-            if key in self.final and protection is not None and protection.key is not None:
-                _seal_in_place(tmp, self.final[key].name, protection.key)
             os.replace(tmp, self.final[key])
 
     def abort(self) -> None:
         """Close and delete the temporary files."""
-        for handle in (self._tokens, self._offsets, self._ids):
+        for handle in self._handles():
             handle.close()
         for tmp in self.tmp.values():
             tmp.unlink(missing_ok=True)
-
-
-def _seal_in_place(path: Path, name: str, key: bytes) -> None:
-    """Replace the temporary file ``path`` by its AES-256-GCM sealed form, bound to its final ``name``."""
-    from crossframe.security.sealing import seal
-
-    data = seal(path.read_bytes(), key, name)
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def _read_split_file(path: Path) -> bytes | None:

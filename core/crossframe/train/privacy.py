@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crossframe.config.schema import RunConfig
+from crossframe.data.sharding import shard_rows
 from crossframe.errors import CapabilityError, ConfigError
 from crossframe.privacy import PrivacySetup
 from crossframe.privacy.accounting import PrivacyLedger, solve_noise_multiplier
@@ -33,23 +34,29 @@ def check_privacy(cfg: RunConfig, task: str) -> None:
     if cfg.train.clip_norm is not None:
         raise ConfigError("train.clip_norm: DP-SGD clips each example to train.privacy.max_grad_norm; "
                           "remove train.clip_norm")
-    if cfg.strategy != "single" or cfg.launch.nproc_per_node > 1 or cfg.launch.nnodes > 1:
-        raise CapabilityError("train.privacy: DP-SGD runs in one process (strategy: single); see docs/privacy.md "
-                              "for how it composes with data parallelism")
+    if cfg.strategy == "fully_sharded":  # the backend's private_strategies say which others it runs
+        raise CapabilityError("train.privacy: DP-SGD shards no parameters; use strategy data_parallel "
+                              "(each worker clips its own examples, the sums are all-reduced)")
     if cfg.precision == "fp16":
         raise CapabilityError("train.privacy: fp16 loss scaling would scale the per-example norms; use fp32 or bf16")
     if cfg.train.distill is not None:
         raise CapabilityError("train.privacy: distillation from a teacher is not combined with DP-SGD")
 
 
-def resolve_privacy(cfg: RunConfig, loader: Any, table: list[tuple[str, tuple[int, ...]]], total_steps: int
-                    ) -> RunPrivacy | None:
-    """The run's DP-SGD, or None when ``train.privacy`` is not set."""
+def resolve_privacy(cfg: RunConfig, loader: Any, table: list[tuple[str, tuple[int, ...]]], total_steps: int,
+                    world: Any = None, replicas: int = 1) -> RunPrivacy | None:
+    """The run's DP-SGD, or None when ``train.privacy`` is not set.
+
+    With data parallelism (``world``, a :class:`~crossframe.backend.WorldInfo`, and ``replicas`` per
+    process) the expected batch, the sample rate and so the accounting are the *global* step's: the
+    workers' clipped sums are added before the one noise draw, as one process with the global batch.
+    """
     p = cfg.train.privacy
     if p is None:
         return None
     examples = len(loader.dataset)
-    expected = cfg.train.batch_size * cfg.train.grad_accum
+    rank, world_size = (world.rank, world.world_size) if world is not None else (0, 1)
+    expected = cfg.train.batch_size * cfg.train.grad_accum * replicas * world_size
     rate = expected / examples
     sigma = p.noise_multiplier
     if sigma is None:
@@ -57,7 +64,10 @@ def resolve_privacy(cfg: RunConfig, loader: Any, table: list[tuple[str, tuple[in
         sigma = solve_noise_multiplier(p.target_epsilon, rate, total_steps, p.delta, p.accountant)
     setup = PrivacySetup(float(sigma), p.max_grad_norm, expected, cfg.seed, p.delta, rate, p.accountant, p.poisson)
     ledger = PrivacyLedger(float(sigma), rate, p.delta, p.accountant, p.poisson, p.max_grad_norm, p.target_epsilon)
-    return RunPrivacy(setup, PrivateLoader(loader, setup, table, cfg.train.grad_accum), ledger)
+    micro = cfg.train.grad_accum
+    shard = (lambda rows: shard_rows(rows, micro, rank, world_size)) if world_size > 1 else None
+    private = PrivateLoader(loader, setup, table, micro, parts=world_size * replicas, shard=shard)
+    return RunPrivacy(setup, private, ledger)
 
 
 __all__ = ["RunPrivacy", "check_privacy", "resolve_privacy"]

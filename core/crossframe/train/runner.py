@@ -78,6 +78,9 @@ def check_capabilities(config: RunConfig, caps: Capabilities, device: str, model
             note = caps.notes.get(wanted, "")
             raise CapabilityError(f"{field_name}: '{wanted}' requested, but backend '{name}' {verb} only "
                                   f"{one_of(available)}{f' ({note})' if note else ''}")
+    if training and config.train.privacy is not None and config.strategy not in caps.private_strategies:
+        raise CapabilityError(f"train.privacy: DP-SGD with strategy '{config.strategy}' on backend '{name}' is not "
+                              f"supported; it runs with {one_of(caps.private_strategies)}")
     if training and config.train.compile is True and not caps.compile:
         raise CapabilityError(f"train.compile: backend '{name}' cannot compile steps")
     t = config.train
@@ -250,7 +253,8 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
                                  float(opt_params["lr"]), total)
 
     check_privacy(cfg, data.info.task)
-    private = resolve_privacy(cfg, loader, [(p.name, tuple(p.shape)) for p in spec.table], total)
+    private = resolve_privacy(cfg, loader, [(p.name, tuple(p.shape)) for p in spec.table], total,
+                              world, replicas)
     if private is not None:
         loader = private.loader  # each batch carries its DP-SGD noise
     weights = spec.init(cfg.seed)
