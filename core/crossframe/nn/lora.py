@@ -16,7 +16,7 @@ import copy
 import fnmatch
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
@@ -40,6 +40,9 @@ class LoraConfig(BaseModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapters' input (only 0 for now)")
     targets: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS),
                                description="fnmatch patterns over linear names (layers.*.self_attn.qkv, *mlp.up)")
+    checkpoint: Literal["adapters", "full"] = Field(
+        "adapters", description="what checkpoints hold: the adapters (and a reference to the base, with its sha256) "
+                                "or the whole model")
 
     @property
     def scale(self) -> float:

@@ -260,6 +260,11 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
         from crossframe.train.init_from import initial_weights
 
         weights = initial_weights(cfg.model.init_from, spec, weights)
+    lora_base = None
+    if cfg.train.lora is not None and spec.params["lora"]["checkpoint"] == "adapters":
+        from crossframe.nn.lora_checkpoint import base_reference
+
+        lora_base = base_reference(spec, cfg.seed, getattr(cfg.model, "init_from", None), weights)
 
     compiled = choose_compile(cfg.train.compile, cfg.backend, backend, device, cfg.strategy, total)
     if main and not quiet and cfg.train.compile == "auto":
@@ -297,7 +302,7 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
         if data.tokenizer_dir is not None and not (run_dir / "tokenizer").exists():
             shutil.copytree(data.tokenizer_dir, run_dir / "tokenizer")  # generation needs it
     run = Run(cfg, run_dir, backend, spec, total, device, step=start, world=world,
-              privacy=private.ledger if private is not None else None)
+              privacy=private.ledger if private is not None else None, lora_base=lora_base)
     tokens_per_step = getattr(loader, "tokens_per_step", None)
     if tokens_per_step:
         run.flops_per_step = flops_per_step(spec, tokens_per_step)
