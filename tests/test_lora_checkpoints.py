@@ -169,3 +169,32 @@ def test_full_checkpoints_on_request(workdir: Path) -> None:
     result = crossframe.run(config, quiet=True)
     loaded = load_checkpoint(result.run_dir)
     assert STATE_KEY not in loaded.state and "wte.weight" in loaded.weights
+
+
+def test_export_hf_as_a_run_step(adapter_run: dict, workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    """``export: [{name: hf}]`` in the run's config writes ``RUN/exports/hf`` after training: the merged model."""
+    from crossframe.hf.loading import load_pretrained
+    from crossframe.models import spec_from_json
+    from crossframe.nn.lora import lora_scales, merge
+
+    config = {**adapter_run["config"], "name": "with-export", "output_dir": str(workdir / "runs"),
+              "train": {**adapter_run["config"]["train"], "steps": 2}, "export": [{"name": "hf"}]}
+    result = crossframe.run(config, quiet=True)
+    loaded = load_checkpoint(result.run_dir)
+    want = merge(loaded.weights, lora_scales(spec_from_json(loaded.state["model"]).graph))
+    _, written = load_pretrained(result.run_dir / "exports" / "hf")
+    assert written.keys() == want.keys()
+    for name, value in written.items():
+        np.testing.assert_allclose(value, want[name], atol=1e-6, err_msg=name)
+    for export, message in (([{"name": "hf", "dtype": "bf16"}], "export.0: 'hf' takes no params"),):
+        Path("bad.json").write_text(json.dumps({**config, "name": "bad", "export": export}))
+        capsys.readouterr()
+        assert main(["run", "bad.json", "-q"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    graph = {**graph_config("torch", 1), "name": "bad", "export": [{"name": "hf"}]}
+    Path("bad.json").write_text(json.dumps(graph))
+    assert main(["run", "bad.json", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "export.0.name: 'hf' writes a Hugging Face directory" in err and len(err.splitlines()) == 1, err
+    assert not (workdir / "runs" / "bad").exists() and not Path("runs/bad").exists()

@@ -175,9 +175,10 @@ def register_commands(cli: Any) -> None:
 def check_run_config(config: Any) -> None:
     """Validate the compress and export steps (names and params) before any training."""
     if config.compress or config.export:
-        from crossframe.compress.pipeline import check_steps
+        from crossframe.compress.pipeline import check_hf_export, check_steps
 
         check_steps(config.compress, config.export)
+        check_hf_export(config)
 
 
 @hookimpl
