@@ -468,6 +468,14 @@ def check_steps(compress: Sequence[ComponentConfig], export: Sequence[ComponentC
             validate_params(component("exporter", step.name, f"{where}.name").schema, step.params, where)
 
 
+def model_bytes(checkpoint: Checkpoint) -> int:
+    """The baseline model's size: its checkpoint file, or, for an adapter-only LoRA checkpoint, the whole
+    model it loads as (base + adapters, the weights compression starts from)."""
+    if "lora_base" in checkpoint.state:
+        return int(sum(np.asarray(v).nbytes for v in checkpoint.weights.values()))
+    return size_on_disk(checkpoint.path / MODEL_FILE)
+
+
 def check_hf_export(cfg: RunConfig) -> None:
     """``export: [{name: hf}]`` needs a model imported from a Hugging Face directory: one line before training."""
     for i, step in enumerate(cfg.export):
@@ -489,7 +497,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint, compress
         stage = pipeline.start(checkpoint)
         if compress or "baseline" not in report.data:
             report.set_baseline({**pipeline._base_entry(stage), "path": str(checkpoint.path),
-                                 "size_bytes": size_on_disk(checkpoint.path / MODEL_FILE)})
+                                 "size_bytes": model_bytes(checkpoint)})
         stage = pipeline.compress(stage, compress, report)
         if compress:
             report.data["final"] = str(stage.path)
@@ -561,7 +569,7 @@ def export_run(run_dir: str | os.PathLike, formats: Sequence[str], *, backend: s
     stage = pipeline.start(ckpt)
     if "baseline" not in report.data:
         report.set_baseline({**pipeline._base_entry(stage), "path": str(ckpt.path),
-                             "size_bytes": size_on_disk(ckpt.path / MODEL_FILE)})
+                             "size_bytes": model_bytes(ckpt)})
     with protecting(Protection.from_config(cfg.security)):  # security.sign: sign the export manifests
         entries = pipeline.export(stage, steps, report)
     report.write()
