@@ -57,7 +57,12 @@ def test_resume_from_adapters_matches_an_uninterrupted_run(workdir: Path, backen
     assert saved[STATE_KEY]["init_from"] is None and saved[STATE_KEY]["path"] is None
     loaded = load_checkpoint(step3)  # whole: the seeded base rebuilt, its fingerprint checked
     assert fingerprint(loaded.weights) == saved[STATE_KEY]["sha256"]
-    assert "wte.weight" in loaded.weights and "exp_avg/wte.weight" in loaded.optimizer_state
+    assert "wte.weight" in loaded.weights and set(loaded.optimizer_state) == set(opt)
+    from crossframe.nn.lora_checkpoint import FrozenSlots
+
+    slots = FrozenSlots(loaded.optimizer_state, loaded.weights)  # what a resume hands the backend
+    assert "exp_avg/wte.weight" in slots and not slots["exp_avg_sq/wte.weight"].any()
+    assert len(slots) == len(list(slots)) == 1 + 2 * len(loaded.weights)
 
     copy = workdir / "runs" / "resumed"
     shutil.copytree(whole.run_dir, copy)
@@ -102,7 +107,10 @@ def adapter_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     twin = root / "runs" / "whole"
     shutil.copytree(result.run_dir, twin, ignore=shutil.ignore_patterns("checkpoints"))
     state = {k: v for k, v in loaded.state.items() if k not in (STATE_KEY, "step")}
-    save_checkpoint(twin / "checkpoints", loaded.step, loaded.weights, loaded.optimizer_state, state, keep=1)
+    from crossframe.nn.lora_checkpoint import FrozenSlots
+
+    whole_opt = dict(FrozenSlots(loaded.optimizer_state, loaded.weights))
+    save_checkpoint(twin / "checkpoints", loaded.step, loaded.weights, whole_opt, state, keep=1)
     return {"run": result.run_dir, "twin": twin, "model_dir": model_dir, "config": config, "root": root}
 
 

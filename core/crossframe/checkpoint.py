@@ -308,8 +308,9 @@ def _read_state(path: Path) -> dict[str, Any]:
 def load_checkpoint(path: Path) -> Checkpoint:
     """Load weights, optimizer state and JSON state from a checkpoint (see :func:`find_checkpoint`).
 
-    An adapter-only LoRA checkpoint comes back whole: its base rebuilt from the source it names and checked
-    against its fingerprint (:func:`crossframe.nn.lora_checkpoint.restore_base`).
+    An adapter-only LoRA checkpoint comes back with whole weights: its base rebuilt from the source it names
+    and checked against its fingerprint (:func:`crossframe.nn.lora_checkpoint.restore_base`); its optimizer
+    state is the adapters' (a resume adds the frozen weights' zeros: ``lora_checkpoint.FrozenSlots``).
 
     Every problem is a :class:`CheckpointError` naming the file: nothing is read past a bad header.
     """
@@ -329,5 +330,5 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if "lora_base" in state:  # adapters only: the base is rebuilt from its source and checked
         from crossframe.nn.lora_checkpoint import restore_base
 
-        weights, optimizer_state = restore_base(where, state, weights, optimizer_state)
+        weights = restore_base(where, state, weights)
     return Checkpoint(where, weights, optimizer_state, state)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +91,9 @@ def adapters_only(weights: Mapping[str, np.ndarray], optimizer_state: Mapping[st
             {k: v for k, v in optimizer_state.items() if "/" not in k or is_adapter(k)})
 
 
-def restore_base(where: Path, state: Mapping[str, Any], weights: Mapping[str, np.ndarray],
-                 optimizer_state: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Whole weights and optimizer state of the adapter-only checkpoint at ``where``: the base rebuilt from
-    ``state["lora_base"]`` and checked against its fingerprint, the adapters on top; the base's optimizer
-    slots are zeros (frozen weights take no step, so every backend holds zeros there)."""
+def restore_base(where: Path, state: Mapping[str, Any], weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Whole weights of the adapter-only checkpoint at ``where``: the base rebuilt from ``state["lora_base"]``
+    and checked against its fingerprint, the adapters on top."""
     from crossframe.models import spec_from_json
 
     ref = state[STATE_KEY]
@@ -117,10 +115,31 @@ def restore_base(where: Path, state: Mapping[str, Any], weights: Mapping[str, np
     if actual != expected:
         raise CheckpointError(f"checkpoint '{where}': its LoRA base '{source}' has changed (sha256 {actual}, "
                               f"the adapters were trained on {expected})")
-    whole = {**base, **weights}
-    slots = sorted({k.split("/", 1)[0] for k in optimizer_state if "/" in k})
-    opt = dict(optimizer_state)
-    for slot in slots:
-        for name, value in base.items():
-            opt.setdefault(f"{slot}/{name}", np.zeros_like(value))
-    return whole, opt
+    return {**base, **weights}
+
+
+class FrozenSlots(Mapping[str, np.ndarray]):
+    """An adapter-only checkpoint's optimizer state, with zeros for every frozen weight's slots (what every
+    backend holds for weights that never move), made one at a time when read, never all at once."""
+
+    def __init__(self, stored: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray]) -> None:
+        self.stored = dict(stored)
+        slots = sorted({k.split("/", 1)[0] for k in stored if "/" in k})
+        self.zeros = {f"{slot}/{name}": (tuple(value.shape), value.dtype) for slot in slots
+                      for name, value in weights.items() if not is_adapter(name) and f"{slot}/{name}" not in stored}
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key in self.stored:
+            return self.stored[key]
+        shape, dtype = self.zeros[key]
+        return np.zeros(shape, dtype)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.stored
+        yield from self.zeros
+
+    def __len__(self) -> int:
+        return len(self.stored) + len(self.zeros)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.stored or key in self.zeros

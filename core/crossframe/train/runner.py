@@ -280,8 +280,13 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     early = EarlyStopping.from_config(cfg.train.early_stopping) if cfg.train.early_stopping else None
     start = 0
     if checkpoint is not None:
-        spec.check_checkpoint(checkpoint.weights, checkpoint.optimizer_state, f"checkpoint '{checkpoint.path}'")
-        state = backend.load_state(state, checkpoint.weights, checkpoint.optimizer_state or None)
+        optimizer_state = checkpoint.optimizer_state
+        if "lora_base" in checkpoint.state:  # adapters only: the frozen base's slots are zeros
+            from crossframe.nn.lora_checkpoint import FrozenSlots
+
+            optimizer_state = FrozenSlots(optimizer_state, checkpoint.weights)
+        spec.check_checkpoint(checkpoint.weights, optimizer_state, f"checkpoint '{checkpoint.path}'")
+        state = backend.load_state(state, checkpoint.weights, optimizer_state or None)
         start = checkpoint.step
         if early and checkpoint.state.get("early_stopping"):
             early.restore(checkpoint.state["early_stopping"])
