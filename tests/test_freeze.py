@@ -56,3 +56,34 @@ def test_a_pattern_that_matches_nothing_is_one_line(workdir: Path, capsys: pytes
     err = capsys.readouterr().err
     assert "train.freeze.0: 'encoder.*' matches no weight" in err and "Traceback" not in err
     assert not Path("runs/freeze-torch").exists()
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("jax", "tensorflow")])
+def test_jax_and_tensorflow_hold_no_optimizer_state_for_frozen_weights(backend: str) -> None:
+    """Gradients are taken for the trainable weights only: the native optimizer has slots for those alone,
+    a step leaves the frozen ones bit-identical, and the exported state has zeros in their slots."""
+    from crossframe.backend import TrainSetup
+    from crossframe.data.dataset import DataInfo
+    from crossframe.models import build_model
+    from crossframe.train.freezing import frozen_names
+    from crossframe.train.runner import make_backend
+
+    spec = build_model("graph", {"layers": LAYERS}, DataInfo("language_modeling", (8,), 256))
+    frozen = frozen_names(spec, ["wte.*", "attn.*"])
+    impl = make_backend(backend)
+    weights = spec.init(0)
+    state = impl.create_state(TrainSetup(spec, weights, "adamw", {"lr": 1e-2, "weight_decay": 0.1}, frozen=frozen))
+    if backend == "jax":
+        from crossframe_jax.optim import STATEFUL_LINK
+
+        held = set(state.opt_state.inner[STATEFUL_LINK["adamw"]].mu)
+    else:
+        held = {key.split("/", 1)[1] for key in state.optimizer.slots}
+    assert held == {p.name for p in spec.table} - frozen
+    ids = np.random.default_rng(0).integers(0, 256, (2, 9))
+    state, _ = impl.train_step(state, {"x": ids[:, :-1], "y": ids[:, 1:]}, 1e-2)
+    after, opt = impl.export_state(state)
+    for name in frozen:
+        assert np.array_equal(after[name], weights[name]), name
+        assert not opt[f"exp_avg/{name}"].any() and not opt[f"exp_avg_sq/{name}"].any(), name
+    assert not np.array_equal(after["mlp.up.weight"], weights["mlp.up.weight"])

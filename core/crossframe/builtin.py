@@ -175,10 +175,11 @@ def register_commands(cli: Any) -> None:
 def check_run_config(config: Any) -> None:
     """Validate the compress and export steps (names and params) before any training."""
     if config.compress or config.export:
-        from crossframe.compress.pipeline import check_steps
+        from crossframe.compress.pipeline import check_hf_export, check_steps
 
         security = getattr(config, "security", None)
         check_steps(config.compress, config.export, encrypt=bool(security is not None and security.encrypt))
+        check_hf_export(config)
 
 
 @hookimpl

@@ -308,6 +308,10 @@ def _read_state(path: Path) -> dict[str, Any]:
 def load_checkpoint(path: Path) -> Checkpoint:
     """Load weights, optimizer state and JSON state from a checkpoint (see :func:`find_checkpoint`).
 
+    An adapter-only LoRA checkpoint comes back with whole weights: its base rebuilt from the source it names
+    and checked against its fingerprint (:func:`crossframe.nn.lora_checkpoint.restore_base`); its optimizer
+    state is the adapters' (a resume adds the frozen weights' zeros: ``lora_checkpoint.FrozenSlots``).
+
     Every problem is a :class:`CheckpointError` naming the file: nothing is read past a bad header.
     """
     where = find_checkpoint(path)
@@ -322,4 +326,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
         if not file.is_file():
             raise CheckpointError(f"checkpoint '{where}' has no {file.name}")
         loaded.append(load_tensors(file))
-    return Checkpoint(where, loaded[0], loaded[1] if len(loaded) > 1 else {}, state)
+    weights, optimizer_state = loaded[0], loaded[1] if len(loaded) > 1 else {}
+    if "lora_base" in state:  # adapters only: the base is rebuilt from its source and checked
+        from crossframe.nn.lora_checkpoint import restore_base
+
+        weights = restore_base(where, state, weights)
+    return Checkpoint(where, weights, optimizer_state, state)

@@ -138,6 +138,24 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
     seed = int(setup.seed)
     distill = setup.distill
     frozen = setup.frozen
+    graph = setup.spec.graph
+    adapter_dropout = graph is not None and graph.lora_dropout > 0  # train.lora.dropout: the core's masks
+
+    def call_of(step: jax.Array, i: Any) -> jax.Array | None:
+        """The forward call that keys the adapters' dropout masks: ``step * grad_accum + micro_batch``."""
+        return (step * k + i).astype(jnp.uint32) if adapter_dropout else None
+
+    def run(params: Mapping[str, jax.Array], x: jax.Array, key: jax.Array | None, call: jax.Array | None
+            ) -> jax.Array:
+        kwargs: dict[str, Any] = {} if key is None else {"rng": key}
+        if call is not None:
+            kwargs.update(lora_call=call, seed=seed)
+        return forward(params, x, train=True, **kwargs)
+
+    def split_frozen(params: Mapping[str, jax.Array]) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        """``(trainable, frozen)``: gradients are taken with respect to the first only."""
+        return ({n: v for n, v in params.items() if n not in frozen},
+                {n: v for n, v in params.items() if n in frozen})
 
     def mixed(label: jax.Array, out: jax.Array, x: jax.Array, teacher: Any, m: jax.Array | None = None,
               total: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
@@ -151,20 +169,22 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
 
     objective = setup.objective if loss_name == "cross_entropy" else None
 
-    def mean_loss(params: Mapping[str, jax.Array], x: jax.Array, y: jax.Array, teacher: Any = None,
-                  key: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
-        out = forward(params, x, train=True) if key is None else forward(params, x, train=True, rng=key)
+    def mean_loss(trainable: Mapping[str, jax.Array], fixed: Mapping[str, jax.Array], x: jax.Array, y: jax.Array,
+                  teacher: Any = None, key: jax.Array | None = None, call: jax.Array | None = None
+                  ) -> tuple[jax.Array, jax.Array | None]:
+        out = run({**fixed, **trainable}, x, key, call)
         if objective is not None:  # class weights, focal loss, label smoothing
             from crossframe_jax.losses import per_example
 
             return mixed(per_example(out, y, objective).mean() / k, out, x, teacher)
         return mixed(per_example_loss(loss_name, out, y).mean() / k, out, x, teacher)
 
-    def token_loss_part(params: Mapping[str, jax.Array], x: jax.Array, y: jax.Array, m: jax.Array,
-                        total: jax.Array, key: jax.Array | None, teacher: Any = None
-                        ) -> tuple[jax.Array, jax.Array | None]:
+    def token_loss_part(trainable: Mapping[str, jax.Array], fixed: Mapping[str, jax.Array], x: jax.Array,
+                        y: jax.Array, m: jax.Array, total: jax.Array, key: jax.Array | None, teacher: Any = None,
+                        call: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
         """``sum(ce * mask) / total`` of one micro-batch, ``total`` the counted tokens of the whole batch."""
-        out = forward(params, x, train=True, rng=key)
+        out = forward({**fixed, **trainable}, x, train=True, rng=key,
+                      **({} if call is None else {"lora_call": call, "seed": seed}))
         return mixed(jnp.sum(token_loss(out, y) * m) / total, out, x, teacher, m, total)
 
     def split(a: jax.Array) -> jax.Array:
@@ -179,18 +199,19 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
         total = jnp.where(count > 0, count, 1.0)  # an all-zero mask: loss 0 and zero gradients, not NaN
         # dropout keys: a pure function of (seed, step), so runs repeat exactly and resume exactly
         key = jax.random.fold_in(jax.random.key(seed), step) if uses_rng else None
-        grad_fn = jax.value_and_grad(token_loss_part, has_aux=True)
+        grad_fn = jax.value_and_grad(token_loss_part, has_aux=True)  # w.r.t. the trainable weights only
+        trainable, fixed = split_frozen(params)
         if k == 1:
-            return grad_fn(params, x, y, m, total, key, teacher)
+            return grad_fn(trainable, fixed, x, y, m, total, key, teacher, call_of(step, 0))
 
         def micro(carry: Any, part: tuple[jax.Array, ...]) -> tuple[Any, None]:
             grad_sum, loss_sum = carry
             xi, yi, mi, i = part
             key_i = None if key is None else jax.random.fold_in(key, i)
-            loss_i, grads_i = grad_fn(params, xi, yi, mi, total, key_i, teacher)
+            loss_i, grads_i = grad_fn(trainable, fixed, xi, yi, mi, total, key_i, teacher, call_of(step, i))
             return (jax.tree.map(jnp.add, grad_sum, grads_i), jax.tree.map(jnp.add, loss_sum, loss_i)), None
 
-        init = (jax.tree.map(jnp.zeros_like, params), zero_losses)
+        init = (jax.tree.map(jnp.zeros_like, trainable), zero_losses)
         (grads, loss), _ = jax.lax.scan(micro, init, (split(x), split(y), split(m), jnp.arange(k)))
         return loss, grads
 
@@ -209,32 +230,34 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
             (loss, kd), grads = lm_grads(params, x, y, mask, opt.step, teacher)
         elif k == 1:
             key = jax.random.fold_in(jax.random.key(seed), opt.step) if uses_rng else None
-            (loss, kd), grads = jax.value_and_grad(mean_loss, has_aux=True)(params, x, y, teacher, key)
+            (loss, kd), grads = jax.value_and_grad(mean_loss, has_aux=True)(
+                *split_frozen(params), x, y, teacher, key, call_of(opt.step, 0))
         else:
             grad_fn = jax.value_and_grad(mean_loss, has_aux=True)
             key = jax.random.fold_in(jax.random.key(seed), opt.step) if uses_rng else None
+            trainable, fixed = split_frozen(params)
 
             def micro(carry: Any, batch: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[Any, None]:
                 grad_sum, loss_sum = carry
                 xi, yi, i = batch
                 key_i = None if key is None else jax.random.fold_in(key, i)
-                loss_i, grads_i = grad_fn(params, xi, yi, teacher, key_i)
+                loss_i, grads_i = grad_fn(trainable, fixed, xi, yi, teacher, key_i, call_of(opt.step, i))
                 return (jax.tree.map(jnp.add, grad_sum, grads_i), jax.tree.map(jnp.add, loss_sum, loss_i)), None
 
-            init = (jax.tree.map(jnp.zeros_like, params), zero_losses)
+            init = (jax.tree.map(jnp.zeros_like, trainable), zero_losses)
             (grads, (loss, kd)), _ = jax.lax.scan(micro, init, (split(x), split(y), jnp.arange(k)))
         out = {"loss": loss}
         if kd is not None:
             out["distill_loss"] = kd
-        if frozen:  # train.freeze: a zero step (and no decay) keeps them bit for bit
-            grads = {n: jnp.zeros_like(g) if n in frozen else g for n, g in grads.items()}
         if clip is not None:
             norm = global_norm(grads)
             scale = jnp.minimum(1.0, clip / (norm + CLIP_EPS))
             grads = jax.tree.map(lambda g: g * scale, grads)
             out["grad_norm"] = norm
+        # train.freeze / LoRA: no gradient and no optimizer state for frozen weights (optim.trainable_only),
+        # which come out bit for bit as they went in
         direction, inner = tx.update(grads, opt.inner, params)
-        params = jax.tree.map(lambda p, d: p - lr * d, params, direction)
+        params = {n: p - lr * direction[n] if n in direction else p for n, p in params.items()}
         if extra.get("masks"):
             params = apply_masks(params, extra["masks"])
         return params, OptState(inner, opt.step + 1), out

@@ -51,10 +51,36 @@ def _matmul(x: jax.Array, w: jax.Array, precision: Any) -> jax.Array:
 def _linear(p: Params, prefix: str, x: jax.Array, ctx: dict, bias: bool) -> jax.Array:
     w = p[f"{prefix}weight"]
     scale = ctx.get("lora", {}).get(prefix[:-1])
+    if scale is not None and ctx.get("lora_call") is not None:  # adapter dropout while training
+        precision = ctx["precision"]
+        kept = jnp.where(_keep(x, ctx, prefix[:-1]), x / (1.0 - ctx["lora_dropout"]), jnp.zeros_like(x))
+        delta = _matmul(_matmul(kept, p[f"{prefix}lora_a"], precision), p[f"{prefix}lora_b"], precision)
+        y = _matmul(x, w, precision) + scale * delta
+        return y + p[f"{prefix}bias"] if bias else y
     if scale is not None:  # LoRA: W + scale * A @ B (crossframe.nn.lora)
         w = w + scale * jnp.matmul(p[f"{prefix}lora_a"], p[f"{prefix}lora_b"], precision=ctx["precision"])
     y = _matmul(x, w, ctx["precision"])
     return y + p[f"{prefix}bias"] if bias else y
+
+
+def _mix(x: jax.Array) -> jax.Array:
+    """:func:`crossframe.nn.lora_dropout.mix` in uint32 (products wrap to the same low 32 bits)."""
+    from crossframe.nn.lora_dropout import MULTIPLIER
+
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(MULTIPLIER)
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(MULTIPLIER)
+    return x ^ (x >> 16)
+
+
+def _keep(x: jax.Array, ctx: dict, name: str) -> jax.Array:
+    """The core's keep mask of adapted linear ``name``'s input ``x`` in this forward call."""
+    from crossframe.nn.lora_dropout import threshold
+
+    base = _mix(_mix(jnp.uint32(ctx["lora_run"]) ^ ctx["lora_call"]) ^ jnp.uint32(ctx["lora_sites"][name]))
+    j = jnp.arange(x.size, dtype=jnp.uint32)
+    return (_mix(j + base) >= jnp.uint32(threshold(ctx["lora_dropout"]))).reshape(x.shape)
 
 
 def _dense(node: Node) -> Fn:
@@ -267,12 +293,20 @@ def make_forward(graph: Graph, dtype: Any = None) -> Callable[..., jax.Array]:
     from crossframe.nn.lora import lora_scales
 
     lora = lora_scales(graph)
+    from crossframe.nn import lora_dropout
 
-    def forward(params: Params, x: jax.Array, *, train: bool = False, rng: Any = None) -> jax.Array:
+    dropout = {"lora_dropout": graph.lora_dropout, "lora_sites": lora_dropout.site_constants(lora)}
+
+    def forward(params: Params, x: jax.Array, *, train: bool = False, rng: Any = None, lora_call: Any = None,
+                seed: int = 0) -> jax.Array:
+        """``lora_call`` (uint32, training with ``train.lora.dropout``) keys the adapters' dropout masks."""
         if dtype is not None:
             params = {k: v.astype(dtype) for k, v in params.items()}
             x = x if ids else x.astype(dtype)
-        return body(params, x, {"train": train, "rng": rng, "precision": precision, "lora": lora})
+        ctx = {"train": train, "rng": rng, "precision": precision, "lora": lora}
+        if train and lora_call is not None and graph.lora_dropout > 0:
+            ctx.update(dropout, lora_call=lora_call, lora_run=lora_dropout.run_constant(seed))
+        return body(params, x, ctx)
 
     return forward
 

@@ -82,10 +82,33 @@ def scale_by_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformat
 
 
 def build_transform(setup: TrainSetup) -> optax.GradientTransformation:
-    """The optax chain giving the update direction (no learning rate) for ``setup.optimizer``."""
+    """The optax chain giving the update direction (no learning rate) for ``setup.optimizer``; with frozen
+    weights (``train.freeze``, LoRA) it sees the trainable ones only (:func:`trainable_only`)."""
+    chain = _chain(setup)
+    return trainable_only(chain, frozenset(setup.frozen)) if setup.frozen else chain
+
+
+def trainable_only(tx: optax.GradientTransformation, frozen: frozenset[str]) -> optax.GradientTransformation:
+    """``tx`` over the weights not in ``frozen``: its state holds no slot for a frozen weight, and its
+    direction has no entry for one (the step leaves those weights as they are)."""
+
+    def part(tree: Mapping[str, Any]) -> dict[str, Any]:
+        return {n: v for n, v in tree.items() if n not in frozen}
+
+    def init(params: Any) -> Any:
+        return tx.init(part(params))
+
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        return tx.update(part(updates), state, None if params is None else part(params))
+
+    return optax.GradientTransformation(init, update)
+
+
+def _chain(setup: TrainSetup) -> optax.GradientTransformation:
     o = dict(setup.optimizer_params)
     wd = float(o.get("weight_decay", 0.0))
-    decay = optax.add_decayed_weights(wd, mask=dict(setup.decay_mask)) if wd > 0 else optax.identity()
+    mask = {n: m for n, m in setup.decay_mask.items() if n not in setup.frozen}
+    decay = optax.add_decayed_weights(wd, mask=mask) if wd > 0 else optax.identity()
     if setup.optimizer == "sgd":
         momentum = float(o.get("momentum", 0.0))
         direction = (optax.trace(decay=momentum, nesterov=bool(o.get("nesterov", False)))
@@ -125,7 +148,8 @@ def export_optimizer_state(name: str, state: OptState, spec: ModelSpec) -> Param
     out: Params = {}
     for p in spec.table:
         for slot in STATE_SLOTS[name]:
-            value = slots[slot][p.name] if slot in slots else np.zeros(p.shape, np.float32)
+            held = slots.get(slot, {})  # a frozen weight has no slot: zeros, as a weight that never moved
+            value = held[p.name] if p.name in held else np.zeros(p.shape, np.float32)
             out[f"{slot}/{p.name}"] = to_canonical(p.layout, value)
     out["step"] = np.asarray(float(jax.device_get(state.step)), np.float32)
     return out
@@ -143,8 +167,11 @@ def load_optimizer_state(name: str, tx: optax.GradientTransformation, params: Ma
     if step == 0:
         return fresh
     wanted = {}
+    held = {n for values in _slots(name, fresh.inner[STATEFUL_LINK[name]]).values() for n in values}
     for slot in STATE_SLOTS[name]:
         for p in spec.table:
+            if p.name not in held:  # a frozen weight: no state (see trainable_only)
+                continue
             key = f"{slot}/{p.name}"
             if key not in state:
                 raise CapabilityError(f"checkpoint: optimizer state has no '{key}' for '{name}'")

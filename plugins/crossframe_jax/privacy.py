@@ -77,7 +77,7 @@ def make_train_fn(setup: TrainSetup, forward: Any, tx: optax.GradientTransformat
             (sums, loss_sum, clipped), _ = jax.lax.scan(micro, init, (split(x), split(y), split(w), jnp.arange(k)))
         grads = {n: (sums[n] + noise[n]) / expected for n in sums}
         direction, inner = tx.update(grads, opt.inner, params)
-        params = jax.tree.map(lambda p, d: p - lr * d, params, direction)
+        params = {n: p - lr * direction[n] if n in direction else p for n, p in params.items()}  # frozen: none
         if extra and extra.get("masks"):
             params = apply_masks(params, extra["masks"])
         count = jnp.maximum(jnp.sum(w), 1.0)

@@ -329,7 +329,12 @@ def _train_function(state: TFState) -> Compiled:
         per_example = bound(setup.objective)
     names = [p.name for p in setup.spec.table]
     variables = model.ordered
+    if setup.frozen:  # train.freeze / LoRA: gradients only for the trainable variables (frozen: none taken)
+        kept = [i for i, name in enumerate(names) if name not in setup.frozen]
+        names, variables = [names[i] for i in kept], [variables[i] for i in kept]
     k, clip_norm = setup.grad_accum, setup.clip_norm
+    graph = setup.spec.graph
+    adapter_dropout = graph is not None and graph.lora_dropout > 0  # train.lora.dropout: the core's masks
     lm = state.language_model
     run_seed = int(setup.seed) % 2**63
     distill, teacher = setup.distill, state.teacher
@@ -353,7 +358,9 @@ def _train_function(state: TFState) -> Compiled:
                 micro_seed = None if seed is None else tf.random.experimental.stateless_fold_in(seed, i, alg=RNG_ALG)
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(variables)
-                    out = model(chunk[0], state.dtype, training=True, seed=micro_seed)
+                    calls = {} if not adapter_dropout else {  # step * grad_accum + micro-batch
+                        "lora_call": optimizer.step.read_value() * k + i, "lora_seed": int(setup.seed)}
+                    out = model(chunk[0], state.dtype, training=True, seed=micro_seed, **calls)
                     if lm:
                         part = tf.math.divide_no_nan(tf.reduce_sum(per_example(out, chunk[1]) * chunk[2]), total)
                     else:
@@ -373,8 +380,6 @@ def _train_function(state: TFState) -> Compiled:
                 loss = part if loss is None else loss + part
             assert grads is not None and loss is not None
             loss, grads, kd_sum = replicas.all_sum((loss, grads, kd_sum))  # the strategy's all-reduce
-            if setup.frozen:  # train.freeze: a zero step (and no decay) keeps them bit for bit
-                grads = [tf.zeros_like(g) if n in setup.frozen else g for n, g in zip(names, grads, strict=True)]
             out = {"loss": loss}
             if kd_sum is not None:
                 out["distill_loss"] = kd_sum

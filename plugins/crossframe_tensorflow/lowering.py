@@ -52,7 +52,46 @@ def _matmul(x: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
 
 def _linear(weight: Callable[[str], tf.Tensor], prefix: str, x: tf.Tensor, bias: bool) -> tf.Tensor:
     y = _matmul(x, weight(f"{prefix}weight"))
+    delta = getattr(weight, "lora_delta", None)  # adapter dropout while training (_AdapterReader)
+    if delta is not None:
+        extra = delta(prefix, x)
+        y = y if extra is None else y + extra
     return tf.nn.bias_add(y, weight(f"{prefix}bias")) if bias else y
+
+
+def _mix(x: tf.Tensor) -> tf.Tensor:
+    """:func:`crossframe.nn.lora_dropout.mix` on int64 tensors (values stay below 2**63 before masking)."""
+    from crossframe.nn.lora_dropout import MASK, MULTIPLIER
+
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.int64)))
+    x = tf.bitwise.bitwise_and(x * MULTIPLIER, tf.constant(MASK, tf.int64))
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.int64)))
+    x = tf.bitwise.bitwise_and(x * MULTIPLIER, tf.constant(MASK, tf.int64))
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.int64)))
+
+
+def _keep(x: tf.Tensor, run: int, call: tf.Tensor, site: int, rate: float) -> tf.Tensor:
+    """The core's keep mask of an adapter's input ``x`` in forward call ``call`` (:mod:`crossframe.nn.lora_dropout`)."""
+    from crossframe.nn.lora_dropout import MASK, threshold
+
+    mask = tf.constant(MASK, tf.int64)
+    base = _mix(tf.bitwise.bitwise_xor(_mix(tf.bitwise.bitwise_and(tf.bitwise.bitwise_xor(
+        tf.cast(call, tf.int64), tf.constant(run, tf.int64)), mask)), tf.constant(site, tf.int64)))
+    j = tf.range(tf.size(x, out_type=tf.int64), dtype=tf.int64)
+    keep = _mix(tf.bitwise.bitwise_and(j + base, mask)) >= threshold(rate)
+    return tf.reshape(keep, tf.shape(x))
+
+
+class _AdapterReader:
+    """A layer's weight reader while adapter dropout trains: kernels without the adapters, which
+    :func:`_linear` adds on the dropped input through :meth:`lora_delta`."""
+
+    def __init__(self, read: Callable[[str], tf.Tensor], delta: Callable[[str, tf.Tensor], tf.Tensor | None]
+                 ) -> None:
+        self.read, self.lora_delta = read, delta
+
+    def __call__(self, name: str) -> tf.Tensor:
+        return self.read(name)
 
 
 def _conv(layer: L.Conv2D, shape: tuple[int, ...]) -> Fn:
@@ -257,6 +296,10 @@ class GraphModel(Model):
                                   f"{', '.join(repr(m) for m in missing)}")
         super().__init__(spec, weights)
         self._counter = 0
+        from crossframe.nn.lora import lora_scales
+        from crossframe.nn.lora_dropout import site_constants
+
+        self._lora_sites = site_constants(lora_scales(graph))
         self._body = self._lower(graph.root)
         self._rng = any(isinstance(n.layer, L.Dropout) and n.layer.rate > 0 for n in graph.root.walk())
 
@@ -282,29 +325,51 @@ class GraphModel(Model):
         prefix = f"{node.path}." if node.path else ""
 
         lora = dict(node.lora)  # LoRA: kernels read as W + scale * A @ B (crossframe.nn.lora)
+        sites = self._lora_sites
 
-        def weight(name: str, dtype: tf.DType) -> tf.Tensor:
+        def weight(name: str, dtype: tf.DType, merged: bool = True) -> tf.Tensor:
             w = self.weight(f"{prefix}{name}", dtype)
             base = f"{prefix}{name}"[: -len(".weight")] if name.endswith("weight") else None
-            if base is not None and base in lora:
+            if merged and base is not None and base in lora:
                 a, b = self.weight(f"{base}.lora_a", dtype), self.weight(f"{base}.lora_b", dtype)
                 w = w + lora[base] * tf.matmul(a, b)
             return w
+
+        def delta(local: str, x: tf.Tensor, ctx: dict) -> tf.Tensor | None:
+            """``scale * (drop(x) @ A) @ B`` of the adapted linear ``<prefix><local>`` (None: not adapted)."""
+            base = f"{prefix}{local}"[:-1] if local else node.path
+            if base not in lora:
+                return None
+            rate, dtype = self.spec.graph.lora_dropout, ctx["dtype"]
+            keep = _keep(x, ctx["lora_run"], ctx["lora_call"], sites[base], rate)
+            kept = tf.where(keep, x / (1.0 - rate), tf.zeros_like(x))
+            a, b = self.weight(f"{base}.lora_a", dtype), self.weight(f"{base}.lora_b", dtype)
+            return lora[base] * _matmul(_matmul(kept, a), b)
 
         def leaf(x: tf.Tensor, ctx: dict) -> tf.Tensor:
             local = dict(ctx, has=lambda name: f"{prefix}{name}" in self.params,
                          raw=lambda name: self.params[f"{prefix}{name}"], path=node.path,
                          param=lambda full: self.weight(full, ctx["dtype"]))
+            if lora and ctx.get("lora_call") is not None:  # adapter dropout while training
+                reader = _AdapterReader(lambda name: weight(name, ctx["dtype"], merged=False),
+                                        lambda local_name, h: delta(local_name, h, ctx))
+                return fn(reader, x, local)
             return fn(lambda name: weight(name, ctx["dtype"]), x, local)
 
         return leaf
 
     def __call__(self, x: tf.Tensor, dtype: tf.DType = tf.float32, *, training: bool = False,
-                 seed: tf.Tensor | None = None) -> tf.Tensor:
-        """Outputs (float32) for a batch ``x`` computed in ``dtype``."""
+                 seed: tf.Tensor | None = None, lora_call: tf.Tensor | None = None, lora_seed: int = 0) -> tf.Tensor:
+        """Outputs (float32) for a batch ``x`` computed in ``dtype``; ``lora_call`` (``step * grad_accum +
+        micro_batch``) and the run's ``lora_seed`` key the adapters' dropout masks while training."""
         if not self.spec.graph.takes_ids:
             x = tf.cast(x, dtype)
-        y = self._body(x, {"dtype": dtype, "training": training, "seed": seed})
+        ctx = {"dtype": dtype, "training": training, "seed": seed}
+        if training and lora_call is not None and self.spec.graph.lora_dropout > 0:
+            from crossframe.nn.lora_dropout import run_constant
+
+            ctx.update(lora_call=lora_call, lora_run=run_constant(lora_seed))
+        y = self._body(x, ctx)
         return tf.cast(y, tf.float32)
 
     def call_cached(self, x: tf.Tensor, cache: dict, start: tf.Tensor, dtype: tf.DType = tf.float32

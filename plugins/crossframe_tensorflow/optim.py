@@ -43,7 +43,9 @@ class Optimizer(tf.Module):
                                   f"'{setup.optimizer}'")
         hp = dict(setup.optimizer_params)
         self.kind = setup.optimizer
-        self.params = params
+        self.params = params  # every weight (exported: a frozen one's slots are zeros)
+        # train.freeze / LoRA: frozen weights get no slots and no update
+        self.trainable = {name: p for name, p in params.items() if name not in setup.frozen}
         self.weight_decay = float(hp.get("weight_decay", 0.0))
         self.decays = {name: bool(setup.decay_mask[name]) and self.weight_decay > 0 for name in params}
         self.momentum = float(hp.get("momentum", 0.0))
@@ -58,7 +60,7 @@ class Optimizer(tf.Module):
         with self.name_scope:
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.slots = {f"{slot}/{name}": tf.Variable(tf.zeros_like(p), trainable=False, name=f"{slot}.{name}")
-                          for name, p in params.items() for slot in self.slot_names}
+                          for name, p in self.trainable.items() for slot in self.slot_names}
 
     # ------------------------------------------------------------------ the rule (traced into the step)
 
@@ -66,17 +68,17 @@ class Optimizer(tf.Module):
         """One update with float32 ``grads`` by canonical name at rate ``lr`` (a float32 scalar tensor)."""
         step = self.step.assign_add(1)
         if self.kind == "sgd":
-            for name, p in self.params.items():
+            for name, p in self.trainable.items():
                 self._sgd(name, p, grads[name], lr)
             return
         if self.kind in ("rmsprop", "adagrad", "lion"):
-            for name, p in self.params.items():
+            for name, p in self.trainable.items():
                 self._more(name, p, grads[name], lr)
             return
         t = tf.cast(step, tf.float32)
         step_size = lr / _one_minus_power(self.b1, t)
         bc2_sqrt = tf.sqrt(_one_minus_power(self.b2, t))
-        for name, p in self.params.items():
+        for name, p in self.trainable.items():
             self._adam(name, p, grads[name], lr, step_size, bc2_sqrt)
 
     def _sgd(self, name: str, p: tf.Variable, g: tf.Tensor, lr: tf.Tensor) -> None:

@@ -305,7 +305,13 @@ class TorchBackend(Backend):
         ms = mask if (k == 1 or mask is None) else mask.chunk(k)
         distill = state.setup.distill
         acc = kd_acc = None
+        graph = state.setup.spec.graph
+        adapter_dropout = graph is not None and graph.lora_dropout > 0
         for i in range(k):
+            if adapter_dropout:  # train.lora.dropout: the core's masks for this call (crossframe.nn.lora_dropout)
+                from crossframe_torch.adapters import set_dropout_call
+
+                set_dropout_call(state.module, state.setup.seed, state.step * k + i)
             if k > 1 and distributed.active(state.setup):
                 distributed.sync_gradients(state.forward, i == k - 1)  # DDP: one all-reduce per step
             xi, yi, mi = (xs, ys, ms) if k == 1 else (xs[i], ys[i], None if ms is None else ms[i])

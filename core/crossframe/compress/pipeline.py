@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +81,9 @@ class Stage:
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     path: Path | None = None  # the checkpoint directory it was loaded from or written to
     metrics: dict[str, float] | None = None
+
+#: ``export: [{name: hf}]``: a Hugging Face directory (crossframe.hf.exporting), not an exporter plugin
+HF_FORMAT = "hf"
 
 
 @dataclass
@@ -435,7 +439,7 @@ def _check_names(steps: Sequence[ComponentConfig], kind: str, field: str) -> Non
     from crossframe.errors import did_you_mean
     from crossframe.plugins import get_plugin_manager
 
-    available = [*get_plugin_manager().components(kind), *(DEPLOY if kind == "exporter" else [])]
+    available = [*get_plugin_manager().components(kind), *((*DEPLOY, HF_FORMAT) if kind == "exporter" else [])]
     for i, step in enumerate(steps):
         if step.name not in available:
             raise ConfigError(f"{field}.{i}.name: unknown {kind} '{step.name}'{did_you_mean(step.name, available)} "
@@ -463,27 +467,56 @@ def check_steps(compress: Sequence[ComponentConfig], export: Sequence[ComponentC
         where = f"export.{i}"
         if encrypt and step.name in UNSEALABLE:
             raise unsealable(f"{where}.name: '{step.name}'", UNSEALABLE[step.name])
-        if step.name in deploy.DEPLOY:
+        if step.name == HF_FORMAT:
+            if step.params:
+                raise ConfigError(f"{where}: '{HF_FORMAT}' takes no params (got {', '.join(sorted(step.params))})")
+        elif step.name in deploy.DEPLOY:
             deploy.parse_params(step.name, step.params, where)
         else:
             validate_params(component("exporter", step.name, f"{where}.name").schema, step.params, where)
 
 
+def model_bytes(checkpoint: Checkpoint) -> int:
+    """The baseline model's size: its checkpoint file, or, for an adapter-only LoRA checkpoint, the whole
+    model it loads as (base + adapters, the weights compression starts from)."""
+    if "lora_base" in checkpoint.state:
+        return int(sum(np.asarray(v).nbytes for v in checkpoint.weights.values()))
+    return size_on_disk(checkpoint.path / MODEL_FILE)
+
+
+def check_hf_export(cfg: RunConfig) -> None:
+    """``export: [{name: hf}]`` needs a model imported from a Hugging Face directory: one line before training."""
+    for i, step in enumerate(cfg.export):
+        if step.name == HF_FORMAT and cfg.model.name != "hf":
+            raise ConfigError(f"export.{i}.name: 'hf' writes a Hugging Face directory of a model imported from one "
+                              f"(model.name: hf); this run trains '{cfg.model.name}'")
+
+
 def run_pipeline(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint, compress: Sequence[ComponentConfig],
-                 export: Sequence[ComponentConfig], options: Options | None = None) -> Report:
-    """Compress from ``checkpoint`` with ``compress``, then export the result with ``export``; the report."""
+                 export: Sequence[ComponentConfig], options: Options | None = None) -> Report | None:
+    """Compress from ``checkpoint`` with ``compress``, then export the result with ``export``; the report
+    (None when the only export is ``hf``, a Hugging Face directory of ``checkpoint``, which is not measured)."""
     check_steps(compress, export)
-    pipeline = Pipeline(cfg, run_dir, options, training=_needs_training(compress))
-    report = Report.open(run_dir, fresh=bool(compress))
-    stage = pipeline.start(checkpoint)
-    if compress or "baseline" not in report.data:
-        report.set_baseline({**pipeline._base_entry(stage), "path": str(checkpoint.path),
-                             "size_bytes": size_on_disk(checkpoint.path / MODEL_FILE)})
-    stage = pipeline.compress(stage, compress, report)
-    if compress:
-        report.data["final"] = str(stage.path)
-    pipeline.export(stage, export, report)
-    report.write()
+    others = [s for s in export if s.name != HF_FORMAT]
+    report = None
+    if compress or others:
+        pipeline = Pipeline(cfg, run_dir, options, training=_needs_training(compress))
+        report = Report.open(run_dir, fresh=bool(compress))
+        stage = pipeline.start(checkpoint)
+        if compress or "baseline" not in report.data:
+            report.set_baseline({**pipeline._base_entry(stage), "path": str(checkpoint.path),
+                                 "size_bytes": model_bytes(checkpoint)})
+        stage = pipeline.compress(stage, compress, report)
+        if compress:
+            report.data["final"] = str(stage.path)
+        pipeline.export(stage, others, report)
+        report.write()
+    if len(others) < len(export):  # export: [{name: hf}]: the trained (not compressed) model, adapters merged
+        from crossframe.hf.exporting import export_run_hf
+
+        written = export_run_hf(run_dir, str(checkpoint.path))
+        if not (options or Options()).quiet:
+            print(f"hf: {written}", file=sys.stderr, flush=True)
     return report
 
 
@@ -515,6 +548,7 @@ def compress_run(run_dir: str | os.PathLike, overrides: Iterable[str] = (), *, b
     checkpoint = load_checkpoint(run_dir / "checkpoints")
     with protecting(Protection.from_config(cfg.security)):  # security: seal and sign what it writes
         report = run_pipeline(cfg, run_dir, checkpoint, steps, exports if export else [], options)
+    assert report is not None  # compress steps always make one
     return report, len(steps) + (len(exports) if export else 0)
 
 
@@ -543,7 +577,7 @@ def export_run(run_dir: str | os.PathLike, formats: Sequence[str], *, backend: s
     stage = pipeline.start(ckpt)
     if "baseline" not in report.data:
         report.set_baseline({**pipeline._base_entry(stage), "path": str(ckpt.path),
-                             "size_bytes": size_on_disk(ckpt.path / MODEL_FILE)})
+                             "size_bytes": model_bytes(ckpt)})
     with protecting(Protection.from_config(cfg.security)):  # security.sign: sign the export manifests
         entries = pipeline.export(stage, steps, report)
     report.write()

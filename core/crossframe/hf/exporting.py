@@ -77,11 +77,15 @@ def write_hf(out: Path, spec: ModelSpec, arch: Architecture, weights: Mapping[st
 
 def export_run_hf(run: str | Path, checkpoint: str | None = None) -> Path:
     """Write ``RUN/exports/hf`` from the run's latest checkpoint (or ``checkpoint``); returns the directory."""
-    from crossframe.checkpoint import load_checkpoint
+    from crossframe.checkpoint import MODEL_FILE, load_checkpoint
     from crossframe.hf.loading import architecture_of
     from crossframe.models import spec_from_json
+    from crossframe.security.artifacts import UNSEALABLE, unsealable
+    from crossframe.security.sealing import is_sealed
 
     loaded = load_checkpoint(Path(checkpoint or run))
+    if is_sealed(loaded.path / MODEL_FILE):  # never write encrypted weights out in the clear
+        raise unsealable("export: --format hf", UNSEALABLE["hf"])
     run_dir = Path(run) if checkpoint else loaded.path.parent.parent
     state = loaded.state["model"]
     if state["name"] != "hf":

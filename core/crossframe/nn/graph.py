@@ -115,6 +115,8 @@ class Graph:
     root: Node
     input_shape: Shape
     takes_ids: bool
+    #: LoRA: the adapters' input dropout while training (see :mod:`crossframe.nn.lora_dropout`)
+    lora_dropout: float = 0.0
 
     @property
     def table(self) -> list[ParamSpec]:

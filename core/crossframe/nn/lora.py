@@ -16,12 +16,12 @@ import copy
 import fnmatch
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 
-from crossframe.errors import CapabilityError, ConfigError
+from crossframe.errors import ConfigError
 from crossframe.models.spec import ModelSpec, Params, ParamSpec
 from crossframe.nn import layers as L
 from crossframe.nn.graph import Graph, Node
@@ -37,9 +37,13 @@ class LoraConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rank: PositiveInt = 8
     alpha: PositiveFloat = Field(16.0, description="the adapters' output is scaled by alpha / rank")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapters' input (only 0 for now)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapters' input while training "
+                           "(the same entries on every backend: crossframe.nn.lora_dropout)")
     targets: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS),
                                description="fnmatch patterns over linear names (layers.*.self_attn.qkv, *mlp.up)")
+    checkpoint: Literal["adapters", "full"] = Field(
+        "adapters", description="what checkpoints hold: the adapters (and a reference to the base, with its sha256) "
+                                "or the whole model")
 
     @property
     def scale(self) -> float:
@@ -90,8 +94,6 @@ def apply_lora(spec: ModelSpec, config: LoraConfig | Mapping[str, Any], where: s
         cfg = config if isinstance(config, LoraConfig) else LoraConfig.model_validate(config)
     except ValidationError as exc:
         raise ConfigError(describe(exc, LoraConfig, prefix=where)) from None
-    if cfg.dropout > 0:
-        raise CapabilityError(f"{where}.dropout: adapter dropout is not implemented yet; use 0")
     if spec.graph is None:
         raise ConfigError(f"{where}: LoRA needs a model built from neutral layers (graph, hf), not '{spec.name}'")
     graph: Graph = copy.deepcopy(spec.graph)
@@ -107,6 +109,7 @@ def apply_lora(spec: ModelSpec, config: LoraConfig | Mapping[str, Any], where: s
                                           1.0 / math.sqrt(fan_in), decay=False),
                                 ParamSpec(f"{name}.lora_b", (cfg.rank, fan_out), "dense", decay=False)]
                 node.lora[name] = cfg.scale
+    graph.lora_dropout = cfg.dropout
     params = {**spec.params, "lora": cfg.model_dump()}
     out = LoraSpec(spec.name, params, spec.data_info, graph.table, graph.reference, graph=graph)
     out.base = spec

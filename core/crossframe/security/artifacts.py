@@ -32,7 +32,8 @@ UNSEALABLE = {"saved-model": "TensorFlow loads a SavedModel only from files",
               "onnx-int8-dynamic": "its quantiser reads and writes model files",
               "onnx-int8-static": "its quantiser reads and writes model files",
               "tflite-int8": "its quantiser reads and writes model files",
-              "torch-int8": "its quantiser reads and writes model files"}
+              "torch-int8": "its quantiser reads and writes model files",
+              "hf": "transformers loads a Hugging Face directory only from plain files"}
 
 
 def unsealable(what: str, why: str) -> SecurityError:

@@ -88,6 +88,7 @@ class Run:
     peak_key: str | None = None  # the peak cache's key for this framework, device, precision and threads
     world: WorldInfo | None = None  # this process's place in a multi-worker job (None: one process)
     privacy: Any = None  # DP-SGD: a crossframe.privacy.accounting.PrivacyLedger (epsilon at each eval)
+    lora_base: dict[str, Any] | None = None  # LoRA: the base's reference; checkpoints then hold adapters only
 
     @property
     def is_main(self) -> bool:
@@ -294,6 +295,11 @@ class Trainer:
         }
         if run.privacy is not None:  # the (epsilon, delta) guarantee, stored with the weights
             state["privacy"] = run.privacy.summary(run.step)
+        if run.lora_base is not None:  # adapters and their optimizer state, and what rebuilds the base
+            from crossframe.nn.lora_checkpoint import STATE_KEY, adapters_only
+
+            weights, opt_state = adapters_only(weights, opt_state)
+            state[STATE_KEY] = run.lora_base
         path = save_checkpoint(run.run_dir / "checkpoints", run.step, weights, opt_state, state,
                                run.config.train.keep_checkpoints)
         run.last_checkpoint, self._saved_step = path, run.step

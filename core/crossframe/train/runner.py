@@ -264,6 +264,11 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
         from crossframe.train.init_from import initial_weights
 
         weights = initial_weights(cfg.model.init_from, spec, weights)
+    lora_base = None
+    if cfg.train.lora is not None and spec.params["lora"]["checkpoint"] == "adapters":
+        from crossframe.nn.lora_checkpoint import base_reference
+
+        lora_base = base_reference(spec, cfg.seed, getattr(cfg.model, "init_from", None), weights)
 
     compiled = choose_compile(cfg.train.compile, cfg.backend, backend, device, cfg.strategy, total)
     if main and not quiet and cfg.train.compile == "auto":
@@ -279,8 +284,13 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     early = EarlyStopping.from_config(cfg.train.early_stopping) if cfg.train.early_stopping else None
     start = 0
     if checkpoint is not None:
-        spec.check_checkpoint(checkpoint.weights, checkpoint.optimizer_state, f"checkpoint '{checkpoint.path}'")
-        state = backend.load_state(state, checkpoint.weights, checkpoint.optimizer_state or None)
+        optimizer_state = checkpoint.optimizer_state
+        if "lora_base" in checkpoint.state:  # adapters only: the frozen base's slots are zeros
+            from crossframe.nn.lora_checkpoint import FrozenSlots
+
+            optimizer_state = FrozenSlots(optimizer_state, checkpoint.weights)
+        spec.check_checkpoint(checkpoint.weights, optimizer_state, f"checkpoint '{checkpoint.path}'")
+        state = backend.load_state(state, checkpoint.weights, optimizer_state or None)
         start = checkpoint.step
         if early and checkpoint.state.get("early_stopping"):
             early.restore(checkpoint.state["early_stopping"])
@@ -301,7 +311,7 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
         if data.tokenizer_dir is not None and not (run_dir / "tokenizer").exists():
             shutil.copytree(data.tokenizer_dir, run_dir / "tokenizer")  # generation needs it
     run = Run(cfg, run_dir, backend, spec, total, device, step=start, world=world,
-              privacy=private.ledger if private is not None else None)
+              privacy=private.ledger if private is not None else None, lora_base=lora_base)
     tokens_per_step = getattr(loader, "tokens_per_step", None)
     if tokens_per_step:
         run.flops_per_step = flops_per_step(spec, tokens_per_step)
