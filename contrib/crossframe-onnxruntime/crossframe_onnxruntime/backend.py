@@ -115,11 +115,14 @@ def load_model(path: str | os.PathLike, device: str = "cpu", task: str | None = 
     images), and give logits (or regression outputs) ``[batch, k]`` as its first output.
     ``task`` defaults to what the file's crossframe metadata says, else ``classification``.
     """
+    from crossframe.security.artifacts import artifact_source
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"onnx model: '{path}' is not a file")
+    source = artifact_source(path)  # a sealed export is decrypted in memory (security.encrypt), never on disk
     try:
-        session = _session(str(path), device)
+        session = _session(source, device)
     except CapabilityError:
         raise
     except Exception as exc:  # onnxruntime's own errors are multi-line
@@ -136,7 +139,8 @@ def load_model(path: str | os.PathLike, device: str = "cpu", task: str | None = 
         from crossframe.models import spec_from_json
 
         spec = spec_from_json(json.loads(meta[METADATA_KEY]))
-        weights = canonical_weights(onnx.load(str(path)), spec)
+        proto = onnx.load_from_string(source) if isinstance(source, bytes) else onnx.load(source)
+        weights = canonical_weights(proto, spec)
     resolved = task or (spec.data_info.task if spec is not None else "classification")
     if resolved not in ("classification", "regression"):
         raise CapabilityError(f"task: '{resolved}' is not a task; use 'classification' or 'regression'")

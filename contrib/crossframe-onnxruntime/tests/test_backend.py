@@ -227,6 +227,35 @@ def test_load_model_wraps_a_foreign_file(backend, tmp_path: Path) -> None:
         load_model(tmp_path / "missing.onnx")
 
 
+def test_load_model_opens_a_sealed_file_with_the_key_only(backend, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export written under ``security.encrypt`` is decrypted in memory; without the key, one line."""
+    from crossframe_onnxruntime import load_model
+
+    from crossframe.security.artifacts import write_artifact
+    from crossframe.security.keys import KEY_FILE_ENV, read_aes_key, write_new_keys
+    from crossframe.security.protection import Protection, protecting
+    from crossframe.security.sealing import is_sealed
+
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    graph = helper.make_graph([helper.make_node("MatMul", ["input", "w"], ["y"])], "sealed",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    key_file = write_new_keys(tmp_path / "keys")["aes"]
+    monkeypatch.setenv(KEY_FILE_ENV, str(key_file))
+    path = tmp_path / "sealed.onnx"
+    with protecting(Protection(key=read_aes_key(key_file))):
+        write_artifact(path, model.SerializeToString())
+    assert is_sealed(path)
+    x = np.ones((4, 2), dtype=np.float32)
+    np.testing.assert_allclose(backend.predict(load_model(path), x), x @ w, atol=1e-6)
+    monkeypatch.delenv(KEY_FILE_ENV)
+    with pytest.raises(CrossframeError, match="is encrypted: needs the encryption key"):
+        load_model(path)
+
+
 def test_the_exporter_is_registered(tmp_path: Path) -> None:
     from crossframe.config.validation import validate_params
     from crossframe.plugins import component
