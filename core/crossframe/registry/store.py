@@ -172,7 +172,7 @@ class Registry:
         info = lineage(run_dir)
         staging = Path(tempfile.mkdtemp(dir=self.root / ARTIFACTS, prefix=".staging-"))
         try:
-            digests = _copy_and_hash(files, staging)
+            digests = stage_files(files, staging)
             info["artifacts"] = digests
             now = time.time()
             with self._write() as db:
@@ -337,7 +337,7 @@ def split_ref(ref: str) -> tuple[str, str | None]:
     return name, selector or None
 
 
-def _copy_and_hash(files: list[Any], staging: Path) -> dict[str, str]:
+def stage_files(files: list[Any], staging: Path) -> dict[str, str]:
     """Copy each artifact into ``staging`` at its relative path; returns ``relpath -> sha256`` of the copies."""
     from crossframe.integrity import sha256_file
 
