@@ -243,3 +243,28 @@ def test_a_plugin_backend_is_selected_by_name_colon_location(
     bad = crossframe_cli("models", "ls", "--registry", "nosuch:http://x")
     assert bad.exit_code == 2 and "\n" not in bad.stderr.strip()
     assert "registry: unknown model_registry 'nosuch'" in bad.stderr and "memo" in bad.stderr, bad.stderr
+
+
+@pytest.mark.slow  # a server subprocess
+def test_serve_by_alias_serves_the_promoted_version(trained: Path, tmp_path: Path) -> None:
+    import httpx
+
+    from tests.test_contrib_mlflow import Server, free_port
+
+    reg = tmp_path / "reg"
+    store = Registry(reg)
+    store.register(trained, "tiny")
+    store.register(trained, "tiny")
+    store.promote("tiny@2", "production")
+    port = free_port()
+    env = {"CROSSFRAME_REGISTRY": str(reg), "PYTHONPATH": os.pathsep.join([str(ROOT / "core"), str(ROOT / "plugins")])}
+    served = Server([sys.executable, "-m", "crossframe", "serve", "models:/tiny@production", "--engine", "native",
+                     "--port", port, "--log-level", "warning"], tmp_path / "serve.log",
+                    f"http://127.0.0.1:{port}/readyz", env, 120)
+    try:
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/predict", json={"inputs": [[0.5] * 8, [-1.0] * 8]}, timeout=30)
+        assert r.status_code == 200 and len(r.json()["data"]) == 2, r.text
+    finally:
+        assert served.stop() == 0
+    assert models["data"][0]["id"] == "2", models  # the version's directory: artifacts/tiny/2
