@@ -63,10 +63,11 @@ class MlflowRegistry:
     """A :class:`crossframe.registry.backends.ModelRegistry` on MLflow's Model Registry."""
 
     def __init__(self, tracking_uri: str | None = None) -> None:
+        import mlflow
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        self.tracking_uri = self.client._tracking_client.tracking_uri
+        self.tracking_uri = tracking_uri or mlflow.get_tracking_uri()  # $MLFLOW_TRACKING_URI or MLflow's default
+        self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         self.where = f"mlflow:{self.tracking_uri}"
 
     # ------------------------------------------------------------------ plumbing
