@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ import crossframe
 from crossframe.cli.main import main
 from crossframe.errors import UsageError
 from crossframe.integrity import sha256_file, write_manifest
-from crossframe.registry import Registry, RegistryError, registry_dir, resolve_model_uri
+from crossframe.registry import ModelVersion, Registry, RegistryError, registry_dir, resolve_model_uri
 from crossframe.registry.location import ENV_VAR
 from crossframe.registry.uri import parse_model_uri
 from tests.conftest import tiny_config
@@ -203,3 +204,67 @@ def test_a_tampered_compressed_step_is_refused(tmp_path: Path) -> None:
         handle.write(b"\0")
     with pytest.raises(IntegrityError, match=r"masks\.safetensors: sha256 does not match"):
         load_checkpoint(step)
+
+
+class _RecordingRegistry(Registry):
+    """A plugin's registry backend: the SQLite one, counting checkouts."""
+
+    checkouts: list[str] = []
+
+    def checkout(self, version: ModelVersion) -> Path:
+        type(self).checkouts.append(version.uri)
+        return super().checkout(version)
+
+
+class _RegistryPlugin:
+    @crossframe.hookimpl
+    def register_model_registries(self, register: Any) -> None:
+        register("memo", lambda location: _RecordingRegistry(location), description="test backend")
+
+
+def test_a_plugin_backend_is_selected_by_name_colon_location(
+        trained: Path, tmp_path: Path, crossframe_plugins, crossframe_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from crossframe.registry import ModelRegistry, open_registry
+
+    crossframe_plugins.register(_RegistryPlugin(), "memo-plugin")
+    where = tmp_path / "memo"
+    done = crossframe_cli("models", "register", str(trained), "--name", "m", "--alias", "prod",
+                          "--registry", f"memo:{where}", "--json")
+    assert done.exit_code == 0, done.stderr
+    assert json.loads(done.stdout)["path"].startswith(str(where))
+    monkeypatch.setenv(ENV_VAR, f"memo:{where}")
+    store = open_registry()
+    assert isinstance(store, _RecordingRegistry) and isinstance(store, ModelRegistry)
+    assert resolve_model_uri("models:/m@prod") == where / "artifacts" / "m" / "1"
+    assert _RecordingRegistry.checkouts[-1] == "models:/m/1"
+    # a plain path and sqlite:DIR are the built-in registry; an unknown NAME: is one line
+    assert type(open_registry(str(tmp_path / "plain"))) is Registry
+    assert open_registry(f"sqlite:{where}").get("m", "prod").version == 1
+    bad = crossframe_cli("models", "ls", "--registry", "nosuch:http://x")
+    assert bad.exit_code == 2 and "\n" not in bad.stderr.strip()
+    assert "registry: unknown model_registry 'nosuch'" in bad.stderr and "memo" in bad.stderr, bad.stderr
+
+
+@pytest.mark.slow  # a server subprocess
+def test_serve_by_alias_serves_the_promoted_version(trained: Path, tmp_path: Path) -> None:
+    import httpx
+
+    from tests.test_contrib_mlflow import Server, free_port
+
+    reg = tmp_path / "reg"
+    store = Registry(reg)
+    store.register(trained, "tiny")
+    store.register(trained, "tiny")
+    store.promote("tiny@2", "production")
+    port = free_port()
+    env = {"CROSSFRAME_REGISTRY": str(reg), "PYTHONPATH": os.pathsep.join([str(ROOT / "core"), str(ROOT / "plugins")])}
+    served = Server([sys.executable, "-m", "crossframe", "serve", "models:/tiny@production", "--engine", "native",
+                     "--port", port, "--log-level", "warning"], tmp_path / "serve.log",
+                    f"http://127.0.0.1:{port}/readyz", env, 120)
+    try:
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/predict", json={"inputs": [[0.5] * 8, [-1.0] * 8]}, timeout=30)
+        assert r.status_code == 200 and len(r.json()["data"]) == 2, r.text
+    finally:
+        assert served.stop() == 0
+    assert models["data"][0]["id"] == "2", models  # the version's directory: artifacts/tiny/2

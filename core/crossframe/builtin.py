@@ -157,6 +157,14 @@ def register_exporters(register: Any) -> None:
 
 
 @hookimpl
+def register_model_registries(register: Any) -> None:
+    """Register ``sqlite``: the embedded registry (``sqlite:DIR``; a plain directory selects it too)."""
+    from crossframe.registry.store import open_sqlite
+
+    register("sqlite", open_sqlite, description="embedded SQLite registry in a directory (the default)")
+
+
+@hookimpl
 def register_commands(cli: Any) -> None:
     """Add ``run``, ``plugins`` and ``config``."""
     from crossframe.cli import commands, compress, cv, model, serve, tune

@@ -162,6 +162,20 @@ def register_exporters(register: Any) -> None:
 
 
 @hookspec
+def register_model_registries(register: Any) -> None:
+    """Register model registry backends for ``crossframe models`` and ``models:/`` URIs.
+
+    Called the first time a registry is opened (``--registry``, a config's ``registry``,
+    ``$CROSSFRAME_REGISTRY``). ``register(name, factory, *, description="")``: a value
+    ``NAME:LOCATION`` (or the bare ``NAME``) selects the backend ``NAME``, and ``factory(location)``
+    returns an object that implements :class:`crossframe.registry.backends.ModelRegistry`
+    (``location`` is the text after the colon, ``""`` for a bare name); a plain path selects the
+    built-in SQLite registry in that directory. The factory may import its client library.
+    Returns nothing.
+    """
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add commands to the ``crossframe`` command line.
 

@@ -46,6 +46,7 @@ KINDS: dict[str, str] = {
     "tokenizer": "register_tokenizers",
     "compressor": "register_compressors",
     "exporter": "register_exporters",
+    "model_registry": "register_model_registries",
 }
 
 

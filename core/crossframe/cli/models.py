@@ -10,17 +10,18 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from crossframe.registry import Registry
+    from crossframe.registry.backends import ModelRegistry
 
-_REGISTRY = click.option("--registry", "registry", type=click.Path(file_okay=False),
-                         help="Registry directory (default: $CROSSFRAME_REGISTRY, else the user's data directory).")
+_REGISTRY = click.option("--registry", "registry", metavar="DIR|NAME:LOCATION",
+                         help="Registry directory, or a plugin's backend such as mlflow:http://host:5000 "
+                              "(default: $CROSSFRAME_REGISTRY, else the user's data directory).")
 
 
-def _open(registry: str | None, config_value: str | None = None) -> Registry:
-    """The registry the options and environment point at."""
-    from crossframe.registry import Registry, registry_dir
+def _open(registry: str | None, config_value: str | None = None) -> ModelRegistry:
+    """The registry the options, the config and the environment point at."""
+    from crossframe.registry.backends import open_registry
 
-    return Registry(registry_dir(registry, config_value))
+    return open_registry(registry, config_value)
 
 
 def _when(stamp: float) -> str:
@@ -106,7 +107,7 @@ def models_show(ref: str, registry: str | None, as_json: bool) -> None:
         click.echo(f"  compress: {', '.join(step.get('name', '?') for step in lineage['compress'])}")
     metrics = {k: v for k, v in lineage.get("metrics", {}).items() if k != "step"}
     click.echo(f"  metrics: {'  '.join(f'{k} {v:.4g}' for k, v in metrics.items())}")
-    click.echo(f"  files ({version.path}):")
+    click.echo(f"  files ({version.source or version.path}):")
     for rel, digest in version.artifacts.items():
         click.echo(f"    {digest[:16]}  {rel}")
 

@@ -243,8 +243,9 @@ class RunConfig(Strict):
                                           description="exporters run after training and compression")
     tune: dict[str, Any] | None = Field(None, description="hyperparameter search, read by `crossframe tune` "
                                         "(validated there; `crossframe run` ignores it)")
-    registry: str | None = Field(None, description="model registry directory for 'crossframe models' "
-                                 "(default: $CROSSFRAME_REGISTRY, else the user's data directory)")
+    registry: str | None = Field(None, description="model registry for 'crossframe models': a directory, or "
+                                 "NAME:LOCATION of a plugin's backend (mlflow:http://host:5000); "
+                                 "default: $CROSSFRAME_REGISTRY, else the user's data directory")
     requires: list[str] = Field(default_factory=list,
                                 description="plugin distributions this config needs, e.g. 'crossframe-mlflow>=0.1'")
 

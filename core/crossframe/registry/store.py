@@ -89,6 +89,8 @@ class ModelVersion:
     aliases: list[str] = field(default_factory=list)
     lineage: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
+    #: where a remote registry keeps the files (e.g. an MLflow artifact URI); empty for SQLite
+    source: str = ""
 
     @property
     def uri(self) -> str:
@@ -99,7 +101,8 @@ class ModelVersion:
         """A plain dict (for ``--json``)."""
         return {"name": self.name, "version": self.version, "created": self.created, "run_dir": self.run_dir,
                 "stage": self.stage, "path": str(self.path), "aliases": self.aliases, "uri": self.uri,
-                "lineage": self.lineage, "artifacts": self.artifacts}
+                "lineage": self.lineage, "artifacts": self.artifacts,
+                **({"source": self.source} if self.source else {})}
 
 
 def check_name(value: str, what: str) -> str:
@@ -169,7 +172,7 @@ class Registry:
         info = lineage(run_dir)
         staging = Path(tempfile.mkdtemp(dir=self.root / ARTIFACTS, prefix=".staging-"))
         try:
-            digests = _copy_and_hash(files, staging)
+            digests = stage_files(files, staging)
             info["artifacts"] = digests
             now = time.time()
             with self._write() as db:
@@ -299,6 +302,11 @@ class Registry:
         return [{"name": n, "description": d, "created": c, "versions": count, "latest": latest,
                  "aliases": aliases.get(n, {})} for n, d, c, count, latest in rows]
 
+    def checkout(self, version: ModelVersion) -> Path:
+        """``version``'s own directory, after :meth:`verify` (the files already live here)."""
+        self.verify(version)
+        return version.path
+
     def verify(self, version: ModelVersion) -> None:
         """Check every file of ``version`` against the sha256 recorded at registration (one line naming a
         file that is missing or differs)."""
@@ -312,6 +320,13 @@ class Registry:
                 raise RegistryError(f"{path}: sha256 does not match the registry record of {version.uri}")
 
 
+def open_sqlite(location: str) -> Registry:
+    """The factory behind ``sqlite:DIR``: the registry in ``DIR`` (empty: the default directory)."""
+    from crossframe.registry.location import registry_dir
+
+    return Registry(Path(location).expanduser() if location else registry_dir())
+
+
 def split_ref(ref: str) -> tuple[str, str | None]:
     """``name@3`` -> ``("name", "3")``; ``name@production`` -> ``("name", "production")``;
     ``name`` -> ``("name", None)``."""
@@ -322,7 +337,7 @@ def split_ref(ref: str) -> tuple[str, str | None]:
     return name, selector or None
 
 
-def _copy_and_hash(files: list[Any], staging: Path) -> dict[str, str]:
+def stage_files(files: list[Any], staging: Path) -> dict[str, str]:
     """Copy each artifact into ``staging`` at its relative path; returns ``relpath -> sha256`` of the copies."""
     from crossframe.integrity import sha256_file
 

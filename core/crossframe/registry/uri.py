@@ -40,16 +40,19 @@ def resolve_model_uri(uri: str, registry: str | os.PathLike | None = None, verif
     ``eval``, ``export``) can take it. ``registry`` is the registry directory (default: see
     :func:`crossframe.registry.location.registry_dir`). With ``verify`` every file is checked against
     the sha256 recorded at registration first, and a mismatch is one line naming the file.
+    ``registry`` may also name a plugin's backend (``mlflow:http://host:5000``, see
+    :func:`crossframe.registry.backends.open_registry`); its files are fetched into a local
+    directory and always checked.
     """
-    from crossframe.registry.location import registry_dir
+    from crossframe.registry.backends import open_registry
     from crossframe.registry.store import Registry
 
     name, selector = parse_model_uri(uri)
-    store = Registry(registry_dir(registry))
+    store = open_registry(registry)
     version = store.get(name, selector)
-    if verify:
-        store.verify(version)
-    return version.path
+    if isinstance(store, Registry) and not verify:
+        return version.path
+    return store.checkout(version)
 
 
 def resolve_run_path(value: str | os.PathLike, registry: str | os.PathLike | None = None) -> Path:

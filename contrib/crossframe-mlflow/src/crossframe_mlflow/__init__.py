@@ -1,9 +1,11 @@
-"""crossframe-mlflow: log crossframe runs to MLflow, as the logger ``mlflow``.
+"""crossframe-mlflow: log crossframe runs to MLflow, as the logger ``mlflow``, and register model
+versions in MLflow's Model Registry, as the registry backend ``mlflow``.
 
 ```yaml
 loggers:
   - name: mlflow
     experiment: demo
+registry: mlflow:http://127.0.0.1:5000     # or CROSSFRAME_REGISTRY=mlflow:URI, or --registry
 ```
 
 Importing this module is cheap (it is imported by ``crossframe --help`` and ``crossframe
@@ -52,6 +54,19 @@ def register_loggers(register: Any) -> None:
              description="MLflow tracking: params, metrics, artifacts")
 
 
+def make_registry(location: str) -> Any:
+    """The registry factory (``mlflow:TRACKING_URI``): imports MLflow only now."""
+    from crossframe_mlflow.registry import open_registry
+
+    return open_registry(location)
+
+
+@hookimpl
+def register_model_registries(register: Any) -> None:
+    """Register ``mlflow``: MLflow's Model Registry at a tracking URI."""
+    register("mlflow", make_registry, description="MLflow Model Registry: versions, lineage tags, aliases")
+
+
 @hookimpl
 def on_run_end(run: Any, status: str) -> None:
     """Tell this run's open MLflow logger how the run ended (FAILED / KILLED runs).
@@ -64,4 +79,4 @@ def on_run_end(run: Any, status: str) -> None:
         logger_module.note_run_status(run.run_dir, status)
 
 
-__all__ = ["MlflowParams", "__version__", "make_logger"]
+__all__ = ["MlflowParams", "__version__", "make_logger", "make_registry"]
