@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -27,6 +26,7 @@ import httpx
 import pytest
 
 import crossframe
+from crossframe.distributed.world import free_port
 from crossframe.integrity import sha256_file
 from tests.conftest import tiny_config
 
@@ -205,6 +205,7 @@ READ_REGISTRY = """
 import json, sys, tempfile
 from pathlib import Path
 from mlflow.tracking import MlflowClient
+from crossframe.distributed.world import free_port
 from crossframe.integrity import sha256_file
 
 client = MlflowClient(tracking_uri=sys.argv[1], registry_uri=sys.argv[1])
@@ -218,12 +219,6 @@ print(json.dumps({
     "downloaded": {p.relative_to(files).as_posix(): sha256_file(p) for p in files.rglob("*") if p.is_file()},
 }))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -368,3 +363,9 @@ def test_models_register_promote_and_serve_through_a_real_mlflow_registry(
     err = refused.stderr.strip()
     assert refused.returncode == 2 and "\n" not in err, err
     assert "model/checkpoints/step_20/model.safetensors: sha256 does not match" in err, err
+
+    # a server that is not there is one line after a few retries, not MLflow's four minutes of them
+    env.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+    gone = cli("models", "ls", registry=f"mlflow:http://127.0.0.1:{free_port()}", check=False)
+    err = gone.stderr.strip()
+    assert gone.returncode == 2 and "\n" not in err and "cannot reach the tracking server" in err, err

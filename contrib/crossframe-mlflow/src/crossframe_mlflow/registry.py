@@ -59,10 +59,16 @@ def open_registry(location: str) -> MlflowRegistry:
     return MlflowRegistry(location or None)
 
 
+#: MLflow's client retries an unreachable server 7 times with exponential backoff (about 4 minutes);
+#: a command line gives up after 3 (about 15 s) unless ``$MLFLOW_HTTP_REQUEST_MAX_RETRIES`` says otherwise
+RETRIES_ENV, CLI_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3"
+
+
 class MlflowRegistry:
     """A :class:`crossframe.registry.backends.ModelRegistry` on MLflow's Model Registry."""
 
     def __init__(self, tracking_uri: str | None = None) -> None:
+        os.environ.setdefault(RETRIES_ENV, CLI_RETRIES)  # read by MLflow per request; the user's value wins
         import mlflow
         from mlflow.tracking import MlflowClient
 
