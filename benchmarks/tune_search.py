@@ -38,22 +38,29 @@ import yaml
 
 from benchmarks.common import markdown_table, pick, smoke
 
-PRUNERS = ("median", "hyperband")
+#: (pruner, budget) pairs measured against ``pruner: none``: Optuna's pruners on the loop's evaluations,
+#: and on budget-aware rungs (``budget: schedule``, see crossframe.tune.budgets)
+METHODS = (("median", "evaluations"), ("hyperband", "evaluations"), ("successive_halving", "evaluations"),
+           ("median", "schedule"), ("hyperband", "schedule"), ("successive_halving", "schedule"))
+#: study seeds of the full run (the runs' seed and the sampler's); quick mode runs the first
+SEEDS = (0, 1, 2)
 TITLE = "Hyperparameter search: pruning vs none (total training steps), --jobs 2 vs --jobs 1 (wall time)"
 
 
-def study(out: Path, name: str, trials: int, steps: int, pruner: str, hidden: list[int]) -> dict[str, Any]:
-    """A digits-mlp study config with a ``tune:`` section over the learning rate."""
+def study(out: Path, name: str, trials: int, steps: int, pruner: str, hidden: list[int], seed: int = 0,
+          budget: str = "evaluations") -> dict[str, Any]:
+    """A digits-mlp study config with a ``tune:`` section over the learning rate (``seed``: the runs' and
+    the sampler's)."""
     return {
-        "name": name, "backend": "torch", "device": "cpu", "seed": 0, "output_dir": str(out),
+        "name": name, "backend": "torch", "device": "cpu", "seed": seed, "output_dir": str(out),
         "data": {"name": "digits", "val_fraction": 0.2},
         "model": {"name": "mlp", "hidden": hidden},
         "train": {"steps": steps, "batch_size": 64, "optimizer": {"name": "adamw", "lr": 0.003},
                   "schedule": {"name": "cosine", "warmup_steps": max(1, steps // 20)},
                   "eval_every": max(1, steps // 10), "log_every": max(1, steps // 10), "checkpoint_every": 0,
                   "keep_checkpoints": 1},
-        "tune": {"metric": "val/loss", "sampler": "random", "pruner": pruner, "trials": trials, "seed": 0,
-                 "space": {"train.optimizer.lr": {"log_uniform": [1.0e-5, 1.0]}}},
+        "tune": {"metric": "val/loss", "sampler": "random", "pruner": pruner, "budget": budget, "trials": trials,
+                 "seed": seed, "space": {"train.optimizer.lr": {"log_uniform": [1.0e-5, 1.0]}}},
     }
 
 
@@ -67,33 +74,42 @@ def _steps_to_reach(rows: list[dict[str, Any]], target: float) -> int:
     return spent
 
 
-def pruning_rows(out: Path, quick: bool, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Run the study without pruning, then with each pruner; one row per pruner against none."""
+def pruning_rows(out: Path, quick: bool, log: Callable[[str], None],
+                 seeds: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
+    """For each seed, run the study without pruning, then with each method; one row per method and seed."""
     from crossframe.tune.api import tune
 
     trials, steps = pick(40, 16, 4, quick), pick(300, 150, 30, quick)
-    results = {}
-    for pruner in ("none", *PRUNERS):
-        start = time.perf_counter()
-        result = tune(study(out, f"prune-{pruner}", trials, steps, pruner, [64]), quiet=True)
-        summary = result.summary
-        results[pruner] = {"best": result.best_value, "steps": summary["total_steps"], "rows": summary["rows"],
-                           "pruned": summary["counts"]["pruned"], "seconds": time.perf_counter() - start}
-        log(f"  pruner {pruner}: best {result.best_value:.4f}, {summary['total_steps']} steps "
-            f"({summary['counts']['pruned']} trials pruned) in {results[pruner]['seconds']:.1f} s")
-    none = results["none"]
+    if seeds is None:
+        seeds = SEEDS if not quick else SEEDS[:1]
+    methods = METHODS if not smoke() else (METHODS[0], METHODS[-1])
     rows = []
-    for pruner in PRUNERS:
-        got = results[pruner]
-        target = max(none["best"], got["best"])  # the best value both studies reach
-        to_none, to_got = _steps_to_reach(none["rows"], target), _steps_to_reach(got["rows"], target)
-        rows.append({"case": f"pruning ({pruner}), {trials} trials x {steps} steps", "pruner": pruner,
-                     "trials": trials, "steps_per_trial": steps, "best_none": none["best"], "best_pruned": got["best"],
-                     "same_best": none["best"] == got["best"], "steps_none": none["steps"],
-                     "steps_pruned": got["steps"], "pruned": got["pruned"],
-                     "common_best": target, "steps_to_common_best_none": to_none,
-                     "steps_to_common_best_pruned": to_got, "steps_ratio": none["steps"] / max(1, got["steps"]),
-                     "steps_to_common_best_ratio": to_none / max(1, to_got)})
+    for seed in seeds:
+        results = {}
+        for pruner, budget in (("none", "evaluations"), *methods):
+            start = time.perf_counter()
+            name = f"prune-{seed}-{pruner}-{budget}"
+            result = tune(study(out, name, trials, steps, pruner, [64], seed, budget), quiet=True)
+            summary = result.summary
+            results[pruner, budget] = {"best": result.best_value, "steps": summary["total_steps"],
+                                       "rows": summary["rows"], "pruned": summary["counts"]["pruned"],
+                                       "seconds": time.perf_counter() - start}
+            log(f"  seed {seed}, pruner {pruner}, budget {budget}: best {result.best_value:.4f}, "
+                f"{summary['total_steps']} steps ({summary['counts']['pruned']} trials pruned) "
+                f"in {results[pruner, budget]['seconds']:.1f} s")
+        none = results["none", "evaluations"]
+        for pruner, budget in methods:
+            got = results[pruner, budget]
+            target = max(none["best"], got["best"])  # the best value both studies reach
+            to_none, to_got = _steps_to_reach(none["rows"], target), _steps_to_reach(got["rows"], target)
+            rows.append({"case": f"pruning ({pruner}, budget {budget}), seed {seed}, {trials} trials x {steps} steps",
+                         "pruner": pruner, "budget": budget, "seed": seed,
+                         "trials": trials, "steps_per_trial": steps, "best_none": none["best"],
+                         "best_pruned": got["best"], "same_best": none["best"] == got["best"],
+                         "steps_none": none["steps"], "steps_pruned": got["steps"], "pruned": got["pruned"],
+                         "common_best": target, "steps_to_common_best_none": to_none,
+                         "steps_to_common_best_pruned": to_got, "steps_ratio": none["steps"] / max(1, got["steps"]),
+                         "steps_to_common_best_ratio": to_none / max(1, to_got)})
     return rows
 
 
@@ -172,6 +188,12 @@ def table(rows: list[dict[str, Any]]) -> str:
 if __name__ == "__main__":
     import json
 
-    results = run(quick="--quick" in sys.argv)
+    if "--pruning" in sys.argv:  # the pruning studies alone, on --seeds S,S,... (default: all of SEEDS)
+        seeds = next((tuple(int(x) for x in a.split("=", 1)[1].split(",")) for a in sys.argv
+                      if a.startswith("--seeds=")), None)
+        with tempfile.TemporaryDirectory(prefix="crossframe-bench-tune-") as tmp:
+            results = pruning_rows(Path(tmp), "--quick" in sys.argv, print, seeds)
+    else:
+        results = run(quick="--quick" in sys.argv)
     print(table(results))
     print(json.dumps(results, indent=2))
