@@ -3,14 +3,18 @@
 What is measured
 ----------------
 pruning
-    The same fixed-seed study run three times in this process: ``pruner: none``, ``median`` and
-    ``hyperband`` (Optuna's MedianPruner and HyperbandPruner, crossframe's defaults), on digits-mlp with a
-    log-uniform learning rate over [1e-5, 1]. The sampler is ``random`` with a fixed seed, so both
-    studies draw the very same trials and any difference is the pruner's (TPE would draw
-    different trials once pruned ones enter its history). Reported: the best value each study
-    reaches, the optimizer steps it trained in all (``steps_ratio`` = without pruning / with it, per
-    pruner), and the steps each spent until it first reached the best value both studies reach
-    (``steps_to_common_best_ratio``).
+    For each seed (0, 1, 2; quick mode: 0) the same study, its runs and its sampler seeded with it,
+    run with ``pruner: none`` and then with each of ``median``, ``hyperband`` and
+    ``successive_halving`` (Optuna's pruners, crossframe's defaults), first on the loop's
+    evaluations (``budget: evaluations``), then on budget-aware rungs (``budget: schedule``: each
+    budget a run whose schedule ends there, see ``crossframe.tune.budgets``), on digits-mlp with a
+    log-uniform learning rate over [1e-5, 1] and a cosine schedule. The sampler is ``random``, so
+    every study of a seed draws the very same trials and any difference is the pruner's (TPE would
+    draw different trials once pruned ones enter its history). Reported per method and seed: the
+    best value each study reaches, the optimizer steps it trained in all (``steps_ratio`` = without
+    pruning / with it), and the steps each spent until it first reached the best value both reach
+    (``steps_to_common_best_ratio``). ``python -m benchmarks.tune_search --pruning [--seeds=0,1]``
+    runs these alone.
 jobs
     The same study (random sampler, no pruning) as ``crossframe tune --jobs 1`` and ``--jobs 2``,
     each a fresh process (``python -m crossframe tune``), wall time from start to exit. ``--jobs 1``
@@ -113,6 +117,51 @@ def pruning_rows(out: Path, quick: bool, log: Callable[[str], None],
     return rows
 
 
+def _spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman's rank correlation of two equally long lists without ties (the Pearson of their ranks)."""
+    import numpy as np
+
+    rx, ry = (np.argsort(np.argsort(v)).astype(float) for v in (xs, ys))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def rank_rows(out: Path, seeds: tuple[int, ...], log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """How well each early value ranks a seed's trials by their final value: the loop's evaluations at
+    steps 30, 90 and 150 of one 300-step run, against runs of 33 and 100 steps whose schedule ends
+    there (``budget: schedule``, nothing pruned). Spearman's rho, and the final best trial's rank."""
+    import json
+
+    import optuna
+
+    from crossframe.tune.api import tune
+
+    rows = []
+    for seed in seeds:
+        unpruned = tune(study(out, f"ranks-{seed}-none", 40, 300, "none", [64], seed), quiet=True)
+        config = study(out, f"ranks-{seed}-budgets", 40, 300, "median", [64], seed, "schedule")
+        config["tune"]["pruner_options"] = {"n_startup_trials": 10**6}  # report every budget, prune nothing
+        budgeted = tune(config, quiet=True)
+        early: dict[str, dict[int, float]] = {}
+        final: dict[int, float] = {}
+        for result, steps, label in ((unpruned, (30, 90, 150), "evaluation at step {} of 300"),
+                                     (budgeted, (33, 100), "run of {} steps")):
+            storage = f"sqlite:///{result.study_dir}/study.db"
+            name = json.loads((result.study_dir / "study.json").read_text())["name"]
+            for trial in optuna.load_study(study_name=name, storage=storage).trials:
+                if result is unpruned:
+                    final[trial.number] = trial.value
+                for step in steps:
+                    early.setdefault(label.format(step), {})[trial.number] = trial.intermediate_values[step]
+        numbers = sorted(final)
+        best = min(numbers, key=final.__getitem__)
+        for label, values in early.items():
+            rank = sorted(numbers, key=values.__getitem__).index(best) + 1
+            rho = _spearman([values[n] for n in numbers], [final[n] for n in numbers])
+            rows.append({"seed": seed, "value": label, "spearman": rho, "best_trial_rank": rank})
+            log(f"  seed {seed}, {label}: spearman {rho:.3f}, the best trial ranks {rank} of {len(numbers)}")
+    return rows
+
+
 def _wall(config: Path, jobs: int, cwd: Path, threads: int, limit_s: float | None = None) -> tuple[float, bool]:
     """Wall time of ``crossframe tune CONFIG --jobs N`` in a fresh process, and whether it hit ``limit_s``."""
     root = Path(__file__).resolve().parent.parent
@@ -188,7 +237,17 @@ def table(rows: list[dict[str, Any]]) -> str:
 if __name__ == "__main__":
     import json
 
-    if "--pruning" in sys.argv:  # the pruning studies alone, on --seeds S,S,... (default: all of SEEDS)
+    if "--ranks" in sys.argv:  # how early values rank the trials, on --seeds S,S,... (default: all of SEEDS)
+        seeds = next((tuple(int(x) for x in a.split("=", 1)[1].split(",")) for a in sys.argv
+                      if a.startswith("--seeds=")), SEEDS)
+        with tempfile.TemporaryDirectory(prefix="crossframe-bench-tune-") as tmp:
+            results = rank_rows(Path(tmp), seeds, print)
+        print(markdown_table(["seed", "early value", "Spearman rho with the final value", "best trial's rank"],
+                             [[r["seed"], r["value"], f"{r['spearman']:.3f}", r["best_trial_rank"]]
+                              for r in results]))
+        print(json.dumps(results, indent=2))
+        sys.exit(0)
+    elif "--pruning" in sys.argv:  # the pruning studies alone, on --seeds S,S,... (default: all of SEEDS)
         seeds = next((tuple(int(x) for x in a.split("=", 1)[1].split(",")) for a in sys.argv
                       if a.startswith("--seeds=")), None)
         with tempfile.TemporaryDirectory(prefix="crossframe-bench-tune-") as tmp:

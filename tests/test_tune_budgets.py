@@ -55,6 +55,7 @@ def test_a_budget_run_ends_its_schedule_at_its_budget() -> None:
     load_config({"data": {"name": "digits"}, "model": {"name": "mlp"}, **data})  # a valid run config
 
 
+@pytest.mark.slow
 def test_budget_aware_pruning_stops_trials_at_a_budget_counted(workdir: Path) -> None:
     result = tune(budget_study(workdir, "budgets", trials=6), quiet=True)
     rows = result.summary["rows"]
