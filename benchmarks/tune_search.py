@@ -3,14 +3,18 @@
 What is measured
 ----------------
 pruning
-    The same fixed-seed study run three times in this process: ``pruner: none``, ``median`` and
-    ``hyperband`` (Optuna's MedianPruner and HyperbandPruner, crossframe's defaults), on digits-mlp with a
-    log-uniform learning rate over [1e-5, 1]. The sampler is ``random`` with a fixed seed, so both
-    studies draw the very same trials and any difference is the pruner's (TPE would draw
-    different trials once pruned ones enter its history). Reported: the best value each study
-    reaches, the optimizer steps it trained in all (``steps_ratio`` = without pruning / with it, per
-    pruner), and the steps each spent until it first reached the best value both studies reach
-    (``steps_to_common_best_ratio``).
+    For each seed (0, 1, 2; quick mode: 0) the same study, its runs and its sampler seeded with it,
+    run with ``pruner: none`` and then with each of ``median``, ``hyperband`` and
+    ``successive_halving`` (Optuna's pruners, crossframe's defaults), first on the loop's
+    evaluations (``budget: evaluations``), then on budget-aware rungs (``budget: schedule``: each
+    budget a run whose schedule ends there, see ``crossframe.tune.budgets``), on digits-mlp with a
+    log-uniform learning rate over [1e-5, 1] and a cosine schedule. The sampler is ``random``, so
+    every study of a seed draws the very same trials and any difference is the pruner's (TPE would
+    draw different trials once pruned ones enter its history). Reported per method and seed: the
+    best value each study reaches, the optimizer steps it trained in all (``steps_ratio`` = without
+    pruning / with it), and the steps each spent until it first reached the best value both reach
+    (``steps_to_common_best_ratio``). ``python -m benchmarks.tune_search --pruning [--seeds=0,1]``
+    runs these alone.
 jobs
     The same study (random sampler, no pruning) as ``crossframe tune --jobs 1`` and ``--jobs 2``,
     each a fresh process (``python -m crossframe tune``), wall time from start to exit. ``--jobs 1``
@@ -38,22 +42,29 @@ import yaml
 
 from benchmarks.common import markdown_table, pick, smoke
 
-PRUNERS = ("median", "hyperband")
+#: (pruner, budget) pairs measured against ``pruner: none``: Optuna's pruners on the loop's evaluations,
+#: and on budget-aware rungs (``budget: schedule``, see crossframe.tune.budgets)
+METHODS = (("median", "evaluations"), ("hyperband", "evaluations"), ("successive_halving", "evaluations"),
+           ("median", "schedule"), ("hyperband", "schedule"), ("successive_halving", "schedule"))
+#: study seeds of the full run (the runs' seed and the sampler's); quick mode runs the first
+SEEDS = (0, 1, 2)
 TITLE = "Hyperparameter search: pruning vs none (total training steps), --jobs 2 vs --jobs 1 (wall time)"
 
 
-def study(out: Path, name: str, trials: int, steps: int, pruner: str, hidden: list[int]) -> dict[str, Any]:
-    """A digits-mlp study config with a ``tune:`` section over the learning rate."""
+def study(out: Path, name: str, trials: int, steps: int, pruner: str, hidden: list[int], seed: int = 0,
+          budget: str = "evaluations") -> dict[str, Any]:
+    """A digits-mlp study config with a ``tune:`` section over the learning rate (``seed``: the runs' and
+    the sampler's)."""
     return {
-        "name": name, "backend": "torch", "device": "cpu", "seed": 0, "output_dir": str(out),
+        "name": name, "backend": "torch", "device": "cpu", "seed": seed, "output_dir": str(out),
         "data": {"name": "digits", "val_fraction": 0.2},
         "model": {"name": "mlp", "hidden": hidden},
         "train": {"steps": steps, "batch_size": 64, "optimizer": {"name": "adamw", "lr": 0.003},
                   "schedule": {"name": "cosine", "warmup_steps": max(1, steps // 20)},
                   "eval_every": max(1, steps // 10), "log_every": max(1, steps // 10), "checkpoint_every": 0,
                   "keep_checkpoints": 1},
-        "tune": {"metric": "val/loss", "sampler": "random", "pruner": pruner, "trials": trials, "seed": 0,
-                 "space": {"train.optimizer.lr": {"log_uniform": [1.0e-5, 1.0]}}},
+        "tune": {"metric": "val/loss", "sampler": "random", "pruner": pruner, "budget": budget, "trials": trials,
+                 "seed": seed, "space": {"train.optimizer.lr": {"log_uniform": [1.0e-5, 1.0]}}},
     }
 
 
@@ -67,33 +78,87 @@ def _steps_to_reach(rows: list[dict[str, Any]], target: float) -> int:
     return spent
 
 
-def pruning_rows(out: Path, quick: bool, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Run the study without pruning, then with each pruner; one row per pruner against none."""
+def pruning_rows(out: Path, quick: bool, log: Callable[[str], None],
+                 seeds: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
+    """For each seed, run the study without pruning, then with each method; one row per method and seed."""
     from crossframe.tune.api import tune
 
     trials, steps = pick(40, 16, 4, quick), pick(300, 150, 30, quick)
-    results = {}
-    for pruner in ("none", *PRUNERS):
-        start = time.perf_counter()
-        result = tune(study(out, f"prune-{pruner}", trials, steps, pruner, [64]), quiet=True)
-        summary = result.summary
-        results[pruner] = {"best": result.best_value, "steps": summary["total_steps"], "rows": summary["rows"],
-                           "pruned": summary["counts"]["pruned"], "seconds": time.perf_counter() - start}
-        log(f"  pruner {pruner}: best {result.best_value:.4f}, {summary['total_steps']} steps "
-            f"({summary['counts']['pruned']} trials pruned) in {results[pruner]['seconds']:.1f} s")
-    none = results["none"]
+    if seeds is None:
+        seeds = SEEDS if not quick else SEEDS[:1]
+    methods = METHODS if not smoke() else (METHODS[0], METHODS[-1])
     rows = []
-    for pruner in PRUNERS:
-        got = results[pruner]
-        target = max(none["best"], got["best"])  # the best value both studies reach
-        to_none, to_got = _steps_to_reach(none["rows"], target), _steps_to_reach(got["rows"], target)
-        rows.append({"case": f"pruning ({pruner}), {trials} trials x {steps} steps", "pruner": pruner,
-                     "trials": trials, "steps_per_trial": steps, "best_none": none["best"], "best_pruned": got["best"],
-                     "same_best": none["best"] == got["best"], "steps_none": none["steps"],
-                     "steps_pruned": got["steps"], "pruned": got["pruned"],
-                     "common_best": target, "steps_to_common_best_none": to_none,
-                     "steps_to_common_best_pruned": to_got, "steps_ratio": none["steps"] / max(1, got["steps"]),
-                     "steps_to_common_best_ratio": to_none / max(1, to_got)})
+    for seed in seeds:
+        results = {}
+        for pruner, budget in (("none", "evaluations"), *methods):
+            start = time.perf_counter()
+            name = f"prune-{seed}-{pruner}-{budget}"
+            result = tune(study(out, name, trials, steps, pruner, [64], seed, budget), quiet=True)
+            summary = result.summary
+            results[pruner, budget] = {"best": result.best_value, "steps": summary["total_steps"],
+                                       "rows": summary["rows"], "pruned": summary["counts"]["pruned"],
+                                       "seconds": time.perf_counter() - start}
+            log(f"  seed {seed}, pruner {pruner}, budget {budget}: best {result.best_value:.4f}, "
+                f"{summary['total_steps']} steps ({summary['counts']['pruned']} trials pruned) "
+                f"in {results[pruner, budget]['seconds']:.1f} s")
+        none = results["none", "evaluations"]
+        for pruner, budget in methods:
+            got = results[pruner, budget]
+            target = max(none["best"], got["best"])  # the best value both studies reach
+            to_none, to_got = _steps_to_reach(none["rows"], target), _steps_to_reach(got["rows"], target)
+            rows.append({"case": f"pruning ({pruner}, budget {budget}), seed {seed}, {trials} trials x {steps} steps",
+                         "pruner": pruner, "budget": budget, "seed": seed,
+                         "trials": trials, "steps_per_trial": steps, "best_none": none["best"],
+                         "best_pruned": got["best"], "same_best": none["best"] == got["best"],
+                         "steps_none": none["steps"], "steps_pruned": got["steps"], "pruned": got["pruned"],
+                         "common_best": target, "steps_to_common_best_none": to_none,
+                         "steps_to_common_best_pruned": to_got, "steps_ratio": none["steps"] / max(1, got["steps"]),
+                         "steps_to_common_best_ratio": to_none / max(1, to_got)})
+    return rows
+
+
+def _spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman's rank correlation of two equally long lists without ties (the Pearson of their ranks)."""
+    import numpy as np
+
+    rx, ry = (np.argsort(np.argsort(v)).astype(float) for v in (xs, ys))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def rank_rows(out: Path, seeds: tuple[int, ...], log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """How well each early value ranks a seed's trials by their final value: the loop's evaluations at
+    steps 30, 90 and 150 of one 300-step run, against runs of 33 and 100 steps whose schedule ends
+    there (``budget: schedule``, nothing pruned). Spearman's rho, and the final best trial's rank."""
+    import json
+
+    import optuna
+
+    from crossframe.tune.api import tune
+
+    rows = []
+    for seed in seeds:
+        unpruned = tune(study(out, f"ranks-{seed}-none", 40, 300, "none", [64], seed), quiet=True)
+        config = study(out, f"ranks-{seed}-budgets", 40, 300, "median", [64], seed, "schedule")
+        config["tune"]["pruner_options"] = {"n_startup_trials": 10**6}  # report every budget, prune nothing
+        budgeted = tune(config, quiet=True)
+        early: dict[str, dict[int, float]] = {}
+        final: dict[int, float] = {}
+        for result, steps, label in ((unpruned, (30, 90, 150), "evaluation at step {} of 300"),
+                                     (budgeted, (33, 100), "run of {} steps")):
+            storage = f"sqlite:///{result.study_dir}/study.db"
+            name = json.loads((result.study_dir / "study.json").read_text())["name"]
+            for trial in optuna.load_study(study_name=name, storage=storage).trials:
+                if result is unpruned:
+                    final[trial.number] = trial.value
+                for step in steps:
+                    early.setdefault(label.format(step), {})[trial.number] = trial.intermediate_values[step]
+        numbers = sorted(final)
+        best = min(numbers, key=final.__getitem__)
+        for label, values in early.items():
+            rank = sorted(numbers, key=values.__getitem__).index(best) + 1
+            rho = _spearman([values[n] for n in numbers], [final[n] for n in numbers])
+            rows.append({"seed": seed, "value": label, "spearman": rho, "best_trial_rank": rank})
+            log(f"  seed {seed}, {label}: spearman {rho:.3f}, the best trial ranks {rank} of {len(numbers)}")
     return rows
 
 
@@ -172,6 +237,22 @@ def table(rows: list[dict[str, Any]]) -> str:
 if __name__ == "__main__":
     import json
 
-    results = run(quick="--quick" in sys.argv)
+    if "--ranks" in sys.argv:  # how early values rank the trials, on --seeds S,S,... (default: all of SEEDS)
+        seeds = next((tuple(int(x) for x in a.split("=", 1)[1].split(",")) for a in sys.argv
+                      if a.startswith("--seeds=")), SEEDS)
+        with tempfile.TemporaryDirectory(prefix="crossframe-bench-tune-") as tmp:
+            results = rank_rows(Path(tmp), seeds, print)
+        print(markdown_table(["seed", "early value", "Spearman rho with the final value", "best trial's rank"],
+                             [[r["seed"], r["value"], f"{r['spearman']:.3f}", r["best_trial_rank"]]
+                              for r in results]))
+        print(json.dumps(results, indent=2))
+        sys.exit(0)
+    elif "--pruning" in sys.argv:  # the pruning studies alone, on --seeds S,S,... (default: all of SEEDS)
+        seeds = next((tuple(int(x) for x in a.split("=", 1)[1].split(",")) for a in sys.argv
+                      if a.startswith("--seeds=")), None)
+        with tempfile.TemporaryDirectory(prefix="crossframe-bench-tune-") as tmp:
+            results = pruning_rows(Path(tmp), "--quick" in sys.argv, print, seeds)
+    else:
+        results = run(quick="--quick" in sys.argv)
     print(table(results))
     print(json.dumps(results, indent=2))

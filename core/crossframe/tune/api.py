@@ -14,6 +14,7 @@ from typing import Any
 
 from crossframe.config.loading import apply_overrides, load_config, read_config_file
 from crossframe.errors import ConfigError, UsageError
+from crossframe.tune.budgets import check_budgets
 from crossframe.tune.plan import Plan
 from crossframe.tune.progress import StudyProgress
 from crossframe.tune.schema import TuneConfig, parse_tune
@@ -75,7 +76,9 @@ def make_plan(config: str | os.PathLike | Mapping[str, Any] | None, overrides: I
     tune.resolved_direction()
     cfg = load_config(raw)
     check_space(raw, tune.space)
-    if tune.pruner != "none" and not cfg.train.eval_every:
+    if tune.budget == "schedule":
+        check_budgets(tune, cfg.train.steps)
+    elif tune.pruner != "none" and not cfg.train.eval_every:
         raise ConfigError(f"tune.pruner: '{tune.pruner}' prunes on intermediate evaluations, but train.eval_every "
                           "is 0; set train.eval_every (e.g. a tenth of train.steps) or pruner: none")
     if tune.sampler == "grid":

@@ -4,7 +4,8 @@
 tune:
   metric: val/loss            # direction inferred for known metrics, or `direction:`
   sampler: tpe                # tpe | random | grid | cmaes
-  pruner: median              # none | median | hyperband
+  pruner: median              # none | median | hyperband | successive_halving
+  budget: evaluations         # evaluations | schedule (budget-aware rungs, see crossframe.tune.budgets)
   trials: 40
   timeout_s: 1800
   space:
@@ -91,8 +92,15 @@ class TuneConfig(BaseModel):
     direction: Literal["minimize", "maximize", "auto"] = "auto"
     sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
     sampler_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of Optuna's sampler")
-    pruner: Literal["none", "median", "hyperband"] = "median"
+    pruner: Literal["none", "median", "hyperband", "successive_halving"] = "median"
     pruner_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of Optuna's pruner")
+    budget: Literal["evaluations", "schedule"] = Field(
+        "evaluations", description="what the pruner compares: the loop's evaluations of one run per trial, or "
+        "(schedule) runs of increasing step budgets, each with its schedule ending at its budget")
+    budget_factor: int = Field(3, ge=2, description="schedule: each budget is this many times the one before "
+                               "(and the reduction factor of successive_halving and hyperband)")
+    budget_min_steps: PositiveInt | None = Field(None, description="schedule: the smallest budget; default "
+                                                 "train.steps // budget_factor**2")
     trials: PositiveInt = Field(20, description="finished (complete or pruned) trials the study reaches")
     timeout_s: PositiveFloat | None = Field(None, description="start no trial after this many seconds")
     seed: int | None = Field(None, description="sampler seed; default: the run config's seed")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from crossframe.errors import ConfigError
+from crossframe.tune.budgets import budget_steps
 from crossframe.tune.plan import shown_url
 from crossframe.tune.schema import TuneConfig
 from crossframe.tune.space import grid
@@ -80,7 +81,8 @@ def make_sampler(tune: TuneConfig, seed: int) -> Any:
 
 
 def make_pruner(tune: TuneConfig, total_steps: int | None, eval_every: int) -> Any:
-    """The configured Optuna pruner; its steps are optimizer steps, reported at each evaluation."""
+    """The configured Optuna pruner; its steps are optimizer steps, reported at each evaluation (or, with
+    ``budget: schedule``, at each budget; successive halving and Hyperband then have their rungs there)."""
     import optuna
 
     options = dict(tune.pruner_options)
@@ -90,7 +92,13 @@ def make_pruner(tune: TuneConfig, total_steps: int | None, eval_every: int) -> A
         if tune.pruner == "median":
             options.setdefault("n_startup_trials", max(1, min(5, tune.trials // 4)))
             return optuna.pruners.MedianPruner(**options)
+        options.setdefault("reduction_factor", tune.budget_factor)
+        if tune.budget == "schedule" and total_steps:  # rungs at the budgets a trial trains
+            options.setdefault("min_resource", budget_steps(total_steps, tune.budget_factor,
+                                                            tune.budget_min_steps)[0])
         options.setdefault("min_resource", max(1, eval_every))
+        if tune.pruner == "successive_halving":
+            return optuna.pruners.SuccessiveHalvingPruner(**options)
         options.setdefault("max_resource", total_steps or "auto")
         return optuna.pruners.HyperbandPruner(**options)
     except TypeError as exc:
