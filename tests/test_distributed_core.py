@@ -247,3 +247,22 @@ def test_a_launched_worker_ends_without_interpreter_teardown(tmp_path: Path, arg
         lines = proc.stdout.splitlines()
         assert "thread done" in lines and "atexit ran" in lines, proc.stdout
         assert ("teardown" in lines) is torn_down, proc.stdout
+
+
+@pytest.mark.parametrize(("survivor_error", "first"), [
+    ("DistributedError: rank 0 of 2: a collective of MultiWorkerMirroredStrategy failed", 1),
+    ("ValueError: bad batch", 0),
+])
+def test_the_first_failure_is_the_cause_not_the_broken_collective(tmp_path: Path, survivor_error: str,
+                                                                  first: int) -> None:
+    """Rank 1 dies without a word and is only seen at the next poll; rank 0 has already written that its
+    collective broke. The dead rank is named, unless rank 0's error was its own (then the earlier wins)."""
+    from types import SimpleNamespace
+
+    from crossframe.distributed.launch import first_failure
+
+    (tmp_path / "rank_0.err").write_text(survivor_error + "\n")
+    seen = (tmp_path / "rank_0.err").stat().st_mtime + 0.5
+    job = SimpleNamespace(error_dir=tmp_path)
+    assert first_failure(job, {0: (1, seen), 1: (3, seen)}) == first  # type: ignore[arg-type]
+    assert first_failure(job, {0: (1, seen), 1: (-15, seen)}) == 0  # type: ignore[arg-type]  # killed: followed

@@ -118,15 +118,26 @@ def first_failure(job: Job, failures: Mapping[int, tuple[int | None, float]]) ->
 
     A rank that raised left an error file whose time tells when; one that died without a word is
     placed at the time it was seen. Ranks that exited with an error code come before ranks the
-    launcher killed (negative codes), since those only followed.
+    launcher killed (negative codes), since those only followed; and a rank whose error is a
+    failed collective (a :class:`DistributedError`) comes after one that ended any other way, since
+    a collective fails *because* a peer stopped: a peer that dies abruptly is only seen at the next
+    poll, possibly after the survivor has already reported the broken collective.
     """
-    def when(rank: int) -> tuple[bool, float, int]:
+    def when(rank: int) -> tuple[bool, bool, float, int]:
         code, seen = failures[rank]
         err = job.error_dir / f"rank_{rank}.err"
         at = err.stat().st_mtime if err.is_file() else seen
-        return (code is None or code < 0, at, rank)
+        return (code is None or code < 0, _collective_failure(err), at, rank)
 
     return min(failures, key=when)
+
+
+def _collective_failure(err: Path) -> bool:
+    """Whether the error file ``err`` reports a failed collective (a consequence of another rank)."""
+    try:
+        return err.read_text(encoding="utf-8").startswith(f"{DistributedError.__name__}:")
+    except OSError:
+        return False
 
 
 def failure_line(job: Job, rank: int, exitcode: int | None) -> str:
