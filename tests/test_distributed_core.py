@@ -266,3 +266,25 @@ def test_the_first_failure_is_the_cause_not_the_broken_collective(tmp_path: Path
     job = SimpleNamespace(error_dir=tmp_path)
     assert first_failure(job, {0: (1, seen), 1: (3, seen)}) == first  # type: ignore[arg-type]
     assert first_failure(job, {0: (1, seen), 1: (-15, seen)}) == 0  # type: ignore[arg-type]  # killed: followed
+
+
+def test_a_launcher_port_block_is_free_and_outside_the_ephemeral_range() -> None:
+    """Workers bind their ports seconds after the launcher picks them; a block below the kernel's ephemeral
+    range cannot be taken meanwhile as an outgoing connection's source port (a TensorFlow CI flake)."""
+    import socket
+
+    from crossframe.distributed.world import ephemeral_ports, free_port_block
+
+    low, high = ephemeral_ports()
+    assert 0 < low <= high <= 65535
+    for count in (1, 2, 4):
+        base = free_port_block(count)
+        if low - count > 20000:
+            assert base >= 20000 and base + count <= low, (base, low)
+        socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+        try:
+            for port, sock in zip(range(base, base + count), socks, strict=True):
+                sock.bind(("127.0.0.1", port))  # every port of the block is free
+        finally:
+            for sock in socks:
+                sock.close()

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from crossframe.config.loading import dump_yaml
-from crossframe.distributed.world import ERROR_DIR_ENV, RUN_DIR_ENV, WORKER_ENV, free_port
+from crossframe.distributed.world import ERROR_DIR_ENV, RUN_DIR_ENV, WORKER_ENV, free_port_block
 from crossframe.errors import ConfigError, DistributedError, Interrupted
 
 #: seconds a worker gets between SIGTERM and SIGKILL once another worker has failed
@@ -107,7 +107,9 @@ def prepare_job(cfg: Any, run_dir: Path, checkpoint: Any, quiet: bool, workdir: 
         args.append("--quiet")
     port = launch.master_port
     if launch.nnodes == 1 and "master_port" not in launch.model_fields_set:
-        port = free_port()  # one machine and no port asked for: never collide with another job
+        # one machine and no port asked for: never collide with another job (TensorFlow's workers listen on
+        # master_port + rank, so the whole block must be free)
+        port = free_port_block(launch.nproc_per_node)
     env = {WORKER_ENV: "1", RUN_DIR_ENV: str(run_dir), ERROR_DIR_ENV: str(error_dir)}
     return Job(args, env, error_dir, launch.nproc_per_node, launch.nnodes, launch.node_rank,
                launch.master_addr, port, float(launch.collective_timeout_s))

@@ -112,6 +112,53 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+#: where the kernel picks the source ports of outgoing connections when /proc does not say
+_EPHEMERAL_DEFAULT = (32768, 60999)
+#: the lowest port a launcher picks (below it live the well-known and registered services people run)
+_LOWEST_PICKED = 20000
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for the source ports of outgoing connections (Linux's ``ip_local_port_range``)."""
+    try:
+        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return _EPHEMERAL_DEFAULT
+
+
+def free_port_block(count: int, host: str = "127.0.0.1", tries: int = 200) -> int:
+    """The first of ``count`` consecutive TCP ports that are all free on ``host`` now, chosen *outside* the
+    kernel's ephemeral range.
+
+    A launcher picks ports seconds before its workers bind them. A port the OS handed out by binding to
+    port 0 comes from the ephemeral range, so in that gap any outgoing connection on the machine (a
+    collective's, another test's) may take it as its source port; a port below that range can only be
+    taken by someone who asks for it by number. Falls back to :func:`free_port` (one port) when no block
+    is found.
+    """
+    import random
+
+    low, _ = ephemeral_ports()
+    top = low - count if low - count > _LOWEST_PICKED else 65535 - count
+    rng = random.Random()
+    for _ in range(tries):
+        base = rng.randrange(_LOWEST_PICKED, top)
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                held.append(sock)
+                sock.bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    return free_port(host)
+
+
 def record_failure(exc: BaseException, rank: int | None = None) -> None:
     """Leave this worker's one-line error where the launcher looks (``$CROSSFRAME_ERROR_DIR``)."""
     directory = os.environ.get(ERROR_DIR_ENV)
