@@ -378,10 +378,14 @@ class DistributedTrain:
         x, y, mask = (*inputs, None) if not self.lm else inputs
         split = [self._split(t) for t in (x, y)]
         inputs = (*split, None if mask is None else self._split(mask), lr)
-        key = tuple(tuple(t.shape) for t in (x, y))
+        return self._call_traced(tuple(tuple(t.shape) for t in (x, y)), inputs)
+
+    def _call_traced(self, key: tuple[tuple[int, ...], ...], inputs: tuple[Any, ...]) -> dict[str, tf.Tensor]:
+        """``self.function`` on ``inputs``: traced once per batch shape ``key`` and called directly after
+        (half the call overhead); a broken collective is one :class:`DistributedError` line."""
         try:
             concrete = self._concrete.get(key)
-            if concrete is None:  # traced once per batch shape; called directly after (half the call overhead)
+            if concrete is None:
                 concrete = self._concrete[key] = self.function.get_concrete_function(*inputs)
             return concrete(*inputs)
         except COLLECTIVE_FAILURES as exc:

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from crossframe.errors import CapabilityError, DistributedError
+from crossframe.errors import CapabilityError
 from crossframe.privacy import batch_noise, batch_weights
 from crossframe.privacy.setup import CLIP_EPS
 from crossframe_tensorflow.devices import tf
-from crossframe_tensorflow.distributed import COLLECTIVE_FAILURES, DistributedTrain, collective_failure
+from crossframe_tensorflow.distributed import DistributedTrain
 
 
 def clipped_sum(grads: list[tf.Tensor], weights: tf.Tensor, max_grad_norm: float) -> tuple[list[tf.Tensor], tf.Tensor]:
@@ -123,17 +123,7 @@ class PrivateTrain(DistributedTrain):
         x, y, w, *rest = args
         *noise, lr = rest
         inputs = (self._split(x), self._split(y), self._split(w), list(noise), lr)
-        key = tuple(tuple(t.shape) for t in (x, y))
-        try:
-            concrete = self._concrete.get(key)
-            if concrete is None:  # traced once per batch shape
-                concrete = self._concrete[key] = self.function.get_concrete_function(*inputs)
-            return concrete(*inputs)
-        except COLLECTIVE_FAILURES as exc:
-            world = self.replicas.world
-            if world is None or world.world_size == 1:
-                raise
-            raise DistributedError(collective_failure(world, exc)) from None
+        return self._call_traced(tuple(tuple(t.shape) for t in (x, y)), inputs)
 
 
 def train_step(state: Any, batch: dict[str, np.ndarray], lr: float) -> dict[str, Any]:

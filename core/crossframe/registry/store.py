@@ -113,6 +113,20 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
+def registration(run_dir: str | Path, name: str, aliases: tuple[str, ...] | list[str],
+                 include_optimizer: bool = False) -> tuple[Path, list[Any], dict[str, Any]]:
+    """What every registry backend checks and reads before it registers ``run_dir`` as ``name``: the name
+    and aliases (one line each when bad), the run's artefacts (checked against their manifests) and its
+    lineage. Returns ``(run_dir, artefacts, lineage)``."""
+    from crossframe.registry.lineage import collect_artifacts, lineage
+
+    check_name(name, "--name")
+    for alias in aliases:
+        check_name(alias, "alias")
+    run_dir = Path(run_dir)
+    return run_dir, collect_artifacts(run_dir, include_optimizer), lineage(run_dir)
+
+
 class Registry:
     """A model registry in ``root`` (created on first use)."""
 
@@ -162,14 +176,7 @@ class Registry:
         transaction starts; inside it the next version number is taken, the rows are written and the
         staged copy is renamed into place.
         """
-        from crossframe.registry.lineage import collect_artifacts, lineage
-
-        check_name(name, "--name")
-        for alias in aliases:
-            check_name(alias, "alias")
-        run_dir = Path(run_dir)
-        files = collect_artifacts(run_dir, include_optimizer)
-        info = lineage(run_dir)
+        run_dir, files, info = registration(run_dir, name, aliases, include_optimizer)
         staging = Path(tempfile.mkdtemp(dir=self.root / ARTIFACTS, prefix=".staging-"))
         try:
             digests = stage_files(files, staging)

@@ -32,9 +32,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from crossframe.registry.lineage import collect_artifacts, lineage
 from crossframe.registry.location import user_data_dir
-from crossframe.registry.store import STAGES, ModelVersion, RegistryError, check_name, split_ref, stage_files
+from crossframe.registry.store import (
+    STAGES,
+    ModelVersion,
+    RegistryError,
+    check_name,
+    registration,
+    split_ref,
+    stage_files,
+)
 from crossframe_mlflow.logger import flatten, safe_name, truncate
 
 #: the experiment that holds one run per registered version
@@ -143,12 +150,7 @@ class MlflowRegistry:
         """
         from mlflow.entities import Metric, Param
 
-        check_name(name, "--name")
-        for alias in aliases:
-            check_name(alias, "alias")
-        run_dir = Path(run_dir)
-        files = collect_artifacts(run_dir, include_optimizer)
-        info = lineage(run_dir)
+        run_dir, files, info = registration(run_dir, name, aliases, include_optimizer)
         config = info.pop("config")
         with tempfile.TemporaryDirectory(prefix="crossframe-mlflow-") as tmp:
             staging = Path(tmp) / MODEL_DIR
