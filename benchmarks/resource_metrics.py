@@ -9,7 +9,7 @@ percent from the medians, which on a shared machine is mostly noise.
 
 So the second, tighter figure: the monitor's own work, timed in isolation in the same process:
 ``record`` (two list appends per step; the two ``perf_counter`` reads around the batch fetch are
-counted in it) and ``window`` (psutil RSS + CPU time, two percentiles, once per log window). The
+counted in it) and ``window`` (statm RSS + CPU time, two percentiles, once per log window). The
 bound ``(record + window / log_every) / step time`` is the overhead they can add per step.
 
 ``--smoke`` runs torch only (one round of 21 steps on 20 stdlib files). Run it alone with

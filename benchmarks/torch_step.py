@@ -2,7 +2,7 @@
 
 Both sides train the same MLP (same canonical initial weights) on the same numpy training split,
 in the same batch order, with the same ``torch.optim.AdamW`` (weight decay on weights only,
-``foreach=True`` as the torch backend builds it), the same warmup + cosine learning rate set on
+``fused=True`` as the torch backend builds it on the CPU), the same warmup + cosine learning rate set on
 every step, in the same process and with the same torch thread count. After the first (warm-up)
 round the benchmark checks that both sides ended with the same weights, so they did the same work.
 
@@ -197,7 +197,7 @@ def native_model(setup: NativeSetup) -> tuple[Any, Any]:
         {"params": [layer.weight for layer in model.layers], "weight_decay": WEIGHT_DECAY},
         {"params": [layer.bias for layer in model.layers], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.999), eps=1e-8, foreach=True)
+    optimizer = torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.999), eps=1e-8, fused=True)
     return model, optimizer
 
 

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import crossframe
 from crossframe.data.loader import BatchLoader
-from crossframe.train.monitor import ResourceMonitor
+from crossframe.train.monitor import ResourceMonitor, _rss_reader, percentile
 from tests.conftest import tiny_config
 
 WINDOW_KEYS = {"sys/rss_mb", "sys/cpu_percent", "sys/data_wait_share", "sys/step_ms_p50", "sys/step_ms_p95"}
@@ -74,3 +76,19 @@ def test_window_percentiles_and_shares_follow_the_recorded_steps() -> None:
     assert out["sys/step_ms_p95"] == pytest.approx(95.05)
     assert out["sys/device_peak_mb"] == 12.5 and out["sys/device_mb"] == 3.0
     assert "sys/step_ms_p50" not in monitor.window()  # a new window starts empty
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=10.0), min_size=1, max_size=60),
+       st.floats(min_value=0.0, max_value=100.0))
+def test_pure_python_percentile_is_numpys_linear_method(values: list[float], q: float) -> None:
+    ordered = sorted(values)
+    # the same interpolation in float64: equal up to a few ulps of the largest value
+    assert percentile(ordered, q) == pytest.approx(float(np.percentile(ordered, q)), rel=1e-12, abs=1e-12)
+
+
+def test_rss_reader_reports_this_processes_resident_memory() -> None:
+    psutil = pytest.importorskip("psutil")
+    rss = _rss_reader()()
+    assert rss is not None
+    # the statm read and psutil see the same process within what a few allocations move it
+    assert abs(rss - psutil.Process().memory_info().rss / 2**20) < 64

@@ -602,6 +602,13 @@ class JaxBackend(Backend):
         ``log_every`` pending loss scalars at a time: with ``device_get`` that cost about 12 us
         a step on the quickstart MLP (steps of 0.1 ms), with numpy about 1 us.
         """
+        if isinstance(values, list) and _host_only() and all(type(v) is dict for v in values):
+            # the loop's pending step outputs: a plain comprehension, no pytree walk (about a sixth of
+            # ``jax.tree.map``'s cost for a window of 20 scalars, paid inside the timed loop)
+            with distributed.collective_errors():
+                return [{k: np.array(v) if isinstance(v, jax.Array) else
+                         self.fetch(v) if isinstance(v, (dict, list, tuple)) else v for k, v in out.items()}
+                        for out in values]
         leaves = jax.tree.leaves(values)
         first = next((leaf for leaf in leaves if isinstance(leaf, jax.Array)), None)
         if first is None:
@@ -610,6 +617,16 @@ class JaxBackend(Backend):
             if all(d.platform == "cpu" for d in first.devices()):
                 return jax.tree.map(lambda v: np.array(v) if isinstance(v, jax.Array) else v, values)
             return jax.device_get(values)
+
+
+_HOST_ONLY: list[bool] = []
+
+
+def _host_only() -> bool:
+    """Whether every device jax sees is the host CPU (so every array already lives in host memory)."""
+    if not _HOST_ONLY:
+        _HOST_ONLY.append(all(d.platform == "cpu" for d in jax.devices()))
+    return _HOST_ONLY[0]
 
 
 def _native_masks(setup: TrainSetup, device: Any) -> dict[str, jax.Array]:

@@ -284,7 +284,14 @@ class TensorFlowBackend(Backend):
         return graph_generate(self, state, prompt, max_new_tokens, sample)
 
     def fetch(self, values: Any) -> Any:
-        """Tensors (and variables) to numpy, through lists, tuples and dicts."""
+        """Tensors (and variables) to numpy, through lists, tuples and dicts.
+
+        The loop's pending step outputs (a list of flat dicts) take one comprehension instead of a
+        recursive call per value: it runs at every log step, inside the timed loop."""
+        if isinstance(values, list) and all(type(v) is dict for v in values):
+            return [{k: v.numpy() if isinstance(v, (tf.Tensor, tf.Variable)) else
+                     self.fetch(v) if isinstance(v, (dict, list, tuple)) else v for k, v in out.items()}
+                    for out in values]
         if isinstance(values, (tf.Tensor, tf.Variable)):
             return values.numpy()
         if isinstance(values, dict):

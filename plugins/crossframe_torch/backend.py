@@ -238,8 +238,11 @@ class TorchBackend(Backend):
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         non_blocking = state.device.type == "cuda"
 
+        on_host = state.device.type == "cpu"
+
         def put(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(a)).to(state.device, non_blocking=non_blocking)
+            tensor = torch.from_numpy(np.ascontiguousarray(a))
+            return tensor if on_host else tensor.to(state.device, non_blocking=non_blocking)
 
         x, y = put(batch["x"]), put(batch["y"])
         mask = None

@@ -303,12 +303,15 @@ class GraphModule(nn.Module):
             return lambda x, nchw: (F.linear(_layout(x, nchw, False), self.get_parameter(name)), False)
         module = lower_layer(node, self._dropout)
         _attach(self, node.path, module)
+        # a parameter-free layer runs its function directly: ``nn.Module.__call__`` (hook checks) costs
+        # microseconds per layer per step, which a small model's step notices; the module stays attached
+        fn = module.fn if type(module) is Stateless else module
         if isinstance(layer, SPATIAL):
             keeps = not (isinstance(layer, L.Pool) and layer.is_global)
-            return lambda x, nchw: (module(_layout(x, nchw, True)), keeps)
+            return lambda x, nchw: (fn(_layout(x, nchw, True)), keeps)
         if isinstance(layer, L.Dropout) or (isinstance(layer, L.Activation) and layer.fn != "softmax"):
-            return lambda x, nchw: (module(x), nchw)  # elementwise: either layout
-        return lambda x, nchw: (module(_layout(x, nchw, False)), False)
+            return lambda x, nchw: (fn(x), nchw)  # elementwise: either layout
+        return lambda x, nchw: (fn(_layout(x, nchw, False)), False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The graph's outputs for a batch in the canonical layout (NHWC images, int ids)."""

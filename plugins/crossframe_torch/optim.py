@@ -34,8 +34,11 @@ def build_optimizer(setup: TrainSetup, params: dict[str, torch.nn.Parameter], de
                                nesterov=o.get("nesterov", False), foreach=not fused, fused=fused or None)
     if setup.optimizer in ("adam", "adamw"):
         cls = torch.optim.AdamW if setup.optimizer == "adamw" else torch.optim.Adam
+        # the fused kernel on the CPU too (one op per parameter group instead of ten foreach ops: on the
+        # quickstart MLP 57 us a step against 155 us); not under fp16's GradScaler
+        fused_adam = fused or (device.type == "cpu" and setup.precision != "fp16")
         return cls(groups, lr=o["lr"], betas=tuple(o.get("betas", (0.9, 0.999))), eps=o.get("eps", 1e-8),
-                   foreach=not fused, fused=fused or None)
+                   foreach=not fused_adam, fused=fused_adam or None)
     if setup.optimizer == "rmsprop":
         return torch.optim.RMSprop(groups, lr=o["lr"], alpha=o.get("alpha", 0.99), eps=o.get("eps", 1e-8),
                                    foreach=True)

@@ -67,6 +67,15 @@ def gather_eval(backend: Backend, state: Any, dataset: Any, batch_size: int, sco
     return EvalTotals.from_batches(backend.fetch(outs), labels if scores else None)
 
 
+def _mean(values: list[Any]) -> float:
+    """The mean of a window's fetched scalars as a Python float (``np.mean`` costs tens of microseconds
+    at a log step, inside the timed loop; this a few)."""
+    try:
+        return sum(map(float, values)) / len(values)
+    except (TypeError, ValueError):  # a plugin's extra that is not a scalar
+        return float(np.mean(values))
+
+
 @dataclass
 class Run:
     """A live run, as lifecycle hooks see it. Set ``should_stop`` to end it after this step."""
@@ -211,13 +220,13 @@ class Trainer:
         now, done = time.perf_counter(), self.run.step
         steps = done - window[1]
         logs: dict[str, Any] = {
-            "train/loss": float(np.mean([h["loss"] for h in host])),
+            "train/loss": _mean([h["loss"] for h in host]),
             "train/lr": lr,
             "train/epoch": done / self.loader.steps_per_epoch,
         }
         for key in host[0]:  # grad_norm (with clipping), distill_loss (with a teacher), a plugin's extras
             if key != "loss":
-                logs[f"train/{key}"] = float(np.mean([h[key] for h in host]))
+                logs[f"train/{key}"] = _mean([h[key] for h in host])
         if steps > 0 and now > window[0]:
             logs["train/steps_per_sec"] = steps / (now - window[0])
             logs["train/samples_per_sec"] = logs["train/steps_per_sec"] * self.loader.batch_size
