@@ -49,7 +49,8 @@ def quantize_array(w: np.ndarray, bits: int = 8, granularity: str = "per_channel
     """Symmetric round-to-nearest: int8 values ``q`` (in ``-qmax..qmax``) and float32 ``scale``.
 
     ``scale`` has shape ``[w.shape[-1]]`` per channel (``[1]`` for a 0-d or per-tensor input), so
-    ``q * scale`` broadcasts back to ``w``.
+    ``q * scale`` broadcasts back to ``w``. It is at least float32's smallest normal number, so a channel
+    whose largest value is below ``qmax`` times that uses only part of the integer range.
     """
     if bits not in QMAX:
         raise ValueError(f"bits must be 8 or 4, got {bits}")
@@ -61,7 +62,9 @@ def quantize_array(w: np.ndarray, bits: int = 8, granularity: str = "per_channel
         peak = np.array([np.abs(x).max() if x.size else 0.0])
     else:
         raise ValueError(f"granularity must be 'per_channel' or 'per_tensor', got '{granularity}'")
-    scale = np.where(peak > 0, peak / qmax, 1.0).astype(np.float32)
+    # a scale never goes below float32's smallest normal number: a channel of subnormal weights would
+    # otherwise get a scale that rounds to 0 (or a subnormal one, flushed to 0 on some CPUs)
+    scale = np.where(peak > 0, np.maximum(peak / qmax, np.finfo(np.float32).tiny), 1.0).astype(np.float32)
     q = np.clip(np.rint(x / scale.astype(np.float64)), -qmax, qmax).astype(np.int8)
     return q, scale
 
