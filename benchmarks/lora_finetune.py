@@ -9,6 +9,8 @@ projections (q/k/v/o in PEFT, the fused ``qkv`` and ``proj`` in crossframe) with
 
 - ``crossframe (<backend>)``: ``crossframe.run`` with ``model: {name: hf}`` and ``train.lora``; tokens/s is
   the median of the loop's own ``train/tokens_per_sec`` over the log windows after the first (compilation);
+  ``train.compile`` is ``auto`` (eager on a CPU), and torch runs once more with ``train.compile: true``
+  (``torch.compile``; left out of ``--smoke``, since compiling takes seconds);
 - ``transformers Trainer + PEFT``: ``Trainer.train`` on the PEFT-wrapped model, timed by a callback from
   the end of the first logged window to the last step;
 - ``torch + PEFT loop``: the same PEFT model in a plain ``loss.backward(); opt.step()`` loop.
@@ -37,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import markdown_table, pick
+from benchmarks.common import markdown_table, pick, smoke
 
 TITLE = "LoRA fine-tuning of a tiny Llama: crossframe per backend vs transformers Trainer + PEFT (tokens/s)"
 
@@ -69,8 +71,8 @@ def build_model(directory: Path) -> None:
         (corpus / f"{i}.txt").write_text(TEXT)
 
 
-def crossframe_row(backend: str, root: Path, steps: int) -> dict[str, Any]:
-    """Tokens/s of ``crossframe.run`` with LoRA on ``backend``."""
+def crossframe_row(backend: str, root: Path, steps: int, compile: bool | str = "auto") -> dict[str, Any]:
+    """Tokens/s of ``crossframe.run`` with LoRA on ``backend`` (``compile``: the run's ``train.compile``)."""
     import crossframe
 
     model_dir = root / "llama"
@@ -80,14 +82,16 @@ def crossframe_row(backend: str, root: Path, steps: int) -> dict[str, Any]:
         "data": {"name": "text-files", "paths": [str(root / "corpus")], "val_fraction": 0.1},
         "text": {"tokenizer": {"name": "hf", "path": str(model_dir)}, "seq_len": SEQ, "max_eval_tokens": 256},
         "model": {"name": "hf", "path": str(model_dir)},
-        "train": {"steps": steps, "batch_size": BATCH, "log_every": WINDOW, "eval_every": 0,
+        "train": {"steps": steps, "batch_size": BATCH, "log_every": WINDOW, "eval_every": 0, "compile": compile,
                   "optimizer": {"name": "adamw", "lr": LR, "weight_decay": 0.0},
                   "lora": {"rank": RANK, "alpha": ALPHA, "targets": ["*qkv", "*self_attn.proj"]}},
     }
     result = crossframe.run(config, quiet=True)
     records = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [r["train/tokens_per_sec"] for r in records if "train/tokens_per_sec" in r][1:]
-    return {"case": f"crossframe ({backend})", "tokens_per_s": statistics.median(rates), "steps": steps}
+    setting = "" if compile == "auto" else f", train.compile: {str(compile).lower()}"
+    case = f"crossframe ({backend}{setting})"
+    return {"case": case, "tokens_per_s": statistics.median(rates), "steps": steps}
 
 
 def peft_model() -> Any:
@@ -200,6 +204,8 @@ def run(quick: bool = False, log: Callable[[str], None] | None = None) -> list[d
         for backend in ("torch", "jax", "tensorflow"):
             if importlib.util.find_spec(backend) is not None:
                 rows.append(crossframe_row(backend, root, steps))
+                if backend == "torch" and not smoke():  # next to eager torch; compilation takes seconds
+                    rows.append(crossframe_row("torch", root, steps, compile=True))
         base = rows[0]["tokens_per_s"]
         for row in rows:
             row["vs_trainer"] = row["tokens_per_s"] / base
