@@ -20,6 +20,7 @@ from crossframe.metrics import DEFAULT_METRICS
 from crossframe.metrics.lookup import find_metric, metric_function
 from crossframe.models import build_model
 from crossframe.models.flops import flops_per_step
+from crossframe.nn.lora_checkpoint import STATE_KEY
 from crossframe.nn.model import check_backend_layers
 from crossframe.perf import device_peak, peak_key
 from crossframe.plugins import component, get_plugin_manager
@@ -261,11 +262,13 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     from crossframe.train.freezing import frozen_names
 
     if getattr(cfg.model, "init_from", None):  # fine-tuning: another run's, a checkpoint's or an HF directory's
-        from crossframe.train.init_from import initial_weights
+        from crossframe.models.init_from import initial_weights
 
         weights = initial_weights(cfg.model.init_from, spec, weights)
     lora_base = None
-    if cfg.train.lora is not None and spec.params["lora"]["checkpoint"] == "adapters":
+    if checkpoint is not None and STATE_KEY in checkpoint.state:  # resuming: the base the adapters trained on,
+        lora_base = checkpoint.state[STATE_KEY]  # checked by load_checkpoint (not re-resolved, not re-hashed)
+    elif cfg.train.lora is not None and spec.params["lora"]["checkpoint"] == "adapters":
         from crossframe.nn.lora_checkpoint import base_reference
 
         lora_base = base_reference(spec, cfg.seed, getattr(cfg.model, "init_from", None), weights)
@@ -285,7 +288,7 @@ def _train_in(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None, quie
     start = 0
     if checkpoint is not None:
         optimizer_state = checkpoint.optimizer_state
-        if "lora_base" in checkpoint.state:  # adapters only: the frozen base's slots are zeros
+        if STATE_KEY in checkpoint.state:  # adapters only: the frozen base's slots are zeros
             from crossframe.nn.lora_checkpoint import FrozenSlots
 
             optimizer_state = FrozenSlots(optimizer_state, checkpoint.weights)
