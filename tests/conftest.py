@@ -72,3 +72,17 @@ def tiny_config(**train: Any) -> dict[str, Any]:
 def tiny() -> Any:
     """The :func:`tiny_config` factory."""
     return tiny_config
+
+
+def use_new_keys(directory: Path, monkeypatch: pytest.MonkeyPatch, sign: bool = True) -> dict[str, Path]:
+    """Fresh keys in ``directory``, named by the environment as a user would: the AES key, and the signing
+    key when ``sign``; every other key variable unset."""
+    from crossframe.security.keys import KEY_FILE_ENV, SIGNING_KEY_ENV, VERIFY_KEY_ENV, write_new_keys
+
+    for env in (KEY_FILE_ENV, SIGNING_KEY_ENV, VERIFY_KEY_ENV):
+        monkeypatch.delenv(env, raising=False)
+    paths = write_new_keys(directory)
+    monkeypatch.setenv(KEY_FILE_ENV, str(paths["aes"]))
+    if sign:
+        monkeypatch.setenv(SIGNING_KEY_ENV, str(paths["signing"]))
+    return paths

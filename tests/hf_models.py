@@ -91,3 +91,20 @@ def save_tokenizer(directory: Path, vocab: int = VOCAB) -> Path:
         {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "chat_template": CHAT_TEMPLATE,
          "tokenizer_class": "PreTrainedTokenizerFast"}))
     return directory
+
+
+def write_corpus(directory: Path) -> Path:
+    """:data:`CORPUS`, three times over, one text file per line, in ``directory`` (made here); returns it."""
+    directory.mkdir()
+    for i, text in enumerate(CORPUS * 3):
+        (directory / f"{i}.txt").write_text(text)
+    return directory
+
+
+#: a tiny Llama-style decoder as neutral layers (seeded weights, no pretrained base): LoRA and freezing tests
+TINY_LM_LAYERS = [{"embedding": {"name": "wte", "dim": 16}},
+                  {"residual": {"name": "", "layers": [{"norm": {"name": "ln", "kind": "rms"}},
+                                                       {"attention": {"name": "attn", "heads": 2, "rope": True}}]}},
+                  {"residual": {"name": "", "layers": [{"norm": {"name": "ln2", "kind": "rms"}},
+                                                       {"gated_mlp": {"name": "mlp", "hidden": 24}}]}},
+                  {"norm": {"name": "ln_f", "kind": "rms"}}, {"tied_head": "wte"}]

@@ -12,16 +12,12 @@ import pytest
 import crossframe
 from crossframe.checkpoint import load_checkpoint
 from crossframe.cli.main import main
+from tests.hf_models import TINY_LM_LAYERS
 
 BACKENDS = [b for b in ("torch", "jax", "tensorflow") if importlib.util.find_spec(b)]
 pytestmark = pytest.mark.slow
 
-LAYERS = [{"embedding": {"name": "wte", "dim": 16}},
-          {"residual": {"name": "", "layers": [{"norm": {"name": "ln", "kind": "rms"}},
-                                               {"attention": {"name": "attn", "heads": 2, "rope": True}}]}},
-          {"residual": {"name": "", "layers": [{"norm": {"name": "ln2", "kind": "rms"}},
-                                               {"gated_mlp": {"name": "mlp", "hidden": 24}}]}},
-          {"norm": {"name": "ln_f", "kind": "rms"}}, {"tied_head": "wte"}]
+LAYERS = TINY_LM_LAYERS
 
 
 def config(backend: str, freeze: list[str]) -> dict:

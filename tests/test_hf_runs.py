@@ -12,7 +12,7 @@ import pytest
 import crossframe
 from crossframe.checkpoint import load_checkpoint
 from crossframe.cli.main import main
-from tests.hf_models import CORPUS, save_tiny, save_tokenizer
+from tests.hf_models import save_tiny, save_tokenizer, write_corpus
 
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow
@@ -24,10 +24,7 @@ BACKENDS = [b for b in ("torch", "jax", "tensorflow") if importlib.util.find_spe
 def model_dir(tmp_path: Path) -> Path:
     """A tiny Llama and its tokenizer in one directory, plus a text corpus beside it."""
     directory = save_tokenizer(save_tiny("llama", tmp_path / "llama"))
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i, text in enumerate(CORPUS * 3):
-        (corpus / f"{i}.txt").write_text(text)
+    write_corpus(tmp_path / "corpus")
     return directory
 
 

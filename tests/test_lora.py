@@ -13,7 +13,7 @@ import pytest
 import crossframe
 from crossframe.checkpoint import load_checkpoint
 from crossframe.cli.main import main
-from tests.hf_models import CORPUS, hf_logits, save_tiny, save_tokenizer
+from tests.hf_models import hf_logits, save_tiny, save_tokenizer, write_corpus
 
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow
@@ -27,10 +27,7 @@ def curves(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One 30-step LoRA run per backend, from the same tiny Llama and data."""
     root = tmp_path_factory.mktemp("lora")
     model_dir = save_tokenizer(save_tiny("llama", root / "llama"))
-    corpus = root / "corpus"
-    corpus.mkdir()
-    for i, text in enumerate(CORPUS * 3):
-        (corpus / f"{i}.txt").write_text(text)
+    corpus = write_corpus(root / "corpus")
     out = {"model_dir": model_dir}
     for backend in BACKENDS:
         config = {

@@ -16,15 +16,11 @@ import crossframe
 from crossframe.checkpoint import MODEL_FILE, load_checkpoint, save_checkpoint
 from crossframe.cli.main import main
 from crossframe.nn.lora_checkpoint import STATE_KEY, fingerprint, is_adapter
+from tests.hf_models import TINY_LM_LAYERS
 
 pytestmark = pytest.mark.slow
 BACKENDS = [b for b in ("torch", "jax", "tensorflow") if importlib.util.find_spec(b)]
-LAYERS = [{"embedding": {"name": "wte", "dim": 16}},
-          {"residual": {"name": "", "layers": [{"norm": {"name": "ln", "kind": "rms"}},
-                                               {"attention": {"name": "attn", "heads": 2, "rope": True}}]}},
-          {"residual": {"name": "", "layers": [{"norm": {"name": "ln2", "kind": "rms"}},
-                                               {"gated_mlp": {"name": "mlp", "hidden": 24}}]}},
-          {"norm": {"name": "ln_f", "kind": "rms"}}, {"tied_head": "wte"}]
+LAYERS = TINY_LM_LAYERS
 
 
 def graph_config(backend: str, steps: int, **train: object) -> dict:
@@ -87,14 +83,11 @@ def adapter_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A tiny Llama (transformers' save_pretrained), a LoRA run on it, and a twin run directory whose
     checkpoint holds the same model whole (what checkpoints held before adapters-only)."""
     pytest.importorskip("transformers")
-    from tests.hf_models import CORPUS, save_tiny, save_tokenizer
+    from tests.hf_models import save_tiny, save_tokenizer, write_corpus
 
     root = tmp_path_factory.mktemp("lora-ckpt")
     model_dir = save_tokenizer(save_tiny("llama", root / "llama"))
-    corpus = root / "corpus"
-    corpus.mkdir()
-    for i, text in enumerate(CORPUS * 3):
-        (corpus / f"{i}.txt").write_text(text)
+    corpus = write_corpus(root / "corpus")
     config = {"name": "adapters", "backend": "torch", "device": "cpu", "seed": 0, "output_dir": str(root / "runs"),
               "data": {"name": "text-files", "paths": [str(corpus)], "val_fraction": 0.25},
               "text": {"tokenizer": {"name": "hf", "path": str(model_dir)}, "seq_len": 16, "max_eval_tokens": 64},

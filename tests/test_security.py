@@ -22,6 +22,7 @@ from crossframe.security import Protection, SecurityError, protecting
 from crossframe.security.keys import KEY_FILE_ENV, SIGNING_KEY_ENV, VERIFY_KEY_ENV, write_new_keys
 from crossframe.security.sealing import MAGIC, seal, unseal
 from crossframe.train.evaluate import evaluate
+from tests.conftest import use_new_keys
 
 KEY = bytes(range(32))
 
@@ -29,12 +30,7 @@ KEY = bytes(range(32))
 @pytest.fixture
 def keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     """Fresh keys, named by the environment as a user would."""
-    for env in (KEY_FILE_ENV, SIGNING_KEY_ENV, VERIFY_KEY_ENV):
-        monkeypatch.delenv(env, raising=False)
-    paths = write_new_keys(tmp_path / "keys")
-    monkeypatch.setenv(KEY_FILE_ENV, str(paths["aes"]))
-    monkeypatch.setenv(SIGNING_KEY_ENV, str(paths["signing"]))
-    return paths
+    return use_new_keys(tmp_path / "keys", monkeypatch)
 
 
 def secure_config(tiny: Any, name: str, **security: bool) -> dict[str, Any]:

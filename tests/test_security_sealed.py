@@ -26,19 +26,16 @@ from crossframe.export.onnx_runtime import OnnxRunner
 from crossframe.export.verify import DEFAULT_TOLERANCE
 from crossframe.security import Protection, SecurityError, protecting
 from crossframe.security.artifacts import artifact_bytes, refuse_unsealable
-from crossframe.security.keys import KEY_FILE_ENV, SIGNING_KEY_ENV, VERIFY_KEY_ENV, read_aes_key, write_new_keys
+from crossframe.security.keys import KEY_FILE_ENV, read_aes_key
 from crossframe.security.sealing import SealingWriter, is_sealed, read_sealed, unseal
 from crossframe.serve.loading import load_served_model
+from tests.conftest import use_new_keys
 
 
 @pytest.fixture
 def keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     """A fresh AES key named by the environment; no signing (this file is about encryption)."""
-    for env in (KEY_FILE_ENV, SIGNING_KEY_ENV, VERIFY_KEY_ENV):
-        monkeypatch.delenv(env, raising=False)
-    paths = write_new_keys(tmp_path / "keys")
-    monkeypatch.setenv(KEY_FILE_ENV, str(paths["aes"]))
-    return paths
+    return use_new_keys(tmp_path / "keys", monkeypatch, sign=False)
 
 
 def every_file(*roots: Path) -> list[Path]:
