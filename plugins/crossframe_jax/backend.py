@@ -183,8 +183,7 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
                         y: jax.Array, m: jax.Array, total: jax.Array, key: jax.Array | None, teacher: Any = None,
                         call: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
         """``sum(ce * mask) / total`` of one micro-batch, ``total`` the counted tokens of the whole batch."""
-        out = forward({**fixed, **trainable}, x, train=True, rng=key,
-                      **({} if call is None else {"lora_call": call, "seed": seed}))
+        out = run({**fixed, **trainable}, x, key, call)
         return mixed(jnp.sum(token_loss(out, y) * m) / total, out, x, teacher, m, total)
 
     def split(a: jax.Array) -> jax.Array:
