@@ -91,7 +91,7 @@ def test_explain_cli_writes_the_report_and_refuses_attention_in_one_line(
     assert "completeness gap" in out and (planted_run / "explain" / "integrated-gradients.html").is_file()
     assert main(["explain", str(planted_run), "--method", "attention"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "'attention' needs a 'gpt' run; this run's model is 'mlp'" in err and "\n" not in err
+    assert "'attention' needs a model with attention layers; this run's model 'mlp' has none" in err and "\n" not in err
 
 
 @pytest.mark.parametrize("rope", [False, True])

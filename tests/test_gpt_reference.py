@@ -1,4 +1,4 @@
-"""The neutral GPT: canonical table, GPT-2 initialisation and the numpy reference forward."""
+"""The neutral GPT: a graph of neutral layers with its canonical table, GPT-2 initialisation and reference."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from crossframe.data.dataset import DataInfo
 from crossframe.errors import ConfigError
 from crossframe.models import build_model
-from crossframe.models.gpt import GPTParams, causal_attention, flops_per_token, layer_norm, rotary
+from crossframe.models.gpt import GPTParams, flops_per_token
+from crossframe.nn.layers import Attention, Norm, rope_tables, rotate_half
 
 
 def gpt(vocab: int = 11, seq: int = 8, **params):
@@ -43,8 +44,8 @@ def test_table_matches_the_architecture() -> None:
     per_layer = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * ff + ff) + (ff * d + d)
     assert spec.param_count == 50 * d + 32 * d + 3 * per_layer + 2 * d
     names = {p.name for p in spec.table}
-    assert "lm_head.weight" not in names and "wpe" in names
-    assert "wpe" not in {p.name for p in gpt(rope=True).table}
+    assert "lm_head.weight" not in names and "wpe.weight" in names
+    assert "wpe.weight" not in {p.name for p in gpt(rope=True).table}
     untied = gpt(tied_embeddings=False)
     assert next(p for p in untied.table if p.name == "lm_head.weight").shape == (8, 11)
     no_decay = {p.name for p in spec.table if not p.decay}
@@ -54,20 +55,27 @@ def test_table_matches_the_architecture() -> None:
 def test_gpt2_initialisation() -> None:
     spec = gpt(vocab=300, n_layer=4, d_model=64, n_head=4, seq=16)
     w = spec.init(1)
-    assert w["wte"].std() == pytest.approx(0.02, rel=0.05)
+    assert w["wte.weight"].std() == pytest.approx(0.02, rel=0.05)
+    assert w["h.0.attn.qkv.weight"].std() == pytest.approx(0.02, rel=0.05)
+    assert w["h.0.mlp.fc.weight"].std() == pytest.approx(0.02, rel=0.05)
     assert w["h.0.attn.proj.weight"].std() == pytest.approx(0.02 / math.sqrt(8), rel=0.1)
+    assert w["h.0.mlp.proj.weight"].std() == pytest.approx(0.02 / math.sqrt(8), rel=0.1)
     assert np.all(w["h.1.ln_1.weight"] == 1) and np.all(w["h.1.ln_1.bias"] == 0)
 
 
 def test_attention_equals_the_textbook_loop() -> None:
     rng = np.random.default_rng(3)
-    q, k, v = (rng.normal(size=(1, 2, 5, 4)) for _ in range(3))
-    out = causal_attention(q, k, v)
+    layer, d = Attention(heads=2, qkv_bias=False, bias=False), 8  # head size 4: scores scaled by 1/2
+    x = rng.normal(size=(1, 5, d))
+    w = {"qkv.weight": rng.normal(size=(d, 3 * d)), "proj.weight": np.eye(d)}
+    out = layer.reference(w, x)
+    q, k, v = (x[0] @ w["qkv.weight"][:, i * d:(i + 1) * d] for i in range(3))
     for h in range(2):
+        cols = slice(4 * h, 4 * h + 4)
         for i in range(5):
-            s = np.array([q[0, h, i] @ k[0, h, j] / 2.0 for j in range(i + 1)])
+            s = np.array([q[i, cols] @ k[j, cols] / 2.0 for j in range(i + 1)])
             p = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
-            np.testing.assert_allclose(out[0, h, i], p @ v[0, h, : i + 1], atol=1e-12)
+            np.testing.assert_allclose(out[0, i, cols], p @ v[: i + 1, cols], atol=1e-12)
 
 
 @given(offset=st.integers(0, 20), m=st.integers(0, 10), n=st.integers(0, 10))
@@ -76,10 +84,12 @@ def test_rotary_scores_depend_only_on_relative_position(offset, m, n) -> None:
     q, k = rng.normal(size=(2, 8))
     t = 40
 
+    cos, sin = rope_tables(t, 8, 10000.0)
+
     def score(pos_q: int, pos_k: int) -> float:
         qs, ks = np.zeros((1, 1, t, 8)), np.zeros((1, 1, t, 8))
         qs[0, 0, pos_q], ks[0, 0, pos_k] = q, k
-        return float(rotary(qs, 10000.0)[0, 0, pos_q] @ rotary(ks, 10000.0)[0, 0, pos_k])
+        return float(rotate_half(qs, cos, sin)[0, 0, pos_q] @ rotate_half(ks, cos, sin)[0, 0, pos_k])
 
     assert score(m, n) == pytest.approx(score(m + offset, n + offset), abs=1e-9)
 
@@ -90,7 +100,7 @@ def test_layer_norm_matches_torch() -> None:
     scale, bias = np.linspace(0.5, 1.5, 7), np.linspace(-1, 1, 7)
     want = torch.nn.functional.layer_norm(torch.from_numpy(x), (7,), torch.from_numpy(scale),
                                           torch.from_numpy(bias), eps=1e-5).numpy()
-    np.testing.assert_allclose(layer_norm(x, scale, bias), want, atol=1e-12)
+    np.testing.assert_allclose(Norm().reference({"weight": scale, "bias": bias}, x), want, atol=1e-12)
 
 
 def test_bad_gpt_configs_name_the_field() -> None:

@@ -1,8 +1,9 @@
-"""The built-in mlp and cnn are graphs of neutral layers; checkpoints the hand-written models wrote still load.
+"""The built-in mlp, cnn and gpt are graphs of neutral layers; checkpoints the hand-written models wrote still load.
 
-``tests/fixtures/hand_written`` holds runs the hand-written mlp and cnn trained (at commit 7bd526d, by
-``tests/fixtures/hand_written/make.py``) and the validation loss that code evaluated each checkpoint to on
-every backend.
+``tests/fixtures/hand_written`` holds runs the hand-written mlp and cnn trained (at commit 7bd526d) and the
+hand-written gpt trained (at 8935100; learned positions, and rotary with an untied head), by
+``tests/fixtures/hand_written/make.py``, and the validation loss that code evaluated each checkpoint to on
+every backend. The gpt's two tables were then named ``wte`` and ``wpe``; loading renames them.
 """
 
 from __future__ import annotations
@@ -26,13 +27,22 @@ FIXTURES = Path(__file__).parent / "fixtures" / "hand_written"
 LOSSES = json.loads((FIXTURES / "losses.json").read_text())
 #: the loss is a mean over ~360 float32 log-softmaxes of a net a few layers deep: a few ulps of 2.3 apart
 LOSS_RTOL = 1e-5
+FIXTURE_MODELS = ["mlp", "cnn", "gpt", "gpt_rope"]
 
 
-@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def runnable_copy(model: str, tmp_path: Path) -> Path:
+    """A copy of the fixture run ``model`` whose config reads the fixture corpus where it lies now."""
+    run = shutil.copytree(FIXTURES / model, tmp_path / model)
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("CORPUS", str((FIXTURES / "gpt_corpus.jsonl").resolve())))
+    return run
+
+
+@pytest.mark.parametrize("model", FIXTURE_MODELS)
 def test_the_built_in_models_are_graphs_with_the_hand_written_table(model: str) -> None:
     checkpoint = load_checkpoint(FIXTURES / model)
     spec = spec_from_json(checkpoint.state["model"])
-    assert spec.name == model and spec.graph is not None
+    assert spec.name == model.removesuffix("_rope") and spec.graph is not None
     spec.check_checkpoint(checkpoint.weights, checkpoint.optimizer_state, "fixture")  # names, shapes, dtypes
     x = np.random.default_rng(0).normal(size=(3, *spec.data_info.input_shape))
     np.testing.assert_allclose(spec.forward(checkpoint.weights, x),
@@ -44,9 +54,8 @@ def test_the_built_in_models_are_graphs_with_the_hand_written_table(model: str) 
 def test_a_hand_written_checkpoint_evaluates_to_the_same_loss(backend: str, tmp_path: Path) -> None:
     from crossframe.train.evaluate import evaluate
 
-    for model in ("mlp", "cnn"):
-        run = shutil.copytree(FIXTURES / model, tmp_path / model)
-        got = evaluate(run, backend=backend)["val/loss"]
+    for model in FIXTURE_MODELS:
+        got = evaluate(runnable_copy(model, tmp_path), backend=backend)["val/loss"]
         assert got == pytest.approx(LOSSES[model][backend], rel=LOSS_RTOL), f"{backend}/{model}"
 
 
@@ -68,3 +77,32 @@ def test_a_cnn_on_images_too_small_is_one_line() -> None:
         build_model("cnn", {"channels": [2, 2, 2]}, DataInfo("classification", (4, 4, 1), 3))
     with pytest.raises(ConfigError, match="needs image inputs"):
         build_model("cnn", {}, DataInfo("classification", (16,), 3))
+
+
+def test_a_hand_written_gpt_checkpoint_is_renamed_on_load() -> None:
+    """The old table names, as weights and as optimizer slots, become the graph's; nothing else changes."""
+    from crossframe.checkpoint import load_tensors
+
+    where = FIXTURES / "gpt" / "checkpoints" / "step_12"
+    raw, raw_slots = load_tensors(where / "model.safetensors"), load_tensors(where / "optimizer.safetensors")
+    assert {"wte", "wpe"} <= set(raw) and any(k.endswith("/wte") for k in raw_slots)
+    checkpoint = load_checkpoint(FIXTURES / "gpt")
+    assert "wte" not in checkpoint.weights and "wpe" not in checkpoint.weights
+    np.testing.assert_array_equal(checkpoint.weights["wte.weight"], raw["wte"])
+    np.testing.assert_array_equal(checkpoint.weights["wpe.weight"], raw["wpe"])
+    assert len(checkpoint.weights) == len(raw) and len(checkpoint.optimizer_state) == len(raw_slots)
+    for key, value in raw_slots.items():
+        slot, _, name = key.rpartition("/")
+        np.testing.assert_array_equal(checkpoint.optimizer_state[f"{slot}/{name}.weight" if name in ("wte", "wpe")
+                                                                 else key], value)
+
+
+@pytest.mark.parametrize("model", ["gpt", "gpt_rope"])
+def test_a_hand_written_gpt_resumes_and_trains_on(model: str, tmp_path: Path) -> None:
+    """Resuming a hand-written gpt run takes its optimizer state under the new names and keeps training."""
+    import crossframe
+
+    run = runnable_copy(model, tmp_path)
+    result = crossframe.run(run / "config.yaml", overrides=["train.steps=14"], resume=run, quiet=True)
+    assert result.status == "completed" and result.steps == 14
+    assert load_checkpoint(run).step == 14 and "wte.weight" in load_checkpoint(run).weights

@@ -18,7 +18,7 @@ def register_models(register: Any) -> None:
 
     register("mlp", presets.build_mlp, schema=presets.MLPParams, description="multi-layer perceptron")
     register("cnn", presets.build_cnn, schema=presets.CNNParams, description="small conv net on NHWC images")
-    register("gpt", gpt.build_gpt, schema=gpt.GPTParams, description="decoder-only transformer (GPT-2 style)")
+    register("gpt", presets.build_gpt, schema=gpt.GPTParams, description="decoder-only transformer (GPT-2 style)")
     from crossframe.nn.model import GraphParams, build_graph_model
 
     register("graph", build_graph_model, schema=GraphParams, description="neutral layers written in the config")

@@ -32,6 +32,9 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 LATEST = "latest"
+#: names the hand-written ``gpt`` gave its two tables before it became a graph of neutral layers; a
+#: checkpoint that still uses them is renamed on load (weights and optimizer slots ``<slot>/<name>``)
+LEGACY_NAMES = {"wte": "wte.weight", "wpe": "wpe.weight"}
 
 
 @dataclass
@@ -305,6 +308,18 @@ def _read_state(path: Path) -> dict[str, Any]:
     return state
 
 
+def rename_legacy(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``tensors`` with :data:`LEGACY_NAMES` renamed, as parameters (``wte``) and as optimizer slots (``m/wte``).
+
+    Only a bare name is renamed: every graph parameter's name has a dot (``path.local``), so none can clash.
+    """
+    def renamed(key: str) -> str:
+        slot, sep, name = key.rpartition("/")
+        return f"{slot}{sep}{LEGACY_NAMES[name]}" if name in LEGACY_NAMES else key
+
+    return {renamed(key): value for key, value in tensors.items()}
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     """Load weights, optimizer state and JSON state from a checkpoint (see :func:`find_checkpoint`).
 
@@ -327,6 +342,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
             raise CheckpointError(f"checkpoint '{where}' has no {file.name}")
         loaded.append(load_tensors(file))
     weights, optimizer_state = loaded[0], loaded[1] if len(loaded) > 1 else {}
+    if any(name in weights for name in LEGACY_NAMES):
+        weights, optimizer_state = rename_legacy(weights), rename_legacy(optimizer_state)
     if "lora_base" in state:  # adapters only: the base is rebuilt from its source and checked
         from crossframe.nn.lora_checkpoint import restore_base
 

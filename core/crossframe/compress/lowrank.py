@@ -46,10 +46,9 @@ class LowRankParams(BaseModel):
 
 
 def factorisable_layers(spec: ModelSpec) -> list[str]:
-    """Prefixes of the dense layers with a bias (a graph's: every ``dense`` layer), full or already
-    factorised, in table order."""
-    if spec.graph is not None:
-        return [node.path for node in spec.graph.nodes() if node.kind == "dense"]
+    """Prefixes of the linears, full or already factorised, in table order: a graph's every dense kernel (a
+    ``dense`` layer, an attention's ``qkv`` and ``proj``, a gated MLP's ``gate``, ``up`` and ``down``); another
+    model's dense layers with a bias."""
     names = {p.name: p for p in spec.table}
     out = []
     for p in spec.table:
@@ -61,7 +60,7 @@ def factorisable_layers(spec: ModelSpec) -> list[str]:
             prefix = p.name[: -len(".weight_u")]
         else:
             continue
-        if f"{prefix}.bias" in names:
+        if spec.graph is not None or f"{prefix}.bias" in names:
             out.append(prefix)
     return out
 

@@ -20,12 +20,11 @@ Patterns (``pattern``):
   unit's bias entry is masked too (for ``<prefix>.weight`` and a low-rank ``<prefix>.weight_v``),
   so the unit outputs exactly zero before its activation. Without ``include``, the output
   layer's kernel is left alone: its units are the model's outputs.
-- ``heads``: whole attention heads of a ``gpt``, by the L2 norm of their query, key and value
-  columns of ``attn.qkv.weight`` and their rows of ``attn.proj.weight``; those slices (and the
-  head's ``attn.qkv.bias`` entries) are masked. On a graph of neutral layers, the heads of every
-  ``attention`` layer (``<path>.qkv.weight``, ``<path>.proj.weight``): a query head's score also
-  counts its key/value head's columns divided by the heads sharing them (grouped-query), its query
-  columns and projection rows are masked, and a key/value head's columns once every query head
+- ``heads``: whole attention heads of every ``attention`` layer of a graph (a ``gpt``, an imported
+  decoder, a config graph: ``<path>.qkv.weight``, ``<path>.proj.weight``), by the L2 norm of their query,
+  key and value columns and their projection rows: a query head's score also counts its key/value
+  head's columns divided by the heads sharing them (grouped-query), its query columns and projection
+  rows are masked, and a key/value head's columns once every query head
   reading it is pruned.
 """
 
@@ -285,52 +284,11 @@ def _prune_rows(weights: Params, old: Mapping[str, np.ndarray], chosen: list[str
 
 def _prune_heads(spec: ModelSpec, weights: Params, old: Mapping[str, np.ndarray], chosen: list[str],
                  p: PruneParams, where: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Masks removing whole attention heads of a gpt: their q/k/v columns and proj rows."""
-    assert p.sparsity is not None
-    if spec.graph is not None:
-        return _prune_graph_heads(spec, weights, old, chosen, p, where)
-    if spec.name != "gpt":
-        raise ConfigError(f"{where}.pattern: 'heads' prunes attention heads of a 'gpt' model, not '{spec.name}'")
-    n_head, d = int(spec.params["n_head"]), int(spec.params["d_model"])
-    hd = d // n_head
-    layers = []
-    for i in range(int(spec.params["n_layer"])):
-        qkv, proj = f"h.{i}.attn.qkv.weight", f"h.{i}.attn.proj.weight"
-        if qkv in chosen or proj in chosen:
-            if qkv not in weights or proj not in weights:
-                raise ConfigError(f"{where}.pattern: 'heads' needs full attention kernels, but layer h.{i} is "
-                                  "factorised (low_rank); exclude it or prune before factorising")
-            layers.append(i)
-    if not layers:
-        raise ConfigError(f"{where}.include: pattern 'heads' needs h.<i>.attn.qkv.weight or attn.proj.weight selected")
-
-    def masked(key: str) -> np.ndarray:
-        w = weights[key].astype(np.float64)
-        return np.where(old[key], w, 0.0) if key in old else w
-
-    norms = {}
-    for i in layers:
-        qkv = masked(f"h.{i}.attn.qkv.weight").reshape(d, 3, n_head, hd)
-        proj = masked(f"h.{i}.attn.proj.weight").reshape(n_head, hd, d)
-        norms[i] = np.sqrt((qkv**2).sum(axis=(0, 1, 3)) + (proj**2).sum(axis=(1, 2)))
-    if p.scope == "layer":
-        cut = {i: _smallest(norms[i], count_for(p.sparsity, n_head)) for i in layers}
-    else:
-        picked = _smallest(np.concatenate([norms[i] for i in layers]), count_for(p.sparsity, n_head * len(layers)))
-        cut = {i: picked[(picked >= j * n_head) & (picked < (j + 1) * n_head)] - j * n_head
-               for j, i in enumerate(layers)}
-    masks: dict[str, np.ndarray] = {}
-    units: dict[str, Any] = {}
-    for i in layers:
-        keep = np.ones(n_head, dtype=bool)
-        keep[cut[i]] = False
-        cols = np.tile(np.repeat(keep, hd), 3)  # q | k | v, each head's hd columns
-        masks[f"h.{i}.attn.qkv.weight"] = np.broadcast_to(cols, (d, 3 * d)).copy()
-        masks[f"h.{i}.attn.proj.weight"] = np.broadcast_to(np.repeat(keep, hd)[:, None], (d, d)).copy()
-        if f"h.{i}.attn.qkv.bias" in weights:
-            masks[f"h.{i}.attn.qkv.bias"] = cols.copy()
-        units[f"h.{i}.attn"] = {"heads": n_head, "pruned_heads": sorted(int(h) for h in cut[i])}
-    return masks, units
+    """Masks removing whole attention heads of a graph's ``attention`` layers (a ``gpt`` is such a graph)."""
+    if spec.graph is None:
+        raise ConfigError(f"{where}.pattern: 'heads' prunes the attention layers of a graph (gpt, hf, graph), "
+                          f"not '{spec.name}'")
+    return _prune_graph_heads(spec, weights, old, chosen, p, where)
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def _attention(run: str | os.PathLike, overrides: Iterable[str], samples: int,
     """Attention maps of a ``gpt`` run on its first validation sequences (at most ``samples``, at most 4)."""
     from crossframe.checkpoint import load_checkpoint
     from crossframe.config.loading import load_config
-    from crossframe.explain.attention import attention_maps, draw_maps
+    from crossframe.explain.attention import attention_maps, draw_maps, has_attention
     from crossframe.explain.report import write_attention_report
     from crossframe.models import spec_from_json
     from crossframe.train.data import load_training_data
@@ -101,8 +101,9 @@ def _attention(run: str | os.PathLike, overrides: Iterable[str], samples: int,
     if not (run_dir / CONFIG_FILE).is_file():
         raise ConfigError(f"explain: '{run_dir}' has no {CONFIG_FILE}")
     spec = spec_from_json(checkpoint.state["model"])
-    if spec.name != "gpt":
-        raise ConfigError(f"--method: 'attention' needs a 'gpt' run; this run's model is '{spec.name}'")
+    if not has_attention(spec):
+        raise ConfigError(f"--method: 'attention' needs a model with attention layers; this run's model "
+                          f"'{spec.name}' has none")
     cfg = load_config(run_dir / CONFIG_FILE, overrides)
     val = load_training_data(cfg).val
     seq_len = spec.data_info.input_shape[0]

@@ -28,7 +28,7 @@ from crossframe.models.spec import ParamSpec, check_low_rank, dense_kernel_specs
 from crossframe.nn.layers import (
     ACTIVATION_FUNCTIONS,
     Activation,
-    Dense,
+    Attention,
     Layer,
     Residual,
     Sequential,
@@ -75,16 +75,18 @@ class Node:
         prefix = f"{self.path}." if self.path else ""
         return {p.name[len(prefix):]: weights[p.name] for p in self.params}
 
-    def reference(self, weights: Mapping[str, np.ndarray], x: np.ndarray, train: bool = False) -> np.ndarray:
-        """The float64 numpy forward of this node on a batch ``x``."""
+    def reference(self, weights: Mapping[str, np.ndarray], x: np.ndarray, train: bool = False,
+                  attention: list[np.ndarray] | None = None) -> np.ndarray:
+        """The float64 numpy forward of this node on a batch ``x``; each attention layer's weights
+        ``[B, heads, T, T]`` are appended to ``attention`` when it is a list."""
         if isinstance(self.layer, Sequential):
             for child in self.children:
-                x = child.reference(weights, x, train)
+                x = child.reference(weights, x, train, attention)
             return x
         if isinstance(self.layer, Residual):
             h = x
             for child in self.children:
-                h = child.reference(weights, h, train)
+                h = child.reference(weights, h, train, attention)
             return x + h
         if isinstance(self.layer, TiedHead):  # reads another layer's table
             return self.layer.reference({"weight": np.asarray(weights[self.layer.weight_name], np.float64)}, x, train)
@@ -95,6 +97,13 @@ class Node:
                 own = name[len(prefix):] + "." if name != self.path else ""
                 local[f"{own}weight"] = local[f"{own}weight"] + scale * local.pop(f"{own}lora_a") @ local.pop(
                     f"{own}lora_b")
+        for factor in [k for k in local if k == "weight_u" or k.endswith(".weight_u")]:  # low rank: U @ V
+            own = factor[: -len("weight_u")]
+            local[f"{own}weight"] = local.pop(factor) @ local.pop(f"{own}weight_v")
+        if attention is not None and isinstance(self.layer, Attention):
+            y, weights_ = self.layer.reference_with_weights(local, x)
+            attention.append(weights_)
+            return y
         return self.layer.reference(local, x, train)
 
     @property
@@ -136,10 +145,12 @@ class Graph:
         """Every layer kind used (containers included)."""
         return {n.kind for n in self.root.walk()}
 
-    def reference(self, weights: Mapping[str, np.ndarray], x: np.ndarray, train: bool = False) -> np.ndarray:
-        """The float64 numpy forward on a batch (ids stay integers)."""
+    def reference(self, weights: Mapping[str, np.ndarray], x: np.ndarray, train: bool = False,
+                  attention: list[np.ndarray] | None = None) -> np.ndarray:
+        """The float64 numpy forward on a batch (ids stay integers); ``attention``, a list, collects each
+        attention layer's weights ``[B, heads, T, T]`` in graph order."""
         x = np.asarray(x) if self.takes_ids else np.asarray(x, np.float64)
-        return self.root.reference(weights, x, train)
+        return self.root.reference(weights, x, train, attention)
 
     @property
     def flops(self) -> int:
@@ -243,17 +254,23 @@ class _Builder:
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         node = Node(path, layer, tuple(shape), out, where)
-        if isinstance(layer, Dense):
-            fan_in, fan_out = local[0].shape
-            self.dense[path] = (fan_in, fan_out)
-            if path in self.low_rank:  # factorised: weight_u [in, r] @ weight_v [r, out], the product's std as before
-                local = [*dense_kernel_specs("", fan_in, fan_out, local[0].scale, self.low_rank[path]), *local[1:]]
-                local = [ParamSpec(p.name.lstrip("."), p.shape, p.layout, p.init, p.scale, p.decay, p.dtype)
-                         for p in local]
-        node.params = [ParamSpec(node.param_name(p.name), p.shape, p.layout, p.init, p.scale, p.decay, p.dtype)
-                       for p in local]
+        node.params = [factor for p in local for factor in self.factorised(node, p)]
         self.shapes.update((p.name, tuple(p.shape)) for p in node.params)
         return node
+
+    def factorised(self, node: Node, local: ParamSpec) -> list[ParamSpec]:
+        """``local`` under its canonical name; a dense kernel (``weight``, ``qkv.weight``, ...) whose linear is in
+        ``low_rank`` becomes its two factors ``weight_u`` ``[in, r]`` and ``weight_v`` ``[r, out]``, drawn so that
+        their product has the kernel's std."""
+        name = node.param_name(local.name)
+        if local.layout != "dense" or not (local.name == "weight" or local.name.endswith(".weight")):
+            return [ParamSpec(name, local.shape, local.layout, local.init, local.scale, local.decay, local.dtype)]
+        prefix = name[: -len(".weight")]
+        fan_in, fan_out = local.shape
+        self.dense[prefix] = (fan_in, fan_out)
+        if prefix not in self.low_rank:
+            return [ParamSpec(name, local.shape, local.layout, local.init, local.scale, local.decay, local.dtype)]
+        return dense_kernel_specs(prefix, fan_in, fan_out, local.scale, self.low_rank[prefix])
 
     def tied(self, layer: TiedHead, path: str, shape: Shape, where: str) -> Node:
         """A ``tied_head``: logits over the rows of an embedding table placed earlier in the graph."""

@@ -84,6 +84,7 @@ class Dense(Layer):
     units: PositiveInt | Literal["outputs"]
     bias: bool = True
     gain: float = Field(1.0, gt=0.0, description="init std is sqrt(gain / fan_in)")
+    std: float | None = Field(None, gt=0.0, description="init std of the kernel (instead of sqrt(gain / fan_in))")
 
     def output_shape(self, shape: Shape) -> Shape:
         _need_rank("dense", shape, at_least=1)
@@ -92,7 +93,8 @@ class Dense(Layer):
 
     def param_specs(self, shape: Shape) -> list[ParamSpec]:
         fan_in = shape[-1]
-        out = [ParamSpec("weight", (fan_in, int(self.units)), "dense", "normal", math.sqrt(self.gain / fan_in))]
+        std = self.std if self.std is not None else math.sqrt(self.gain / fan_in)
+        out = [ParamSpec("weight", (fan_in, int(self.units)), "dense", "normal", std)]
         return out + ([ParamSpec("bias", (int(self.units),), "bias", decay=False)] if self.bias else [])
 
     def flops(self, shape: Shape) -> int:
@@ -485,6 +487,10 @@ class Attention(Layer):
     qkv_bias: bool = True
     bias: bool = True
     proj_gain: float = Field(1.0, gt=0.0, description="init std of proj.weight is sqrt(proj_gain / (heads * head_dim))")
+    qkv_std: float | None = Field(None, gt=0.0, description="init std of qkv.weight (default sqrt(1 / D))")
+    proj_std: float | None = Field(None, gt=0.0, description="init std of proj.weight (instead of proj_gain's)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the attention weights, in training only "
+                           "(each backend's own generator)")
 
     @model_validator(mode="after")
     def _groups(self) -> Attention:
@@ -518,10 +524,12 @@ class Attention(Layer):
     def param_specs(self, shape: Shape) -> list[ParamSpec]:
         d = shape[1]
         h, kv, hd = self.dims(d)
-        out = [ParamSpec("qkv.weight", (d, (h + 2 * kv) * hd), "dense", "normal", math.sqrt(1.0 / d))]
+        qkv_std = self.qkv_std if self.qkv_std is not None else math.sqrt(1.0 / d)
+        proj_std = self.proj_std if self.proj_std is not None else math.sqrt(self.proj_gain / (h * hd))
+        out = [ParamSpec("qkv.weight", (d, (h + 2 * kv) * hd), "dense", "normal", qkv_std)]
         if self.qkv_bias:
             out.append(ParamSpec("qkv.bias", ((h + 2 * kv) * hd,), "bias", decay=False))
-        out.append(ParamSpec("proj.weight", (h * hd, d), "dense", "normal", math.sqrt(self.proj_gain / (h * hd))))
+        out.append(ParamSpec("proj.weight", (h * hd, d), "dense", "normal", proj_std))
         if self.bias:
             out.append(ParamSpec("proj.bias", (d,), "bias", decay=False))
         return out
@@ -532,6 +540,11 @@ class Attention(Layer):
         return 2 * t * d * (h + 2 * kv) * hd + 2 * t * h * hd * d + 4 * t * t * h * hd
 
     def reference(self, w: Weights, x: np.ndarray, train: bool = False) -> np.ndarray:
+        return self.reference_with_weights(w, x)[0]
+
+    def reference_with_weights(self, w: Weights, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The float64 forward and the attention weights ``[B, heads, T, T]`` (each row sums to 1; the
+        evaluation forward: no dropout)."""
         b, t, d = x.shape
         h, kv, hd = self.dims(d)
         qkv = x @ w["qkv.weight"] + (w["qkv.bias"] if self.qkv_bias else 0.0)
@@ -548,7 +561,7 @@ class Attention(Layer):
         att /= att.sum(-1, keepdims=True)
         y = (att @ v).transpose(0, 2, 1, 3).reshape(b, t, h * hd)
         out = y @ w["proj.weight"]
-        return out + w["proj.bias"] if self.bias else out
+        return (out + w["proj.bias"] if self.bias else out), att
 
 
 class TiedHead(Layer):

@@ -1,20 +1,24 @@
-"""The built-in ``mlp`` and ``cnn``: graphs of neutral layers under their historical canonical names.
+"""The built-in ``mlp``, ``cnn`` and ``gpt``: graphs of neutral layers under their historical canonical names.
 
-``mlp_layers(params)`` and ``cnn_layers(params)`` give the ``model.layers`` of each; ``build_mlp`` and
-``build_cnn`` (registered as ``mlp`` and ``cnn``) turn them into specs that every backend lowers like any
-other graph. Their parameter tables are the ones the hand-written models had (names, shapes, layouts,
-initial distributions), so checkpoints written before the models became graphs load unchanged and a seed
-gives the same weights (``tests/test_nn_presets.py`` loads such checkpoints).
+``mlp_layers(params)``, ``cnn_layers(params)`` and ``gpt_layers(params)`` give the ``model.layers`` of each;
+``build_mlp``, ``build_cnn`` and ``build_gpt`` (registered as ``mlp``, ``cnn`` and ``gpt``) turn them into
+specs that every backend lowers like any other graph. Their parameter tables are the ones the hand-written
+models had (shapes, layouts, initial distributions; names too, except the gpt's two tables, now
+``wte.weight`` and ``wpe.weight`` as in an imported GPT-2, which :func:`crossframe.checkpoint.load_checkpoint`
+renames on load). Checkpoints written before the models became graphs load and evaluate to the same loss
+(``tests/test_nn_presets.py``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, PositiveInt, ValidationInfo, field_validator
 
 from crossframe.data.dataset import DataInfo
 from crossframe.errors import ConfigError
+from crossframe.models.gpt import INIT_STD, GPTParams
 from crossframe.models.spec import LowRank, LowRankModelParams, ModelSpec, check_low_rank_layers
 from crossframe.nn.graph import build_graph
 from crossframe.nn.layers import BUILTIN_LAYERS, Layer
@@ -91,12 +95,40 @@ def cnn_layers(params: dict[str, Any]) -> list[Any]:
             {"dense": {"name": "fc.1", "units": "outputs", "gain": 1.0}}]
 
 
+def gpt_layers(params: dict[str, Any]) -> list[Any]:
+    """``model.layers`` of the ``gpt`` with ``params`` (:class:`crossframe.models.gpt.GPTParams`): token table
+    ``wte`` (plus learned positions ``wpe``, or rotary attention), ``n_layer`` pre-LayerNorm blocks ``h.{i}``
+    (``ln_1``, ``attn``, ``ln_2``, ``mlp.fc``, GELU (tanh), ``mlp.proj``), ``ln_f``, and logits from ``wte``
+    (tied) or ``lm_head``. GPT-2's initialisation: std 0.02, the residual projections 0.02 / sqrt(2 n_layer)."""
+    d, n = int(params["d_model"]), int(params["n_layer"])
+    ff = int(params.get("d_ff") or 4 * d)
+    rate = float(params.get("dropout", 0.0))
+    drop = [{"dropout": rate}] if rate else []
+    residual_std = INIT_STD / math.sqrt(2 * n)
+    rope = bool(params.get("rope", False))
+    attention = {"name": "attn", "heads": int(params["n_head"]), "rope": rope,
+                 "rope_base": float(params.get("rope_base", 10000.0)), "qkv_std": INIT_STD, "proj_std": residual_std,
+                 "dropout": rate}
+    block = [
+        {"residual": {"name": "", "layers": [{"norm": {"name": "ln_1"}}, {"attention": attention}, *drop]}},
+        {"residual": {"name": "", "layers": [{"norm": {"name": "ln_2"}},
+                                             {"dense": {"name": "mlp.fc", "units": ff, "std": INIT_STD}}, "gelu_tanh",
+                                             {"dense": {"name": "mlp.proj", "units": d, "std": residual_std}},
+                                             *drop]}},
+    ]
+    positions = [] if rope else [{"positional": {"name": "wpe", "max_len": int(params["max_seq_len"])}}]
+    head = ({"tied_head": "wte"} if params.get("tied_embeddings", True)
+            else {"dense": {"name": "lm_head", "units": "outputs", "bias": False, "std": INIT_STD}})
+    return [{"embedding": {"name": "wte", "vocab": "outputs", "dim": d}}, *positions, *drop,
+            {"sequential": {"name": "h", "repeat": n, "layers": block}}, {"norm": {"name": "ln_f"}}, head]
+
+
 def builtin_lookup(kind: str, where: str) -> type[Layer]:
     """A built-in layer class by kind (the presets use nothing else, so they need no plugin registry)."""
     return {cls.kind: cls for cls in BUILTIN_LAYERS}[kind]
 
 
-def preset_spec(name: str, params: MLPParams | CNNParams, layers: list[Any], info: DataInfo) -> ModelSpec:
+def preset_spec(name: str, params: MLPParams | CNNParams | GPTParams, layers: list[Any], info: DataInfo) -> ModelSpec:
     """The spec named ``name`` of the graph ``layers`` on ``info``'s inputs (reference = the graph's)."""
     graph = build_graph(layers, info.input_shape, info.num_outputs, builtin_lookup, where=f"model ({name})",
                         low_rank=params.low_rank)
@@ -117,3 +149,14 @@ def build_cnn(params: CNNParams, info: DataInfo) -> ModelSpec:
         raise ConfigError(f"model.channels: {len(params.channels)} pooling blocks shrink "
                           f"{info.input_shape[:2]} images to nothing; use fewer")
     return preset_spec("cnn", params, cnn_layers(params.model_dump()), info)
+
+
+def build_gpt(params: GPTParams, info: DataInfo) -> ModelSpec:
+    """The spec of a GPT whose vocabulary is ``info.num_outputs`` and context ``info.input_shape[0]``."""
+    if len(info.input_shape) != 1:
+        raise ConfigError(f"model.name: 'gpt' needs token sequences; the dataset gives inputs of shape "
+                          f"{info.input_shape}")
+    if info.input_shape[0] > params.max_seq_len:
+        raise ConfigError(f"model.max_seq_len: {params.max_seq_len} is shorter than the data's sequences "
+                          f"({info.input_shape[0]} tokens)")
+    return preset_spec("gpt", params, gpt_layers(params.model_dump()), info)
