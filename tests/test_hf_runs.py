@@ -85,15 +85,46 @@ def test_export_hf_round_trips_through_transformers(workdir: Path, model_dir: Pa
         chat, add_generation_prompt=True)
 
 
-def test_export_hf_refuses_a_model_not_imported(workdir: Path) -> None:
-    config = {"name": "g", "backend": "torch", "device": "cpu",
-              "data": {"name": "python-stdlib", "max_files": 2, "val_fraction": 0.5},
-              "text": {"tokenizer": {"name": "bytes"}, "seq_len": 8, "max_eval_tokens": 16},
-              "model": {"name": "gpt", "n_layer": 1, "n_head": 1, "d_model": 8, "max_seq_len": 8},
-              "train": {"steps": 1, "batch_size": 2, "eval_every": 0}}
-    result = crossframe.run(config, quiet=True)
+def gpt_run_config(**model: object) -> dict:
+    return {"name": "g", "backend": "torch", "device": "cpu",
+            "data": {"name": "python-stdlib", "max_files": 2, "val_fraction": 0.5},
+            "text": {"tokenizer": {"name": "bytes"}, "seq_len": 8, "max_eval_tokens": 16},
+            "model": {"name": "gpt", "n_layer": 2, "n_head": 2, "d_model": 8, "max_seq_len": 12, **model},
+            "train": {"steps": 2, "batch_size": 2, "eval_every": 0}}
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_gpt_exports_as_a_gpt2_that_transformers_runs(workdir: Path, tied: bool) -> None:
+    """The built-in gpt is GPT-2's graph: ``export --format hf`` writes a GPT2LMHeadModel with the run's logits,
+    and importing that directory gives back the run's canonical weights."""
+    from crossframe.hf.loading import load_pretrained
+    from crossframe.models import spec_from_json
+    from tests.hf_models import hf_logits
+
+    result = crossframe.run(gpt_run_config(tied_embeddings=tied, d_ff=12), quiet=True)
+    assert main(["export", str(result.run_dir), "--format", "hf"]) == 0
+    out = result.run_dir / "exports" / "hf"
+    checkpoint = load_checkpoint(result.run_dir)
+    spec, trained = spec_from_json(checkpoint.state["model"]), checkpoint.weights
+    ids = np.random.default_rng(0).integers(0, spec.data_info.num_outputs, (2, 12))
+    # float32 logits of a 2-block net of width 8: a few ulps of values near 1 each
+    np.testing.assert_allclose(hf_logits(out, ids), spec.forward(trained, ids), atol=1e-4)
+    imported, weights = load_pretrained(out)
+    assert ("lm_head.weight" in weights) == (not tied)
+    assert set(weights) == set(trained) and all(np.array_equal(weights[k], trained[k]) for k in trained)
+
+
+def test_export_hf_refuses_what_gpt2_cannot_hold_in_one_line(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    result = crossframe.run(gpt_run_config(rope=True), quiet=True)
     assert main(["export", str(result.run_dir), "--format", "hf"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "rotary embeddings (rope: true)" in err and "\n" not in err
     assert not (result.run_dir / "exports" / "hf").exists()
+    digits = {"name": "d", "backend": "torch", "device": "cpu", "data": {"name": "digits"},
+              "model": {"name": "mlp", "hidden": [4]}, "train": {"steps": 1, "batch_size": 8, "eval_every": 0}}
+    result = crossframe.run(digits, quiet=True)
+    assert main(["export", str(result.run_dir), "--format", "hf"]) == 2
+    assert "needs a run of model 'hf'" in capsys.readouterr().err
 
 
 def test_init_from_an_hf_directory_and_from_a_run(workdir: Path, model_dir: Path,

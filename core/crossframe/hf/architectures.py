@@ -108,9 +108,10 @@ def _GPT2(c: dict[str, Any], context: int | None) -> Architecture:
                                              {"dense": {"name": "mlp.fc", "units": ff}}, act,
                                              {"dense": {"name": "mlp.proj", "units": d}}]}},
     ]
+    tied = bool(c.get("tie_word_embeddings", True))
+    head = {"tied_head": "wte"} if tied else {"dense": {"name": "lm_head", "units": vocab, "bias": False}}
     layers = [{"embedding": {"name": "wte", "vocab": vocab, "dim": d}}, {"positional": {"name": "wpe", "max_len": t}},
-              {"sequential": {"name": "h", "repeat": n, "layers": block}}, {"norm": {"name": "ln_f", **norm}},
-              {"tied_head": "wte"}]
+              {"sequential": {"name": "h", "repeat": n, "layers": block}}, {"norm": {"name": "ln_f", **norm}}, head]
     tensors = [TensorMap("wte.weight", ("transformer.wte.weight",), "same"),
                TensorMap("wpe.weight", ("transformer.wpe.weight",), "same")]
     for i in range(n):
@@ -121,6 +122,8 @@ def _GPT2(c: dict[str, Any], context: int | None) -> Architecture:
                 tensors.append(TensorMap(f"{dst}{ours}.{part}", (f"{src}{theirs}.{part}",), "same"))
     tensors += [TensorMap("ln_f.weight", ("transformer.ln_f.weight",), "same"),
                 TensorMap("ln_f.bias", ("transformer.ln_f.bias",), "same")]
+    if not tied:
+        tensors.append(TensorMap("lm_head.weight", ("lm_head.weight",), "linear"))
     return Architecture("gpt2", c, layers, vocab, t, tensors)
 
 

@@ -2,7 +2,9 @@
 ``generation_config.json`` and the tokenizer files) that ``transformers`` loads.
 
 ``crossframe export RUN --format hf`` writes ``RUN/exports/hf/``. The run's model must be one the importer
-knows (``model: {name: hf}``); with LoRA adapters, they are merged into the base weights first.
+knows (``model: {name: hf}``), or a built-in ``gpt`` with learned positions and full-rank kernels, which is a
+GPT-2 (the same graph, the same canonical names) and is written as ``GPT2LMHeadModel``; with LoRA adapters,
+they are merged into the base weights first.
 """
 
 from __future__ import annotations
@@ -75,6 +77,27 @@ def write_hf(out: Path, spec: ModelSpec, arch: Architecture, weights: Mapping[st
     return out
 
 
+def gpt2_architecture(spec: ModelSpec) -> Architecture:
+    """The GPT-2 that a built-in ``gpt`` spec is, or a one-line :class:`ConfigError` naming what GPT-2 lacks."""
+    from crossframe.hf.architectures import architecture
+    from crossframe.models.gpt import LN_EPS
+
+    p = spec.params
+    if p.get("rope"):
+        raise ConfigError("export: --format hf writes a gpt as a GPT-2, which has learned positions; this run's "
+                          "gpt uses rotary embeddings (rope: true)")
+    if spec.low_rank:
+        raise ConfigError(f"export: --format hf needs full-rank kernels; this run's gpt factorises "
+                          f"{', '.join(sorted(spec.low_rank))} (low_rank)")
+    d, rate = int(p["d_model"]), float(p.get("dropout", 0.0))
+    config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": spec.data_info.num_outputs,
+              "n_positions": int(p["max_seq_len"]), "n_embd": d, "n_layer": int(p["n_layer"]),
+              "n_head": int(p["n_head"]), "n_inner": int(p.get("d_ff") or 4 * d), "activation_function": "gelu_new",
+              "layer_norm_epsilon": LN_EPS, "resid_pdrop": rate, "embd_pdrop": rate, "attn_pdrop": rate,
+              "tie_word_embeddings": bool(p.get("tied_embeddings", True))}
+    return architecture(config, source="gpt")
+
+
 def export_run_hf(run: str | Path, checkpoint: str | None = None) -> Path:
     """Write ``RUN/exports/hf`` from the run's latest checkpoint (or ``checkpoint``); returns the directory."""
     from crossframe.checkpoint import MODEL_FILE, load_checkpoint
@@ -88,14 +111,15 @@ def export_run_hf(run: str | Path, checkpoint: str | None = None) -> Path:
         raise unsealable("export: --format hf", UNSEALABLE["hf"])
     run_dir = Path(run) if checkpoint else loaded.path.parent.parent
     state = loaded.state["model"]
-    if state["name"] != "hf":
+    if state["name"] not in ("hf", "gpt"):
         raise ConfigError(f"export: --format hf needs a run of model 'hf' (imported from a Hugging Face "
-                          f"directory); '{run_dir}' trained '{state['name']}'")
+                          f"directory) or 'gpt'; '{run_dir}' trained '{state['name']}'")
     spec = spec_from_json(state)
     from crossframe.nn.lora import lora_scales, merge
 
     weights = merge(loaded.weights, lora_scales(spec.graph))  # adapters folded into the base kernels
     tokenizer = run_dir / "tokenizer"
     spec = getattr(spec, "base", spec)
-    return write_hf(run_dir / "exports" / "hf", spec, architecture_of(spec), weights,
+    arch = gpt2_architecture(spec) if spec.name == "gpt" else architecture_of(spec)
+    return write_hf(run_dir / "exports" / "hf", spec, arch, weights,
                     tokenizer if tokenizer.is_dir() else None)
