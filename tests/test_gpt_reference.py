@@ -25,7 +25,7 @@ def tokens(b: int, t: int, vocab: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, (b, t))
 
 
-@pytest.mark.parametrize("params", [{}, {"rope": True}, {"tied_embeddings": False}, {"d_ff": 12}])
+@pytest.mark.parametrize("params", [{}, {"rope": True}, {"tied_embeddings": False}, {"d_ff": 12}, {"dropout": 0.1}])
 def test_outputs_are_causal(params) -> None:
     spec = gpt(**params)
     w = spec.init(0)

@@ -103,23 +103,28 @@ def gpt_layers(params: dict[str, Any]) -> list[Any]:
     d, n = int(params["d_model"]), int(params["n_layer"])
     ff = int(params.get("d_ff") or 4 * d)
     rate = float(params.get("dropout", 0.0))
-    drop = [{"dropout": rate}] if rate else []
+
+    def dropout(name: str) -> list[Any]:  # parameter-free layers beside each other in one namespace need names
+        return [{"dropout": {"name": name, "rate": rate}}] if rate else []
+
     residual_std = INIT_STD / math.sqrt(2 * n)
     rope = bool(params.get("rope", False))
     attention = {"name": "attn", "heads": int(params["n_head"]), "rope": rope,
                  "rope_base": float(params.get("rope_base", 10000.0)), "qkv_std": INIT_STD, "proj_std": residual_std,
                  "dropout": rate}
     block = [
-        {"residual": {"name": "", "layers": [{"norm": {"name": "ln_1"}}, {"attention": attention}, *drop]}},
+        {"residual": {"name": "", "layers": [{"norm": {"name": "ln_1"}}, {"attention": attention},
+                                             *dropout("attn_drop")]}},
         {"residual": {"name": "", "layers": [{"norm": {"name": "ln_2"}},
-                                             {"dense": {"name": "mlp.fc", "units": ff, "std": INIT_STD}}, "gelu_tanh",
+                                             {"dense": {"name": "mlp.fc", "units": ff, "std": INIT_STD}},
+                                             {"activation": {"name": "mlp.act", "fn": "gelu_tanh"}},
                                              {"dense": {"name": "mlp.proj", "units": d, "std": residual_std}},
-                                             *drop]}},
+                                             *dropout("mlp_drop")]}},
     ]
     positions = [] if rope else [{"positional": {"name": "wpe", "max_len": int(params["max_seq_len"])}}]
     head = ({"tied_head": "wte"} if params.get("tied_embeddings", True)
             else {"dense": {"name": "lm_head", "units": "outputs", "bias": False, "std": INIT_STD}})
-    return [{"embedding": {"name": "wte", "vocab": "outputs", "dim": d}}, *positions, *drop,
+    return [{"embedding": {"name": "wte", "vocab": "outputs", "dim": d}}, *positions, *dropout("drop"),
             {"sequential": {"name": "h", "repeat": n, "layers": block}}, {"norm": {"name": "ln_f"}}, head]
 
 
