@@ -110,6 +110,7 @@ def test_a_gpt_exports_as_a_gpt2_that_transformers_runs(workdir: Path, tied: boo
     # float32 logits of a 2-block net of width 8: a few ulps of values near 1 each
     np.testing.assert_allclose(hf_logits(out, ids), spec.forward(trained, ids), atol=1e-4)
     imported, weights = load_pretrained(out)
+    assert [(q.name, q.shape) for q in imported.table] == [(q.name, q.shape) for q in spec.table]  # one graph
     assert ("lm_head.weight" in weights) == (not tied)
     assert set(weights) == set(trained) and all(np.array_equal(weights[k], trained[k]) for k in trained)
 

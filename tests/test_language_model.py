@@ -28,7 +28,7 @@ def lm_config(steps: int = 400, **train) -> dict:
         "model": {"name": "gpt", "n_layer": 2, "n_head": 2, "d_model": 64, "max_seq_len": 32},
         "train": {"steps": steps, "batch_size": 16, "log_every": 25, "eval_every": 0,
                   "optimizer": {"name": "adamw", "lr": 1e-2, "weight_decay": 0.01},
-                  "schedule": {"name": "cosine", "warmup_steps": 20}, **train},
+                  "schedule": {"name": "cosine", "warmup_steps": 20}, "clip_norm": 1.0, **train},
     }
 
 

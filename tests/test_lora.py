@@ -13,6 +13,7 @@ import pytest
 import crossframe
 from crossframe.checkpoint import load_checkpoint
 from crossframe.cli.main import main
+from crossframe.models import spec_from_json
 from tests.hf_models import hf_logits, save_tiny, save_tokenizer, write_corpus
 
 pytest.importorskip("transformers")
@@ -88,9 +89,26 @@ def test_export_merges_the_adapters(curves: dict) -> None:
     assert not (Path(out) / "adapter_config.json").exists()  # merged: a plain model directory
 
 
+def test_the_built_in_gpt_takes_lora_like_any_graph(workdir: Path) -> None:
+    """The built-in gpt is a graph: LoRA adapts its attention projections and trains only the adapters."""
+    config = {"name": "gpt-lora", "backend": "torch", "device": "cpu", "seed": 3,
+              "data": {"name": "python-stdlib", "max_files": 2, "val_fraction": 0.5},
+              "text": {"tokenizer": {"name": "bytes"}, "seq_len": 8, "max_eval_tokens": 16},
+              "model": {"name": "gpt", "n_layer": 2, "n_head": 2, "d_model": 8, "max_seq_len": 8},
+              "train": {"steps": 3, "batch_size": 2, "eval_every": 0, "lora": {"rank": 2},
+                        "optimizer": {"name": "adamw", "lr": 1e-2}}}
+    result = crossframe.run(config, quiet=True)
+    checkpoint = load_checkpoint(result.run_dir)
+    spec = spec_from_json(checkpoint.state["model"])
+    base = spec.base.init(3)  # the seeded base the run started from
+    adapters = {k for k in checkpoint.weights if k.endswith((".lora_a", ".lora_b"))}
+    assert adapters == {f"h.{i}.attn.{lin}.{ab}" for i in (0, 1) for lin in ("qkv", "proj")
+                        for ab in ("lora_a", "lora_b")}
+    assert all(np.array_equal(checkpoint.weights[k], base[k]) for k in base)  # the base stayed frozen
+    assert any(np.abs(checkpoint.weights[k]).max() > 0 for k in adapters if k.endswith("lora_b"))  # B trained
+
+
 @pytest.mark.parametrize(("model", "lora", "message"), [
-    ({"name": "gpt", "n_layer": 1, "n_head": 1, "d_model": 8, "max_seq_len": 8}, {"rank": 2},
-     "train.lora: LoRA needs a model built from neutral layers"),
     ({"name": "graph", "layers": [{"embedding": {"dim": 8}}, {"dense": "outputs"}]}, {"targets": ["*qkv"]},
      "train.lora.targets: ['*qkv'] match no linear"),
     ({"name": "graph", "layers": [{"embedding": {"dim": 8}}, {"dense": "outputs"}]}, {"rank": 0},

@@ -12,5 +12,6 @@ def flops_per_step(spec: ModelSpec, tokens_per_step: int) -> float | None:
         return None
     from crossframe.models.gpt import GPTParams, flops_per_token
 
-    params = GPTParams.model_validate(spec.params)
+    base = getattr(spec, "base", spec)  # LoRA: the adapters' few FLOPs are left out of the estimate
+    params = GPTParams.model_validate(base.params)
     return flops_per_token(params, spec.data_info.num_outputs, spec.data_info.input_shape[0]) * tokens_per_step
