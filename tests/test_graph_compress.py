@@ -93,14 +93,18 @@ def test_a_head_pruned_graph_runs_on_every_backend(backend: str) -> None:
     np.testing.assert_allclose(got, spec.forward(result.weights, x), rtol=0, atol=1e-5)
 
 
-def test_every_dense_layer_of_a_graph_is_factorisable_with_or_without_a_bias() -> None:
+def test_every_linear_of_a_graph_is_factorisable_with_or_without_a_bias() -> None:
+    """Dense layers, attention projections (grouped-query, biased qkv) and gated-MLP linears alike."""
     spec = lm()
     weights = spec.init(3)
     result = compress("lowrank", spec, weights, rank=10_000)  # full rank: the same function
-    assert set(result.model_params["low_rank"]) == {"lm_head"}  # the graph's one dense layer
+    linears = {f"h.{i}.{k}" for i in (0, 1) for k in ("attn.qkv", "attn.proj", "mlp.gate", "mlp.up", "mlp.down")}
+    assert set(result.model_params["low_rank"]) == linears | {"lm_head"}
     new = build_model("graph", result.model_params, LM)
-    assert {"lm_head.weight_u", "lm_head.weight_v"} <= {p.name for p in new.table}
-    assert "lm_head.bias" not in {p.name for p in new.table}
+    names = {p.name for p in new.table}
+    assert {f"{k}.weight_{f}" for k in linears | {"lm_head"} for f in "uv"} <= names
+    assert not {f"{k}.weight" for k in linears | {"lm_head"}} & names
+    assert "lm_head.bias" not in names and "h.0.attn.qkv.bias" in names
     x = np.random.default_rng(1).integers(0, 11, (2, 5))
     # float64 references of one function; U and V are stored in float32 (relative 6e-8 per entry, width 8)
     np.testing.assert_allclose(new.forward(result.weights, x), spec.forward(weights, x), atol=1e-5)
