@@ -104,17 +104,22 @@ def gpt_layers(params: dict[str, Any]) -> list[Any]:
     ff = int(params.get("d_ff") or 4 * d)
     rate = float(params.get("dropout", 0.0))
     drop = [{"dropout": rate}] if rate else []
+
+    def named_drop(name: str) -> list[Any]:  # a block's two residuals share its namespace: name, not position
+        return [{"dropout": {"name": name, "rate": rate}}] if rate else []
+
     residual_std = INIT_STD / math.sqrt(2 * n)
     rope = bool(params.get("rope", False))
     attention = {"name": "attn", "heads": int(params["n_head"]), "rope": rope,
                  "rope_base": float(params.get("rope_base", 10000.0)), "qkv_std": INIT_STD, "proj_std": residual_std,
                  "dropout": rate}
     block = [
-        {"residual": {"name": "", "layers": [{"norm": {"name": "ln_1"}}, {"attention": attention}, *drop]}},
+        {"residual": {"name": "", "layers": [{"norm": {"name": "ln_1"}}, {"attention": attention},
+                                             *named_drop("attn_drop")]}},
         {"residual": {"name": "", "layers": [{"norm": {"name": "ln_2"}},
                                              {"dense": {"name": "mlp.fc", "units": ff, "std": INIT_STD}}, "gelu_tanh",
                                              {"dense": {"name": "mlp.proj", "units": d, "std": residual_std}},
-                                             *drop]}},
+                                             *named_drop("mlp_drop")]}},
     ]
     positions = [] if rope else [{"positional": {"name": "wpe", "max_len": int(params["max_seq_len"])}}]
     head = ({"tied_head": "wte"} if params.get("tied_embeddings", True)
