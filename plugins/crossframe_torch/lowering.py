@@ -139,7 +139,7 @@ class Attention(nn.Module):
     ``i``); ``span`` is how many cached positions a per-row call reads (its largest position + 1).
     """
 
-    def __init__(self, layer: L.Attention, d: int, ranks: dict[str, int] | None = None) -> None:
+    def __init__(self, layer: L.Attention, d: int, ranks: dict[str, int] | None = None, positions: int = 0) -> None:
         super().__init__()
         rank = (ranks or {}).get
         self.h, self.kv, self.hd = layer.dims(d)
@@ -147,20 +147,27 @@ class Attention(nn.Module):
         self.proj = linear(self.h * self.hd, d, layer.bias, rank("proj"))
         self.rope, self.base, self.layer = layer.rope, layer.rope_base, layer
         self.dropout, self.gqa = layer.dropout, self.kv != self.h
-        self._tables: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        #: rotary tables by device, built on first use for at least ``positions`` positions (the context), so a
+        #: traced forward (``torch.export``, a symbolic length) slices them without a branch on the length
+        self.positions = positions
+        self._tables: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self.start: int | torch.Tensor = 0
         self.rows: torch.Tensor | None = None
         self.span = 0
 
     def _rope(self, t: int, like: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (start + t, str(like.device))
-        if key not in self._tables:  # built once per length, in float64 like the reference, rounded once
-            cos, sin = self.layer.rope_cos_sin(start + t, self.hd)
-            self._tables[key] = (torch.from_numpy(cos).float().to(like.device),
-                                 torch.from_numpy(sin).float().to(like.device))
-        cos, sin = self._tables[key]
-        return cos[start:].to(like.dtype), sin[start:].to(like.dtype)
+        """``cos, sin`` ``[t, hd / 2]`` of positions ``start..start+t-1`` in ``like``'s dtype."""
+        key, end = str(like.device), start + t
+        table = self._tables.get(key)
+        longer = isinstance(end, int) and (table is None or end > table[0].shape[0])  # a symbolic end: the context
+        if table is None or longer:  # in float64 like the reference, rounded once
+            cos, sin = self.layer.rope_cos_sin(max(self.positions, end) if isinstance(end, int) else self.positions,
+                                               self.hd)
+            table = self._tables[key] = (torch.from_numpy(cos).float().to(like.device),
+                                         torch.from_numpy(sin).float().to(like.device))
+        cos, sin = table
+        return cos[start:end].to(like.dtype), sin[start:end].to(like.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attention over ``x`` ``[B, T, D]`` (with a cache: its positions against the cached ones)."""
@@ -284,7 +291,7 @@ def lower_layer(node: Node, dropout: Callable[[float], Callable[[torch.Tensor], 
     if isinstance(layer, L.GatedMLP):
         return GatedMLP(layer, shape[-1], factor_ranks(node))
     if isinstance(layer, L.Attention):
-        return Attention(layer, shape[-1], factor_ranks(node))
+        return Attention(layer, shape[-1], factor_ranks(node), positions=int(shape[0]))
     return _plugin_layer(node)
 
 
