@@ -103,9 +103,8 @@ def gpt_layers(params: dict[str, Any]) -> list[Any]:
     d, n = int(params["d_model"]), int(params["n_layer"])
     ff = int(params.get("d_ff") or 4 * d)
     rate = float(params.get("dropout", 0.0))
-    drop = [{"dropout": rate}] if rate else []
 
-    def named_drop(name: str) -> list[Any]:  # a block's two residuals share its namespace: name, not position
+    def dropout(name: str) -> list[Any]:  # parameter-free layers beside each other in one namespace need names
         return [{"dropout": {"name": name, "rate": rate}}] if rate else []
 
     residual_std = INIT_STD / math.sqrt(2 * n)
@@ -115,16 +114,17 @@ def gpt_layers(params: dict[str, Any]) -> list[Any]:
                  "dropout": rate}
     block = [
         {"residual": {"name": "", "layers": [{"norm": {"name": "ln_1"}}, {"attention": attention},
-                                             *named_drop("attn_drop")]}},
+                                             *dropout("attn_drop")]}},
         {"residual": {"name": "", "layers": [{"norm": {"name": "ln_2"}},
-                                             {"dense": {"name": "mlp.fc", "units": ff, "std": INIT_STD}}, "gelu_tanh",
+                                             {"dense": {"name": "mlp.fc", "units": ff, "std": INIT_STD}},
+                                             {"activation": {"name": "mlp.act", "fn": "gelu_tanh"}},
                                              {"dense": {"name": "mlp.proj", "units": d, "std": residual_std}},
-                                             *named_drop("mlp_drop")]}},
+                                             *dropout("mlp_drop")]}},
     ]
     positions = [] if rope else [{"positional": {"name": "wpe", "max_len": int(params["max_seq_len"])}}]
     head = ({"tied_head": "wte"} if params.get("tied_embeddings", True)
             else {"dense": {"name": "lm_head", "units": "outputs", "bias": False, "std": INIT_STD}})
-    return [{"embedding": {"name": "wte", "vocab": "outputs", "dim": d}}, *positions, *drop,
+    return [{"embedding": {"name": "wte", "vocab": "outputs", "dim": d}}, *positions, *dropout("drop"),
             {"sequential": {"name": "h", "repeat": n, "layers": block}}, {"norm": {"name": "ln_f"}}, head]
 
 
