@@ -1,4 +1,4 @@
-"""The torch backend's `gpt` (a lowered graph): reference forward, canonical round trip, LM loss, KV-cache generation,
+"""The torch backend's ``gpt`` (a lowered graph): reference forward, canonical round trip, LM loss, KV-cache generation,
 low rank, attention dropout, activation checkpointing and continuous batching over the lowered graph."""
 
 from __future__ import annotations
