@@ -155,3 +155,38 @@ def test_an_interrupt_stops_every_worker_at_one_step_and_the_run_resumes(single:
                  resume=run_dir, quiet=True)
     assert (result.status, result.steps) == ("completed", STEPS)
     assert_close(weights(run_dir), weights(single))
+
+
+def test_fully_sharded_gpt_shards_each_block_and_steps_as_one_process() -> None:
+    """FSDP in a world of one on the lowered gpt: each block ``h.i`` is its own FSDP group (its weights gathered
+    around its call) inside the root's, and three AdamW steps (with activation checkpointing, which recomputes
+    inside the sharded blocks) give the weights of the plain module. float32 through two tiny blocks: 1e-6."""
+    from torch.distributed.fsdp import FSDPModule
+
+    from crossframe.backend import TrainSetup, WorldInfo
+    from crossframe.data.dataset import DataInfo
+    from crossframe.models import build_model
+    from crossframe_torch.backend import TorchBackend
+
+    be = TorchBackend()
+    spec = build_model("gpt", {"n_layer": 2, "n_head": 2, "d_model": 8, "max_seq_len": 8},
+                       DataInfo("language_modeling", (8,), 11))
+    w = spec.init(0)
+    world = WorldInfo(strategy="fully_sharded")
+    be.init_distributed(world, "cpu")
+    try:
+        states = [be.create_state(TrainSetup(spec, w, "adamw", {"lr": 0.01}, activation_checkpointing=True,
+                                             world=world_)) for world_ in (world, None)]
+        sharded = states[0].module
+        assert isinstance(sharded, FSDPModule) and len(sharded.blocks()) == 2
+        assert all(isinstance(block, FSDPModule) for block in sharded.blocks())
+        rng = np.random.default_rng(1)
+        for _ in range(3):
+            x = rng.integers(0, 11, (4, 9))
+            for state in states:
+                be.train_step(state, {"x": x[:, :-1], "y": x[:, 1:]}, 0.01)
+        got, want = (be.export_state(state)[0] for state in states)
+    finally:
+        be.shutdown_distributed()
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, atol=1e-6, rtol=0, err_msg=name)

@@ -215,11 +215,15 @@ def test_an_imported_model_serves(workdir: Path, model_dir: Path) -> None:
 
     result = crossframe.run(run_config(model_dir, "torch", steps=1), quiet=True)
     model = load_served_model(result.run_dir, engine="native")
-    assert model.window == 16 and model.batch_decoder is None
+    assert model.window == 16 and model.batch_decoder is not None  # torch: its slot cache over the lowered graph
     ids = np.asarray([model.tokenizer.encode_prompt("the cat")])
     from crossframe.sampling import generate_by_recompute, make_sampler
 
     out = generate_by_recompute(model.predict, ids, 4, make_sampler(0.0), model.window)
+    decoder, seq = model.batch_decoder(2), ids[0].tolist()
+    for _ in range(4):  # greedy through the slot cache (slot 1): the same tokens as recomputing the context
+        seq.append(int(decoder.step([(1, seq)])[0].argmax()))
+    assert seq == out[0].tolist()
     from crossframe.train.generate import generate
 
     assert generate(result.run_dir, "the cat", 4, temperature=0.0) == "the cat" + model.tokenizer.decode(

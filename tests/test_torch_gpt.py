@@ -1,4 +1,5 @@
-"""The torch backend's ``gpt``: reference forward, canonical round trip, LM loss, KV-cache generation."""
+"""The torch backend's ``gpt`` (a lowered graph): reference forward, canonical round trip, LM loss, KV-cache generation,
+low rank, attention dropout, activation checkpointing and continuous batching over the lowered graph."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from crossframe.models import build_model
 torch = pytest.importorskip("torch")
 
 from crossframe_torch.backend import TorchBackend  # noqa: E402
+from crossframe_torch.decoding import GraphCache  # noqa: E402
 
 VOCAB = 11
 VARIANTS = [{}, {"rope": True}, {"tied_embeddings": False}, {"d_ff": 12},
@@ -204,11 +206,15 @@ def test_cached_forward_equals_the_full_forward(be, params) -> None:
     spec = gpt(seq=16, **params)
     module = be.inference_state(spec, lively(spec, 6)).module
     x = torch.from_numpy(tokens(3, 16, seed=2))
+    cache = GraphCache(module, 3, 16, torch.float32, torch.device("cpu"))
+
+    def cached(start: int, end: int) -> torch.Tensor:
+        with cache.at(start):
+            return module(x[:, start:end])
+
     with torch.no_grad():
         full = module(x)
-        cache = module.new_cache()
-        parts = [module.forward_cached(x[:, :5], cache, 0), module.forward_cached(x[:, 5:9], cache, 5)]
-        parts += [module.forward_cached(x[:, i:i + 1], cache, i) for i in range(9, 16)]
+        parts = [cached(0, 5), cached(5, 9)] + [cached(i, i + 1) for i in range(9, 16)]
     assert (torch.cat(parts, dim=1) - full).abs().max().item() <= 1e-5
 
 
@@ -288,3 +294,142 @@ def test_bf16_trains_predicts_and_generates(be) -> None:
     assert np.abs(got - spec.forward(weights, x)).max() < 0.25  # bf16 rounding, not a wrong model
     out = be.generate(inference, x[:, :4], 14, greedy)
     assert out.shape == (2, 18)
+
+
+# ---------------------------------------------------------------------- the lowering's additions
+
+
+def llama_like(low_rank: dict[str, int], seq: int = 6, vocab: int = VOCAB):
+    """A decoder of neutral layers with grouped-query rotary attention (biased qkv) and a gated MLP."""
+    block = [{"residual": {"name": "", "layers": [{"norm": {"name": "ln_1", "kind": "rms"}},
+                                                  {"attention": {"name": "attn", "heads": 4, "kv_heads": 2,
+                                                                 "rope": True, "qkv_bias": True}}]}},
+             {"residual": {"name": "", "layers": [{"norm": {"name": "ln_2", "kind": "rms"}},
+                                                  {"gated_mlp": {"name": "mlp", "hidden": 12, "bias": True}}]}}]
+    layers = [{"embedding": {"name": "wte", "dim": 8}}, {"sequential": {"name": "h", "repeat": 2, "layers": block}},
+              {"norm": {"name": "ln_f", "kind": "rms"}}, {"dense": {"name": "lm_head", "units": "outputs"}}]
+    return build_model("graph", {"layers": layers, "low_rank": low_rank}, DataInfo("language_modeling", (seq,), vocab))
+
+
+def test_factorised_attention_and_gated_mlp_match_the_reference(be) -> None:
+    """attn.qkv / attn.proj of a gpt and a gated MLP's gate / up / down, factorised (x @ U) @ V + b, give the
+    numpy reference's outputs (which folds U @ V) and train both factors."""
+    from crossframe_torch.models import LowRankLinear
+
+    cases = [gpt(seq=16, low_rank={"h.0.attn.qkv": 3, "h.1.attn.proj": 2, "h.0.mlp.fc": 4}),
+             llama_like({"h.0.attn.qkv": 3, "h.1.attn.proj": 5, "h.0.mlp.gate": 2, "h.0.mlp.up": 3,
+                         "h.1.mlp.down": 4})]
+    for spec in cases:
+        w = lively(spec, 11)
+        x = tokens(2, spec.data_info.input_shape[0], seed=12)
+        state = be.inference_state(spec, w)
+        factored = {n for n, m in state.module.named_modules() if isinstance(m, LowRankLinear)}
+        assert factored == set(spec.low_rank)
+        assert np.abs(be.predict(state, x) - spec.forward(w, x)).max() <= 1e-4  # fp32 over two blocks
+        train = be.create_state(TrainSetup(spec, w, "sgd", {"lr": 0.1}))
+        be.train_step(train, {"x": x, "y": np.roll(x, -1, axis=1)}, 0.1)
+        after = be.export_state(train)[0]
+        for prefix in spec.low_rank:
+            for factor in ("weight_u", "weight_v"):
+                assert not np.array_equal(after[f"{prefix}.{factor}"], w[f"{prefix}.{factor}"]), (prefix, factor)
+
+
+def test_attention_dropout_acts_on_the_weights_in_training_only(be) -> None:
+    """Dropout on the attention weights alone (no other dropout layer): training forwards differ from
+    each other and from the reference; evaluation equals the reference."""
+    layers = [{"embedding": {"name": "wte", "dim": 8}}, {"attention": {"name": "attn", "heads": 2, "dropout": 0.5}},
+              {"dense": {"name": "out", "units": "outputs"}}]
+    spec = build_model("graph", {"layers": layers}, DataInfo("language_modeling", (8,), VOCAB))
+    assert spec.graph.kinds() == {"sequential", "embedding", "attention", "dense"}
+    w = lively(spec, 13)
+    x = tokens(4, 8, seed=14)
+    module = be.inference_state(spec, w).module
+    ids = torch.from_numpy(x)
+    with torch.no_grad():
+        module.train()
+        torch.manual_seed(0)
+        a, b = module(ids).numpy(), module(ids).numpy()
+        module.eval()
+        evaluated = module(ids).numpy()
+    want = spec.forward(w, x)
+    assert np.abs(evaluated - want).max() <= 1e-5
+    assert np.abs(a - b).max() > 1e-2 and np.abs(a - want).max() > 1e-2  # lively weights: O(1) logits
+
+
+def test_activation_checkpointing_recomputes_each_block_in_the_backward_pass(be) -> None:
+    """With activation checkpointing each block h.i runs twice per training step (forward, then its
+    recomputation in the backward pass), once without it, and once in evaluation either way."""
+    from crossframe_torch.lowering import Block
+
+    spec = gpt(n_layer=3)
+    batch = lm_batch(2, 8, 3)
+    for remat, want in ((False, 1), (True, 2)):
+        state = be.create_state(TrainSetup(spec, spec.init(0), "sgd", {"lr": 0.1}, activation_checkpointing=remat))
+        blocks = state.module.blocks()
+        assert [n for n, m in state.module.named_modules() if isinstance(m, Block)] == ["h.0", "h.1", "h.2"]
+        assert blocks == [state.module.get_submodule(f"h.{i}") for i in range(3)]
+        calls = {i: 0 for i in range(3)}
+        for i, block in enumerate(blocks):
+            block.register_forward_pre_hook(lambda *_, i=i, calls=calls: calls.__setitem__(i, calls[i] + 1))
+        be.train_step(state, batch, 0.1)
+        assert calls == {i: want for i in range(3)}, remat
+        be.eval_step(state, batch)
+        assert calls == {i: want + 1 for i in range(3)}, remat
+
+
+def test_slot_decoder_batches_slots_at_their_own_positions(be) -> None:
+    """Continuous batching over the lowered graph: sequences in two slots at different lengths decode one token
+    each in one batched step (prefilled on joining, a slot reused after release), and every step's logits
+    equal a full forward over that sequence; past the window a sequence is recomputed over its last tokens."""
+    from crossframe_torch.serving import SlotDecoder
+
+    for spec in (gpt(seq=16, rope=True), gpt(seq=16, tied_embeddings=False), llama_like({}, seq=16)):
+        state = be.inference_state(spec, lively(spec, 15))
+        decoder = be.batch_decoder(state, 2)
+        assert isinstance(decoder, SlotDecoder) and decoder.window == 16
+        rng = np.random.default_rng(16)
+        seqs = {0: rng.integers(0, VOCAB, 3).tolist(), 1: rng.integers(0, VOCAB, 7).tolist()}
+        for step in range(14):
+            if step == 5:  # slot 0 finishes; a new sequence takes it
+                decoder.release(0)
+                seqs[0] = rng.integers(0, VOCAB, 2).tolist()
+            entries = sorted(seqs.items(), reverse=step % 2 == 1)  # row order does not tie rows to slots
+            logits = decoder.step(entries)
+            for row, (slot, seq) in enumerate(entries):
+                want = be.predict(state, np.asarray([seq[-16:]]))[0, -1]
+                np.testing.assert_allclose(logits[row], want, atol=1e-4, err_msg=f"step {step}, slot {slot}")
+                seq.append(int(logits[row].argmax()))
+        assert len(seqs[1]) > 16  # slot 1 ran past the window
+
+
+def test_batch_decoder_refuses_non_language_models(be) -> None:
+    from crossframe.errors import CapabilityError
+
+    spec = build_model("mlp", {"hidden": [4]}, DataInfo("classification", (3,), 2))
+    with pytest.raises(CapabilityError, match="not a language model"):
+        be.batch_decoder(be.inference_state(spec, spec.init(0)), 2)
+
+
+def test_dp_sgd_steps_a_graph_with_activation_checkpointing_as_without(be) -> None:
+    """DP-SGD's per-example gradients (torch.func, which runs no saved-tensor hooks) on a graph of repeated
+    blocks: with activation checkpointing asked for, the private step equals the one without."""
+    from crossframe.privacy import NOISE_PREFIX, WEIGHT_KEY, PrivacySetup, step_noise
+
+    block = [{"residual": [{"norm": "layer"}, {"dense": 8}, "relu", {"dropout": 0.1}]}]
+    layers = [{"dense": 8}, {"sequential": {"name": "h", "repeat": 2, "layers": block}}, {"dense": "outputs"}]
+    spec = build_model("graph", {"layers": layers}, DataInfo("classification", (6,), 4))
+    w = lively(spec, 17)
+    privacy = PrivacySetup(noise_multiplier=0.7, max_grad_norm=1.0, expected_batch=4, seed=9)
+    noise = step_noise(privacy, 0, [(p.name, tuple(p.shape)) for p in spec.table])
+    x = np.random.default_rng(18).normal(size=(4, 6)).astype(np.float32)
+    batch = {"x": x, "y": np.arange(4), WEIGHT_KEY: np.ones(4, np.float32),
+             **{NOISE_PREFIX + k: v for k, v in noise.items()}}
+    after = []
+    for remat in (False, True):
+        state = be.create_state(TrainSetup(spec, w, "sgd", {"lr": 1.0}, privacy=privacy, seed=3,
+                                           activation_checkpointing=remat))
+        be.train_step(state, batch, 1.0)
+        after.append(be.export_state(state)[0])
+    assert any(not np.array_equal(after[0][k], w[k]) for k in w)
+    for name in w:
+        np.testing.assert_array_equal(after[1][name], after[0][name], err_msg=name)

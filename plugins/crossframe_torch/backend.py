@@ -16,7 +16,6 @@ from crossframe.errors import CapabilityError, ConfigError
 from crossframe.models.spec import ModelSpec, Params
 from crossframe_torch import devices, distributed
 from crossframe_torch.models import (
-    GPT,
     build_module,
     export_canonical,
     load_canonical,
@@ -387,54 +386,17 @@ class TorchBackend(Backend):
                  sample: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """Extend ``prompt`` (int ids ``[B, T0]``) by ``max_new_tokens``, returning ``[B, T0 + n]``.
 
-        The prompt runs once, filling per-layer key/value caches; then each new token runs alone
-        against the cache. ``sample`` gets the last position's logits ``[B, vocab]`` as float32
-        numpy and returns the next ids ``[B]`` (one host sync per token, which sampling on the
-        host needs anyway). In eval mode (no dropout), under the state's precision.
-
-        Past ``max_seq_len``: once the sequence is longer than the model's context, each further
-        token is computed by a full forward without cache over the last ``max_seq_len`` tokens
-        (a sliding window, as nanoGPT's ``generate`` does; with learned positions the window's
-        positions restart at 0). A prompt longer than the context starts that way.
+        The prompt runs once, filling each attention layer's key/value cache; then each new token runs
+        alone against the cache (:mod:`crossframe_torch.decoding`). ``sample`` gets the last position's logits
+        ``[B, vocab]`` as float32 numpy and returns the next ids ``[B]``. In eval mode (no dropout), under the
+        state's precision. Past the context window each further token is computed by a full forward
+        without cache over the last ``window`` tokens (a sliding window, as nanoGPT's ``generate`` does).
         """
-        module = state.module
         from crossframe_torch.decoding import graph_generate, is_graph_lm
 
-        if is_graph_lm(module):  # a decoder written as neutral layers: the lowering's cache
-            return graph_generate(state, prompt, max_new_tokens, sample)
-        if not isinstance(module, GPT):
+        if not is_graph_lm(state.module):
             raise CapabilityError(f"generate: model '{state.setup.spec.name}' is not a language model")
-        prompt = np.asarray(prompt)
-        if prompt.ndim != 2 or prompt.shape[1] == 0:
-            raise ValueError(f"generate: prompt must be int ids [B, T0] with T0 >= 1, got shape {prompt.shape}")
-        state.set_training(False)
-        b, t0 = prompt.shape
-        window = module.max_seq_len
-        seq = torch.empty(b, t0 + max_new_tokens, dtype=torch.long, device=state.device)
-        seq[:, :t0] = torch.from_numpy(np.ascontiguousarray(prompt, dtype=np.int64)).to(state.device)
-        cache = module.new_cache()
-
-        def run(fn: Callable[[], torch.Tensor]) -> torch.Tensor:
-            if state.autocast_dtype is None:
-                return fn()
-            with torch.autocast(state.device.type, dtype=state.autocast_dtype):
-                return fn()
-
-        cur = t0
-        for step in range(max_new_tokens):
-            if cur > window:  # sliding window: recompute the last max_seq_len tokens, no cache
-                ctx = seq[:, cur - window:cur]
-                logits = run(lambda ctx=ctx: module(ctx)[:, -1])
-            elif step == 0:  # prefill: the whole prompt once
-                ctx = seq[:, :cur]
-                logits = run(lambda ctx=ctx: module.forward_cached(ctx, cache, 0, last_only=True)[:, -1])
-            else:  # one token against the cache
-                ctx, start = seq[:, cur - 1:cur], cur - 1
-                logits = run(lambda ctx=ctx, start=start: module.forward_cached(ctx, cache, start)[:, -1])
-            ids = np.asarray(sample(logits.float().cpu().numpy()), dtype=np.int64).reshape(b)
-            seq[:, cur] = torch.from_numpy(ids).to(state.device)
-            cur += 1
-        return seq.cpu().numpy()
+        return graph_generate(state, prompt, max_new_tokens, sample)
 
     def batch_decoder(self, state: TorchState, slots: int) -> Any:
         """A KV cache of ``slots`` rows with a batched decode step, for continuous batching in ``crossframe serve``."""

@@ -33,18 +33,31 @@ _quiet = functools.partial(quiet_converters, "torch.onnx")
 """Silence the exporters' advisory warnings and log lines (torchvision ops, pytree deprecations)."""
 
 
+def longest_sequence(request: ExportRequest) -> int:
+    """The longest token sequence an exported language model takes: ``max_seq_len`` (a ``gpt``), else the
+    data's sequence length (a graph decoder)."""
+    return int(request.spec.params.get("max_seq_len") or request.spec.data_info.input_shape[0])
+
+
 def native_module(request: ExportRequest) -> torch.nn.Module:
-    """The backend's module for the request: canonical weights loaded, eval mode, float32, CPU."""
+    """The backend's module for the request: canonical weights loaded, eval mode, float32, CPU (rotary tables
+    long enough for every sequence the export takes, so a traced length only slices them)."""
+    from crossframe_torch.lowering import Attention
+
     module = build_module(request.spec)
     load_canonical(module, request.spec, request.weights)
+    if is_token_model(request):
+        for layer in module.modules():
+            if isinstance(layer, Attention):
+                layer.positions = max(layer.positions, longest_sequence(request))
     return module.float().eval()
 
 
 def dynamic_shapes(request: ExportRequest) -> tuple[dict[int, Any]]:
-    """``torch.export`` dynamic shapes of the one input: batch, and sequence (<= max_seq_len) for tokens."""
+    """``torch.export`` dynamic shapes of the one input: batch, and sequence (<= the longest) for tokens."""
     axes: dict[int, Any] = {0: torch.export.Dim("batch")}
     if is_token_model(request):
-        axes[1] = torch.export.Dim("seq", max=int(request.spec.params["max_seq_len"]))
+        axes[1] = torch.export.Dim("seq", max=longest_sequence(request))
     return (axes,)
 
 

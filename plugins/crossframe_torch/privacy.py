@@ -51,11 +51,16 @@ def per_example_grads(state: Any, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
         return F.mse_loss(out, yi.unsqueeze(0))
 
     fn = vmap(grad_and_value(one), in_dims=(None, 0, 0), randomness="different")
-    if state.autocast_dtype is None:
-        grads, losses = fn(params, x, y)
-    else:
-        with torch.autocast(state.device.type, dtype=state.autocast_dtype):
+    remat = getattr(module, "activation_checkpointing", False)
+    module.activation_checkpointing = False  # torch.func runs no saved-tensor hooks (what checkpointing uses)
+    try:
+        if state.autocast_dtype is None:
             grads, losses = fn(params, x, y)
+        else:
+            with torch.autocast(state.device.type, dtype=state.autocast_dtype):
+                grads, losses = fn(params, x, y)
+    finally:
+        module.activation_checkpointing = remat
     return losses, grads
 
 

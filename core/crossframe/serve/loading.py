@@ -146,7 +146,7 @@ def _open_native(model: ServedModel, run_dir: Path, checkpoint: Any, backend: st
     model.predict = lambda x: impl.predict(state, x)
     model.engine = f"native:{cfg.backend}"
     model.source = checkpoint.path
-    if model.is_language_model and hasattr(impl, "batch_decoder") and spec.graph is None:  # graphs: recompute
+    if model.is_language_model and hasattr(impl, "batch_decoder"):  # torch: a slot cache over any decoder graph
         model.batch_decoder = lambda slots: impl.batch_decoder(state, slots)
 
 
