@@ -334,6 +334,7 @@ def test_factorised_attention_and_gated_mlp_match_the_reference() -> None:
     assert max_diff(BACKEND.predict(BACKEND.inference_state(gpt, weights), x), gpt.forward(weights, x)) <= 1e-4
 
 
+@pytest.mark.slow
 def test_attention_dropout_is_active_in_training_and_off_in_evaluation() -> None:
     from crossframe_jax.backend import _uses_rng
     from crossframe_jax.lowering import make_forward
@@ -363,11 +364,12 @@ def test_attention_dropout_is_active_in_training_and_off_in_evaluation() -> None
     assert (error <= bound).all(), f"worst {float((error - bound).max()):.3g} above the bound"
 
 
+@pytest.mark.slow
 def test_activation_checkpointing_gives_the_same_gradients() -> None:
     from crossframe_jax.backend import token_loss
     from crossframe_jax.lowering import make_forward
 
-    spec = gpt_spec(n_layer=3, dropout=0.2, low_rank={"h.1.attn.qkv": 4})  # dropout: the same masks recomputed
+    spec = gpt_spec(dropout=0.2, low_rank={"h.1.attn.qkv": 4})  # dropout: the same masks recomputed
     params = {k: jax.numpy.asarray(v) for k, v in spec.init(3).items()}
     batch = lm_batch(4, 8, 11, mask=False)
     grads = {}
@@ -379,11 +381,11 @@ def test_activation_checkpointing_gives_the_same_gradients() -> None:
 
         grad_fn = jax.jit(jax.grad(loss))
         text = str(jax.make_jaxpr(grad_fn)(params))
-        assert text.count("remat") + text.count("checkpoint") >= (3 if remat else 0)  # one per block
+        assert text.count("remat") + text.count("checkpoint") >= (2 if remat else 0)  # one per block
         if not remat:
             assert "remat" not in text and "checkpoint" not in text
         grads[remat] = {k: np.asarray(v, np.float64) for k, v in grad_fn(params).items()}
-    depth, width = 2 * 3 + 2, 8 * 16  # a gradient is a sum over the batch's tokens through the blocks
+    depth, width = 2 * 2 + 2, 8 * 16  # a gradient is a sum over the batch's tokens through the blocks
     for name, g in grads[False].items():
         allowed = network_tolerance(depth, width, max(1e-3, float(np.abs(g).max())))
         assert max_diff(grads[True][name], g) <= allowed, name

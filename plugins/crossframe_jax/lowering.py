@@ -225,11 +225,24 @@ def _attention(node: Node, index: int, device: Any, dtype: Any) -> Fn:
     h, kv, hd = layer.dims(d)
     implementation = attention_implementation(device, dtype, hd)
 
-    def rotate(z: jax.Array, n: int, start: Any, length: int) -> jax.Array:
-        """Rotary embedding of ``z`` ``[B, n, heads, hd]`` at positions ``start..start+n-1`` (< ``length``)."""
-        cos, sin = layer.rope_cos_sin(length, hd)  # float64, at trace time: any length
-        cos, sin = (lax.dynamic_slice_in_dim(jnp.asarray(np.asarray(a, np.float32)[:, None, :], z.dtype), start, n)
-                    for a in (cos, sin))
+    def tables(n: Any, start: Any, length: int | None) -> tuple[jax.Array, jax.Array]:
+        """``cos, sin`` ``[n, 1, hd / 2]`` float32 of positions ``start..start+n-1``: from the reference's float64
+        tables (built at trace time for ``length`` positions, or ``n`` from 0), or, for a symbolic ``n`` (an
+        export's), computed in the graph from the float64 frequencies."""
+        if length is None and not isinstance(n, int):
+            inv = layer.rope_base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+            inv = inv if layer.rope_scaling is None else layer.rope_scaling.apply(inv)
+            angles = jnp.arange(n, dtype=jnp.float32)[:, None, None] * jnp.asarray(inv, jnp.float32)
+            return jnp.cos(angles), jnp.sin(angles)
+        cos, sin = layer.rope_cos_sin(n if length is None else length, hd)  # float64, any length
+        cos, sin = (jnp.asarray(np.asarray(a, np.float32)[:, None, :]) for a in (cos, sin))
+        if length is None:
+            return cos, sin
+        return lax.dynamic_slice_in_dim(cos, start, n), lax.dynamic_slice_in_dim(sin, start, n)
+
+    def rotate(z: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+        """Rotate-half rotary embedding of ``z`` ``[B, n, heads, hd]``."""
+        cos, sin = cos.astype(z.dtype), sin.astype(z.dtype)
         z1, z2 = z[..., : hd // 2], z[..., hd // 2:]
         return jnp.concatenate([z1 * cos - z2 * sin, z2 * cos + z1 * sin], axis=-1)
 
@@ -241,8 +254,9 @@ def _attention(node: Node, index: int, device: Any, dtype: Any) -> Fn:
         v = qkv[..., (h + kv) * hd:].reshape(b, n, kv, hd)
         cache = ctx.get("cache")
         if layer.rope:
-            start, length = (ctx["start"], cache[node.path][0].shape[1]) if cache is not None else (0, n)
-            q, k = rotate(q, n, start, length), rotate(k, n, start, length)
+            cached = cache is not None
+            cos, sin = tables(n, ctx["start"], cache[node.path][0].shape[1]) if cached else tables(n, 0, None)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if cache is None and ctx["train"] and layer.dropout > 0.0:
             if ctx["rng"] is None:
                 raise ValueError(f"{node.where}: attention dropout in training needs an rng key")
@@ -285,7 +299,7 @@ def _positional(node: Node) -> Fn:
     name = f"{_prefix(node)}weight"
 
     def positional(p: Params, x: jax.Array, ctx: dict) -> jax.Array:
-        if x.shape[1] > layer.max_len:  # a slice past the table would clamp silently
+        if isinstance(x.shape[1], int) and x.shape[1] > layer.max_len:  # a slice past the table would clamp
             raise ValueError(f"{node.where}: sequences of {x.shape[1]} tokens are longer than max_len "
                              f"{layer.max_len} (a gpt's model.max_seq_len)")
         return x + lax.dynamic_slice_in_dim(p[name], ctx.get("start", 0), x.shape[1])
