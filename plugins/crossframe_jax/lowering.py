@@ -195,7 +195,7 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, ctx: dict, implementation:
             return jax.nn.dot_product_attention(q, k, v, implementation=implementation, **kwargs)
         except Exception:  # an unsupported shape, dtype or cuDNN version: XLA's path below
             pass
-    if q.dtype == jnp.float16 and jax.default_backend() == "cpu":
+    if q.dtype == jnp.float16:
         # XLA's path asks for an F16_F16_F32 dot, which the CPU cannot lower: attend in float32
         up = [a.astype(jnp.float32) for a in (q, k, v)]
         return jax.nn.dot_product_attention(*up, **kwargs).astype(jnp.float16)
