@@ -21,7 +21,7 @@ from crossframe.sampling import generate_by_recompute, make_sampler
 
 jax = pytest.importorskip("jax")
 pytest.importorskip("optax")
-from crossframe.testing.tolerance import network_tolerance, sgd_weight_tolerance  # noqa: E402
+from crossframe.testing.tolerance import U_BF16, network_tolerance, sgd_weight_tolerance  # noqa: E402
 from crossframe_jax.backend import JaxBackend  # noqa: E402
 
 BACKEND = JaxBackend()
@@ -389,3 +389,30 @@ def test_activation_checkpointing_gives_the_same_gradients() -> None:
     for name, g in grads[False].items():
         allowed = network_tolerance(depth, width, max(1e-3, float(np.abs(g).max())))
         assert max_diff(grads[True][name], g) <= allowed, name
+
+
+def test_the_fused_attention_kernel_is_asked_for_only_where_it_runs_and_refusals_fall_back() -> None:
+    from types import SimpleNamespace
+
+    from crossframe_jax.lowering import attention_implementation, make_forward
+
+    jnp = jax.numpy
+    gpu, cpu = SimpleNamespace(platform="gpu"), jax.devices("cpu")[0]
+    assert attention_implementation(gpu, jnp.bfloat16, 64) == "cudnn"
+    assert attention_implementation(gpu, jnp.float16, 128) == "cudnn"
+    assert attention_implementation(gpu, None, 64) is None  # float32: XLA's path at HIGHEST precision
+    assert attention_implementation(gpu, jnp.bfloat16, 12) is None  # head sizes cuDNN does not take
+    assert attention_implementation(gpu, jnp.bfloat16, 256) is None
+    assert attention_implementation(cpu, jnp.bfloat16, 64) is None
+    # asked for on a machine without cuDNN, the call is refused while tracing and XLA's path runs instead
+    spec = gpt_spec(n_layer=1, d_model=32, n_head=2)  # head size 16
+    weights = spec.init(0)
+    params = {k: jnp.asarray(v) for k, v in weights.items()}
+    x = lm_batch(2, 8, 1)["x"]
+    got = np.asarray(jax.jit(make_forward(spec.graph, jnp.bfloat16, device=gpu))(params, x), np.float32)
+    want = spec.forward(weights, x)
+    # bf16 rounding through the chained reductions (qkv, scores, values, proj, fc, proj, head), each of up to
+    # 4 * 32 terms whose rounding errors add up like a random walk (sqrt(terms) units), on logits of this size
+    allowed = 7 * math.sqrt(4 * 32) * U_BF16 * float(np.abs(want).max())
+    print(f"bf16 through XLA's attention: max |diff| {max_diff(got, want):.3g}, allowed {allowed:.3g}")
+    assert max_diff(got, want) <= allowed
