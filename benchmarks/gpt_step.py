@@ -412,7 +412,7 @@ def jax_native(spec: Any, init: dict[str, np.ndarray]) -> NativeRun:
     def forward(w: dict[str, Any], idx: Any) -> Any:
         b, t = idx.shape
         hd = D_MODEL // N_HEAD
-        h = w["wte"][idx] + w["wpe"][:t]
+        h = w["wte.weight"][idx] + w["wpe.weight"][:t]
         for i in range(N_LAYER):
             p = f"h.{i}."
             qkv = dense(layer_norm(h, w[p + "ln_1.weight"], w[p + "ln_1.bias"]), w, p + "attn.qkv")
@@ -422,7 +422,7 @@ def jax_native(spec: Any, init: dict[str, np.ndarray]) -> NativeRun:
             m = layer_norm(h, w[p + "ln_2.weight"], w[p + "ln_2.bias"])
             h = h + dense(jax.nn.gelu(dense(m, w, p + "mlp.fc"), approximate=True), w, p + "mlp.proj")
         h = layer_norm(h, w["ln_f.weight"], w["ln_f.bias"])
-        return h @ w["wte"].T
+        return h @ w["wte.weight"].T
 
     def loss_fn(w: dict[str, Any], x: Any, y: Any) -> Any:
         return optax.softmax_cross_entropy_with_integer_labels(forward(w, x), y).mean()

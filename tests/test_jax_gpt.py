@@ -1,5 +1,6 @@
-"""The JAX backend's ``gpt``: forward against the numpy reference, exact round trips, the masked
-token loss and its accumulation, training, activation checkpointing, dropout keys, bf16, the
+"""The JAX backend's ``gpt`` (a graph of neutral layers, lowered by ``crossframe_jax.lowering``): forward
+against the numpy reference, exact round trips, the masked token loss and its accumulation, training,
+activation checkpointing, dropout keys (layers and attention weights), factorised attention, bf16, the
 KV-cached generation against full recompute, and the same steps as torch.
 
 Every compiled train step costs seconds on a small CPU, so the configs are tiny and states are
@@ -20,7 +21,7 @@ from crossframe.sampling import generate_by_recompute, make_sampler
 
 jax = pytest.importorskip("jax")
 pytest.importorskip("optax")
-from crossframe.testing.tolerance import network_tolerance, sgd_weight_tolerance  # noqa: E402
+from crossframe.testing.tolerance import U_BF16, network_tolerance, sgd_weight_tolerance  # noqa: E402
 from crossframe_jax.backend import JaxBackend  # noqa: E402
 
 BACKEND = JaxBackend()
@@ -87,7 +88,7 @@ def test_forward_matches_numpy_reference(params) -> None:
 
 def test_forward_refuses_sequences_longer_than_the_context() -> None:
     spec = gpt_spec(max_seq_len=8)
-    with pytest.raises(ValueError, match=r"longer than model\.max_seq_len"):
+    with pytest.raises(ValueError, match=r"longer than max_len 8 \(a gpt's model\.max_seq_len\)"):
         BACKEND.predict(BACKEND.inference_state(spec, spec.init(0)), np.zeros((1, 9), np.int64))
 
 
@@ -238,7 +239,7 @@ def test_bf16_trains_with_float32_master_weights() -> None:
 
 @pytest.mark.parametrize("params", [{}, {"rope": True, "tied_embeddings": False}])
 def test_cached_generation_equals_full_recompute(params) -> None:
-    spec = gpt_spec(max_seq_len=12, **params)
+    spec = gpt_spec(seq=12, max_seq_len=12, **params)  # the cache holds the graph's context: 12 positions
     weights = {k: v * 3 for k, v in spec.init(9).items()}  # peaked logits: a sampled path is informative
     state = BACKEND.inference_state(spec, weights)
     prompt = lm_batch(3, 4, 2)["x"]
@@ -258,9 +259,9 @@ def test_cached_generation_equals_full_recompute(params) -> None:
     np.testing.assert_array_equal(out, want)
     diff = max(max_diff(a, b) for a, b in zip(cached_logits, full_logits, strict=True))
     assert diff <= 1e-4, f"cached logits differ from full recompute by {diff:.3g}"
-    assert state.program.traces["decode"] == 1 and state.program.traces["prefill"] == 1
+    assert state.program.traces["generate"] == 2  # the prompt's shape, then [B, 1] for every new token
     BACKEND.generate(state, prompt[:, :3], 5, lambda z: z.argmax(-1))
-    assert state.program.traces["decode"] == 1  # every position, one compiled step
+    assert state.program.traces["generate"] == 3  # a new prompt length; every position, one compiled step
 
 
 def test_generate_needs_a_language_model() -> None:
@@ -299,3 +300,119 @@ def test_adamw_steps_agree_with_torch() -> None:
     print(f"jax vs torch, 5 adamw steps: max |loss diff| {loss_diff:.3g}, "
           f"max |weight diff| {max(max_diff(jax_w[n], torch_w[n]) for n in jax_w):.3g}")
     assert loss_diff <= 1e-4
+
+
+# --------------------------------------------------------------------------- what the lowering adds for gpt
+
+
+def graph_spec(layers, seq: int = 6, vocab: int = VOCAB, **params):
+    return build_model("graph", {"layers": layers, **params}, DataInfo("language_modeling", (seq,), vocab))
+
+
+def test_factorised_attention_and_gated_mlp_match_the_reference() -> None:
+    # every kind of factorisable linear: attention qkv / proj, a gated MLP's gate / up / down, a dense head
+    layers = [{"embedding": {"name": "wte", "dim": 16}},
+              {"residual": {"name": "", "layers": [{"norm": {"name": "ln", "kind": "rms"}},
+                                                   {"attention": {"name": "attn", "heads": 4, "kv_heads": 2,
+                                                                  "rope": True}}]}},
+              {"residual": {"name": "", "layers": [{"gated_mlp": {"name": "mlp", "hidden": 24, "bias": True}}]}},
+              {"dense": {"name": "head", "units": "outputs"}}]
+    low_rank = {"attn.qkv": 3, "attn.proj": 5, "mlp.gate": 4, "mlp.up": 2, "mlp.down": 6, "head": 3}
+    spec = graph_spec(layers, low_rank=low_rank)
+    names = {p.name for p in spec.table}
+    assert {f"{k}.weight_u" for k in low_rank} <= names and not any(f"{k}.weight" in names for k in low_rank)
+    weights = spec.init(2)
+    x = lm_batch(3, 6, 4)["x"]
+    got = BACKEND.predict(BACKEND.inference_state(spec, weights), x)
+    want = spec.forward(weights, x)  # the reference folds U @ V
+    assert max_diff(got, want) <= 1e-4 * max(1.0, float(np.abs(want).max()))
+
+    gpt = gpt_spec(low_rank={"h.0.attn.qkv": 4, "h.1.attn.proj": 2, "h.0.mlp.fc": 3})
+    weights = gpt.init(5)
+    assert "h.0.attn.qkv.weight_v" in weights and "h.0.attn.qkv.weight" not in weights
+    x = lm_batch(2, 8, 6)["x"]
+    assert max_diff(BACKEND.predict(BACKEND.inference_state(gpt, weights), x), gpt.forward(weights, x)) <= 1e-4
+
+
+@pytest.mark.slow
+def test_attention_dropout_is_active_in_training_and_off_in_evaluation() -> None:
+    from crossframe_jax.backend import _uses_rng
+    from crossframe_jax.lowering import make_forward
+
+    rate = 0.4
+    layers = [{"embedding": {"name": "wte", "dim": 8}}, {"attention": {"name": "attn", "heads": 2, "dropout": rate}},
+              {"tied_head": "wte"}]
+    spec = graph_spec(layers)
+    assert _uses_rng(TrainSetup(spec, spec.init(0), "sgd", {"lr": 0.1}))  # no dropout layer, yet keys are drawn
+    weights = {k: v * 4 for k, v in spec.init(1).items()}
+    params = {k: jax.numpy.asarray(v) for k, v in weights.items()}
+    x = lm_batch(2, 6, 3)["x"]
+    forward = make_forward(spec.graph)
+    want = spec.forward(weights, x)
+    assert max_diff(forward(params, x), want) <= 1e-4  # evaluation: no dropout
+    key = jax.random.key(0)
+    assert max_diff(forward(params, x, train=False, rng=key), want) <= 1e-4
+    dropped = jax.jit(lambda k: forward(params, x, train=True, rng=k))
+    first, again, other = (np.asarray(dropped(k)) for k in (key, key, jax.random.key(1)))
+    np.testing.assert_array_equal(first, again)  # a function of the key
+    assert max_diff(first, other) > 1e-3 and max_diff(first, want) > 1e-3
+    # inverted dropout is unbiased: over many keys the mean output tends to the evaluation output
+    n = 2000
+    samples = np.asarray(jax.vmap(dropped)(jax.random.split(jax.random.key(2), n)), np.float64)
+    error = np.abs(samples.mean(axis=0) - want)
+    bound = 5.0 * samples.std(axis=0) / math.sqrt(n) + 1e-4  # five standard errors of the mean
+    assert (error <= bound).all(), f"worst {float((error - bound).max()):.3g} above the bound"
+
+
+@pytest.mark.slow
+def test_activation_checkpointing_gives_the_same_gradients() -> None:
+    from crossframe_jax.backend import token_loss
+    from crossframe_jax.lowering import make_forward
+
+    spec = gpt_spec(dropout=0.2, low_rank={"h.1.attn.qkv": 4})  # dropout: the same masks recomputed
+    params = {k: jax.numpy.asarray(v) for k, v in spec.init(3).items()}
+    batch = lm_batch(4, 8, 11, mask=False)
+    grads = {}
+    for remat in (False, True):
+        forward = make_forward(spec.graph, remat=remat)
+
+        def loss(p, forward=forward):
+            return token_loss(forward(p, batch["x"], train=True, rng=jax.random.key(7)), batch["y"]).mean()
+
+        grad_fn = jax.jit(jax.grad(loss))
+        text = str(jax.make_jaxpr(grad_fn)(params))
+        assert text.count("remat") + text.count("checkpoint") >= (2 if remat else 0)  # one per block
+        if not remat:
+            assert "remat" not in text and "checkpoint" not in text
+        grads[remat] = {k: np.asarray(v, np.float64) for k, v in grad_fn(params).items()}
+    depth, width = 2 * 2 + 2, 8 * 16  # a gradient is a sum over the batch's tokens through the blocks
+    for name, g in grads[False].items():
+        allowed = network_tolerance(depth, width, max(1e-3, float(np.abs(g).max())))
+        assert max_diff(grads[True][name], g) <= allowed, name
+
+
+def test_the_fused_attention_kernel_is_asked_for_only_where_it_runs_and_refusals_fall_back() -> None:
+    from types import SimpleNamespace
+
+    from crossframe_jax.lowering import attention_implementation, make_forward
+
+    jnp = jax.numpy
+    gpu, cpu = SimpleNamespace(platform="gpu"), jax.devices("cpu")[0]
+    assert attention_implementation(gpu, jnp.bfloat16, 64) == "cudnn"
+    assert attention_implementation(gpu, jnp.float16, 128) == "cudnn"
+    assert attention_implementation(gpu, None, 64) is None  # float32: XLA's path at HIGHEST precision
+    assert attention_implementation(gpu, jnp.bfloat16, 12) is None  # head sizes cuDNN does not take
+    assert attention_implementation(gpu, jnp.bfloat16, 256) is None
+    assert attention_implementation(cpu, jnp.bfloat16, 64) is None
+    # asked for on a machine without cuDNN, the call is refused while tracing and XLA's path runs instead
+    spec = gpt_spec(n_layer=1, d_model=32, n_head=2)  # head size 16
+    weights = spec.init(0)
+    params = {k: jnp.asarray(v) for k, v in weights.items()}
+    x = lm_batch(2, 8, 1)["x"]
+    got = np.asarray(jax.jit(make_forward(spec.graph, jnp.bfloat16, device=gpu))(params, x), np.float32)
+    want = spec.forward(weights, x)
+    # bf16 rounding through the chained reductions (qkv, scores, values, proj, fc, proj, head), each of up to
+    # 4 * 32 terms whose rounding errors add up like a random walk (sqrt(terms) units), on logits of this size
+    allowed = 7 * math.sqrt(4 * 32) * U_BF16 * float(np.abs(want).max())
+    print(f"bf16 through XLA's attention: max |diff| {max_diff(got, want):.3g}, allowed {allowed:.3g}")
+    assert max_diff(got, want) <= allowed

@@ -22,18 +22,8 @@ import optax
 from crossframe.backend import Backend, Capabilities, CompilePreference, TrainSetup, WorldInfo
 from crossframe.errors import CapabilityError, ConfigError
 from crossframe.models.spec import ModelSpec, Params
-from crossframe.sampling import generate_by_recompute
 from crossframe_jax import devices, distributed
-from crossframe_jax.models import (
-    Forward,
-    GPTConfig,
-    export_canonical,
-    gpt_decode,
-    gpt_prefill,
-    load_canonical,
-    make_forward,
-    place,
-)
+from crossframe_jax.models import Forward, export_canonical, load_canonical, make_forward, place
 from crossframe_jax.optim import (
     SUPPORTED,
     OptState,
@@ -59,8 +49,8 @@ class JaxProgram:
     evaluate: Callable[..., Any]  # jit: (params, x, y, mask) -> device sums
     predict: Callable[..., Any]  # jit: (params, x) -> float32 outputs
     traces: dict[str, int] = field(default_factory=dict)  # how often each function was traced
-    prefill: Callable[..., Any] | None = None  # gpt, jit: (params, prompt) -> (logits [B, V], cache)
-    decode: Callable[..., Any] | None = None  # gpt, jit: (params, ids, pos, cache) -> (logits, cache)
+    #: language models: the jitted cached step of generation, built on first use (see crossframe_jax.decoding)
+    generation: dict[str, Any] = field(default_factory=dict)
     #: extra arguments of ``train`` after ``lr``: ``()``, or ``({"masks": ..., "teacher": ...},)`` on the device
     extra: tuple[Any, ...] = ()
 
@@ -265,13 +255,12 @@ def make_train_fn(setup: TrainSetup, forward: Forward, tx: optax.GradientTransfo
 
 
 def _uses_rng(setup: TrainSetup) -> bool:
-    """Whether training draws random numbers: dropout in a gpt, or a graph's dropout layer."""
-    uses_rng = float(setup.spec.params.get("dropout", 0.0)) > 0.0
-    if setup.spec.graph is not None:  # a graph draws dropout masks wherever it has a dropout layer
-        from crossframe_jax.lowering import uses_rng as graph_uses_rng
+    """Whether training draws random numbers: a dropout layer or attention dropout of the graph."""
+    if setup.spec.graph is None:
+        return False
+    from crossframe_jax.lowering import uses_rng as graph_uses_rng
 
-        uses_rng = graph_uses_rng(setup.spec.graph)
-    return uses_rng
+    return graph_uses_rng(setup.spec.graph)
 
 
 def apply_masks(params: Mapping[str, jax.Array], masks: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
@@ -315,28 +304,6 @@ def make_predict_fn(forward: Forward, traces: dict[str, int]) -> Callable[..., A
         return forward(params, x).astype(jnp.float32)
 
     return jax.jit(predict)
-
-
-def make_generate_fns(config: GPTConfig, traces: dict[str, int]) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """The jit-compiled prefill (one compile per prompt shape) and decode step (cache donated)."""
-
-    def prefill(params: Mapping[str, jax.Array], prompt: jax.Array) -> tuple[jax.Array, Any]:
-        _count_trace(traces, "prefill")
-        return gpt_prefill(params, prompt, config=config)
-
-    def decode(params: Mapping[str, jax.Array], ids: jax.Array, pos: jax.Array, cache: Any
-               ) -> tuple[jax.Array, Any]:
-        _count_trace(traces, "decode")
-        return gpt_decode(params, ids, pos, cache, config=config)
-
-    return jax.jit(prefill), jax.jit(decode, donate_argnums=(3,))
-
-
-def attention_implementation(device: Any, dtype: Any, head_dim: int) -> str | None:
-    """``"cudnn"`` (fused attention) on NVIDIA GPUs in bf16/fp16 for head sizes it takes; else XLA's (None)."""
-    fused = (device.platform.lower() in ("gpu", "cuda") and dtype in (jnp.bfloat16, jnp.float16)
-             and head_dim % 8 == 0 and head_dim <= 128)
-    return "cudnn" if fused else None
 
 
 # --------------------------------------------------------------------------- the backend
@@ -433,15 +400,7 @@ class JaxBackend(Backend):
         device = devices.jax_device(setup.device)
         dtype = devices.compute_dtype(setup.precision, training=training)
         traces: dict[str, int] = {}
-        prefill = decode = None
-        if setup.spec.name == "gpt":
-            p = setup.spec.params
-            attention = attention_implementation(device, dtype, p["d_model"] // p["n_head"])
-            forward = make_forward(setup.spec, dtype, remat=setup.activation_checkpointing and training,
-                                   attention=attention)
-            prefill, decode = make_generate_fns(GPTConfig.from_spec(setup.spec, dtype, attention=attention), traces)
-        else:
-            forward = make_forward(setup.spec, dtype)
+        forward = make_forward(setup.spec, dtype, remat=setup.activation_checkpointing and training, device=device)
         tx = build_transform(setup) if training else None
         teacher_forward = _teacher_forward(setup, device, dtype) if training and setup.distill is not None else None
         if tx is not None and setup.privacy is not None:  # DP-SGD: per-example clipping, the core's noise
@@ -451,7 +410,7 @@ class JaxBackend(Backend):
         else:
             train = make_train_fn(setup, forward, tx, traces, teacher_forward) if tx is not None else None
         return JaxProgram(setup, device, forward, tx, train, make_eval_fn(setup, forward, traces),
-                          make_predict_fn(forward, traces), traces, prefill, decode)
+                          make_predict_fn(forward, traces), traces)
 
     def create_state(self, setup: TrainSetup) -> JaxState:
         """Place the canonical weights on the device and build the optimizer state; steps compile lazily.
@@ -553,44 +512,20 @@ class JaxBackend(Backend):
                  sample: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """Extend ``prompt`` (int ids ``[B, T0]``) by ``max_new_tokens``, returning ``[B, T0 + n]`` int64.
 
-        A jitted prefill runs the prompt once and fills fixed-size per-layer key/value caches
-        ``[B, max_seq_len, H, hd]``; then a jitted decode step (one compile for every position,
-        caches donated and written with ``lax.dynamic_update_slice``) runs each new token alone.
-        ``sample`` gets the last position's logits ``[B, vocab]`` as float32 numpy and returns the
-        next ids ``[B]`` (one host sync per token, which sampling on the host needs anyway). Eval
-        mode (no dropout), in the state's precision.
-
-        Past ``max_seq_len``, each further token is a full forward without cache over the last
-        ``max_seq_len`` tokens (the sliding window of ``crossframe.sampling.generate_by_recompute``
-        and of the torch backend); a prompt longer than the context starts that way.
+        The prompt runs once through the lowered graph, filling fixed-size per-attention-layer key/value
+        caches ``[B, context, kv_heads, hd]``; then each new token runs alone (one compiled step for every
+        position, caches donated and written with ``lax.dynamic_update_slice``). ``sample`` gets the last
+        position's logits ``[B, vocab]`` as float32 numpy and returns the next ids ``[B]`` (one host sync
+        per token, which sampling on the host needs anyway). Eval mode (no dropout), in the state's
+        precision. Past the context, each further token is a full forward without cache over the last
+        ``context`` tokens (the sliding window of ``crossframe.sampling.generate_by_recompute``); see
+        :mod:`crossframe_jax.decoding`.
         """
-        program = state.program
         from crossframe_jax.decoding import graph_generate, is_graph_lm
 
-        if is_graph_lm(state.setup.spec):  # a decoder written as neutral layers: the lowering's cache
-            return graph_generate(self, state, prompt, max_new_tokens, sample)
-        if program.prefill is None or program.decode is None:
+        if not is_graph_lm(state.setup.spec):
             raise CapabilityError(f"generate: model '{state.setup.spec.name}' is not a language model")
-        prompt = np.asarray(prompt)
-        if prompt.ndim != 2 or prompt.shape[1] == 0:
-            raise ValueError(f"generate: prompt must be int ids [B, T0] with T0 >= 1, got shape {prompt.shape}")
-        b, t0 = prompt.shape
-        window = int(state.setup.spec.params["max_seq_len"])
-        tokens = np.ascontiguousarray(prompt, dtype=np.int64)
-        cached = min(max_new_tokens, max(0, window - t0 + 1))  # tokens whose context fits the cache
-        if cached > 0:
-            new = np.empty((b, cached), np.int64)
-            logits, cache = program.prefill(state.params, tokens.astype(np.int32))
-            for i in range(cached):
-                ids = np.asarray(sample(np.asarray(logits, dtype=np.float32)), dtype=np.int64).reshape(b)
-                new[:, i] = ids
-                if i + 1 < cached:
-                    logits, cache = program.decode(state.params, ids.astype(np.int32), np.int32(t0 + i), cache)
-            tokens = np.concatenate([tokens, new], axis=1)
-        if max_new_tokens > cached:
-            tokens = generate_by_recompute(lambda ctx: self.predict(state, ctx), tokens, max_new_tokens - cached,
-                                           sample, window)
-        return tokens
+        return graph_generate(self, state, prompt, max_new_tokens, sample)
 
     def fetch(self, values: Any) -> Any:
         """Device arrays to numpy, through lists, tuples and dicts (other leaves unchanged).
@@ -646,11 +581,7 @@ def _teacher_forward(setup: TrainSetup, device: Any, dtype: Any) -> Forward:
     if setup.loss == "mse":
         raise CapabilityError("train.distill: distillation needs logits (classification or language modelling), "
                               "not regression outputs")
-    spec = setup.distill.spec
-    if spec.name == "gpt":
-        p = spec.params
-        return make_forward(spec, dtype, attention=attention_implementation(device, dtype, p["d_model"] // p["n_head"]))
-    return make_forward(spec, dtype)
+    return make_forward(setup.distill.spec, dtype, device=device)
 
 
 def _mask(state: JaxState, batch: Mapping[str, np.ndarray]) -> np.ndarray | None:

@@ -1,8 +1,8 @@
 """Generation from a lowered graph with a key/value cache per attention layer (jax).
 
 The prompt runs through one jitted call (compiled per prompt length), each new token through another
-(compiled once): both take the caches as donated arguments and write them with
-``lax.dynamic_update_slice``.
+(compiled once): both are one ``jax.jit`` function, kept on the state's program, that takes the caches as a
+donated argument and writes them with ``lax.dynamic_update_slice``.
 """
 
 from __future__ import annotations
@@ -24,19 +24,31 @@ def is_graph_lm(spec: Any) -> bool:
     return spec.graph is not None and spec.graph.takes_ids
 
 
+def cached_step(state: Any) -> Callable[..., Any]:
+    """The jitted ``run(params, ids, cache, start) -> (last logits [B, vocab] float32, cache)`` of the state's
+    graph, built once per program (compiled once per ``ids`` shape: the prompt's, then ``[B, 1]``)."""
+    program = state.program
+    if "step" not in program.generation:
+        dtype = devices.compute_dtype(state.setup.precision, training=False)
+        forward = make_cached_forward(state.setup.spec.graph, dtype)
+        traces = program.traces
+
+        def run(params: Any, ids: jax.Array, cache: dict, start: jax.Array) -> tuple[jax.Array, dict]:
+            traces["generate"] = traces.get("generate", 0) + 1  # while tracing only
+            logits, cache = forward(params, ids, cache, start)
+            return logits[:, -1].astype(jnp.float32), cache
+
+        program.generation["step"] = jax.jit(run, donate_argnums=(2,))
+    return program.generation["step"]
+
+
 def graph_generate(backend: Any, state: Any, prompt: np.ndarray, max_new_tokens: int,
                    sample: Callable[[np.ndarray], np.ndarray], stop_ids: Collection[int] = ()) -> np.ndarray:
     """Extend ``prompt`` ``[B, T0]`` by ``max_new_tokens`` with the graph's KV cache, in the state's precision;
     see :func:`crossframe.nn.decoding.generate_with_cache`."""
     graph = state.setup.spec.graph
     dtype = devices.compute_dtype(state.setup.precision, training=False)
-    forward = make_cached_forward(graph, dtype)
-
-    @jax.jit
-    def run(params: Any, ids: jax.Array, cache: dict, start: jax.Array) -> tuple[jax.Array, dict]:
-        logits, cache = forward(params, ids, cache, start)
-        return logits[:, -1].astype(jnp.float32), cache
-
+    run = cached_step(state)
     b = int(np.asarray(prompt).shape[0])
     holder = {"cache": new_cache(graph, b, dtype or jnp.float32)}
 

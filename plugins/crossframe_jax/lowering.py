@@ -3,9 +3,14 @@
 ``fn(params, x, *, train=False, rng=None)`` over the canonical pytree (a dict by canonical name; JAX's
 layouts are the canonical ones). The graph is walked while building a list of closures, and again only
 while JAX traces them: the compiled step holds one XLA program, with no Python per layer. Dense layers
-run as 2-D matmuls over ``[B * T, D]``; attention goes through ``jax.nn.dot_product_attention`` (causal,
-grouped-query heads natively); convolutions and pooling are ``lax.conv_general_dilated`` and
-``lax.reduce_window`` on NHWC. Dropout draws from ``rng`` folded with the layer's index.
+(and attention's ``qkv`` / ``proj``, a gated MLP's ``gate`` / ``up`` / ``down``) run as 2-D matmuls over
+``[B * T, D]``, a factorised one (``low_rank``: ``weight_u``, ``weight_v``) as two; attention goes through
+``jax.nn.dot_product_attention`` (causal, grouped-query heads natively; cuDNN's fused kernel on NVIDIA GPUs
+in bf16/fp16, see :func:`attention_implementation`), or, in training with attention dropout, through the
+same math written out so the weights can be dropped; convolutions and pooling are
+``lax.conv_general_dilated`` and ``lax.reduce_window`` on NHWC. Dropout (layers and attention weights)
+draws from ``rng`` folded with the layer's index. With ``remat`` each block of a repeated ``sequential`` is a
+``jax.checkpoint`` in training: its activations are recomputed in the backward pass instead of kept.
 """
 
 from __future__ import annotations
@@ -49,6 +54,12 @@ def _matmul(x: jax.Array, w: jax.Array, precision: Any) -> jax.Array:
 
 
 def _linear(p: Params, prefix: str, x: jax.Array, ctx: dict, bias: bool) -> jax.Array:
+    """Linear ``prefix`` (``attn.qkv.``, ...) on ``x``: ``x @ W + b`` with its LoRA adapter if it has one, or
+    ``(x @ U) @ V + b`` when it is factorised (``weight_u``, ``weight_v``)."""
+    if f"{prefix}weight" not in p:  # low rank: two thin matmuls, never the folded [in, out] kernel
+        precision = ctx["precision"]
+        y = _matmul(_matmul(x, p[f"{prefix}weight_u"], precision), p[f"{prefix}weight_v"], precision)
+        return y + p[f"{prefix}bias"] if bias else y
     w = p[f"{prefix}weight"]
     scale = ctx.get("lora", {}).get(prefix[:-1])
     if scale is not None and ctx.get("lora_call") is not None:  # adapter dropout while training
@@ -87,10 +98,7 @@ def _dense(node: Node) -> Fn:
     path, bias = _prefix(node), node.layer.bias
 
     def dense(p: Params, x: jax.Array, ctx: dict) -> jax.Array:
-        if f"{path}weight" in p:
-            return _linear(p, path, x, ctx, bias)
-        h = _matmul(_matmul(x, p[f"{path}weight_u"], ctx["precision"]), p[f"{path}weight_v"], ctx["precision"])
-        return h + p[f"{path}bias"] if bias else h
+        return _linear(p, path, x, ctx, bias)
 
     return dense
 
@@ -164,19 +172,77 @@ def _gated(node: Node) -> Fn:
     return gated
 
 
-def _attention(node: Node) -> Fn:
+def attention_implementation(device: Any, dtype: Any, head_dim: int) -> str | None:
+    """``"cudnn"`` (fused attention) on NVIDIA GPUs in bf16/fp16 for head sizes it takes; else XLA's (None)."""
+    if device is None:
+        return None
+    fused = (device.platform.lower() in ("gpu", "cuda") and dtype in (jnp.bfloat16, jnp.float16)
+             and head_dim % 8 == 0 and head_dim <= 128)
+    return "cudnn" if fused else None
+
+
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, ctx: dict, implementation: str | None,
+            mask: jax.Array | None = None) -> jax.Array:
+    """``jax.nn.dot_product_attention`` on ``[B, T, heads, hd]`` (keys and values ``[B, S, kv, hd]``): causal
+    without ``mask``, else masked. float32: both einsums at HIGHEST (no TF32 on GPUs); ``implementation``
+    (``"cudnn"``) where it applies, XLA's where that kernel refuses the call."""
+    kwargs: dict[str, Any] = {"is_causal": True} if mask is None else {"mask": mask}
+    if ctx["precision"] == lax.Precision.HIGHEST:
+        with jax.default_matmul_precision("highest"):
+            return jax.nn.dot_product_attention(q, k, v, **kwargs)
+    if implementation is not None and mask is None:
+        try:  # the fused kernel where the platform has it
+            return jax.nn.dot_product_attention(q, k, v, implementation=implementation, **kwargs)
+        except Exception:  # an unsupported shape, dtype or cuDNN version: XLA's path below
+            pass
+    if q.dtype == jnp.float16:
+        # XLA's path asks for an F16_F16_F32 dot, which the CPU cannot lower: attend in float32
+        up = [a.astype(jnp.float32) for a in (q, k, v)]
+        return jax.nn.dot_product_attention(*up, **kwargs).astype(jnp.float16)
+    return jax.nn.dot_product_attention(q, k, v, **kwargs)
+
+
+def _attend_dropped(q: jax.Array, k: jax.Array, v: jax.Array, rate: float, key: jax.Array, precision: Any
+                    ) -> jax.Array:
+    """Causal attention whose weights are dropped with probability ``rate`` (and the rest scaled by
+    ``1 / (1 - rate)``), as ``F.scaled_dot_product_attention(dropout_p=rate)``; ``[B, T, heads, hd]`` out."""
+    _, t, h, hd = q.shape
+    group = h // k.shape[2]
+    if group > 1:  # query head i reads key/value head i // group
+        k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=precision).astype(jnp.float32) / np.sqrt(hd)
+    causal = np.tril(np.ones((t, t), bool))
+    weights = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1)
+    keep = jax.random.bernoulli(key, 1.0 - rate, weights.shape)
+    weights = jnp.where(keep, weights / (1.0 - rate), 0.0).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v, precision=precision)
+
+
+def _attention(node: Node, index: int, device: Any, dtype: Any) -> Fn:
     layer: L.Attention = node.layer
     path = _prefix(node)
-    t, d = node.in_shape
+    _, d = node.in_shape
     h, kv, hd = layer.dims(d)
-    tables = None
-    if layer.rope:
-        cos, sin = layer.rope_cos_sin(t, hd)
-        tables = (np.asarray(cos, np.float32)[:, None, :], np.asarray(sin, np.float32)[:, None, :])  # [T, 1, hd/2]
+    implementation = attention_implementation(device, dtype, hd)
 
-    def rotate(z: jax.Array, n: int, start: Any = 0) -> jax.Array:
-        assert tables is not None
-        cos, sin = (lax.dynamic_slice_in_dim(jnp.asarray(a, z.dtype), start, n) for a in tables)
+    def tables(n: Any, start: Any, length: int | None) -> tuple[jax.Array, jax.Array]:
+        """``cos, sin`` ``[n, 1, hd / 2]`` float32 of positions ``start..start+n-1``: from the reference's float64
+        tables (built at trace time for ``length`` positions, or ``n`` from 0), or, for a symbolic ``n`` (an
+        export's), computed in the graph from the float64 frequencies."""
+        if length is None and not isinstance(n, int):
+            inv = layer.rope_base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+            inv = inv if layer.rope_scaling is None else layer.rope_scaling.apply(inv)
+            angles = jnp.arange(n, dtype=jnp.float32)[:, None, None] * jnp.asarray(inv, jnp.float32)
+            return jnp.cos(angles), jnp.sin(angles)
+        cos, sin = layer.rope_cos_sin(n if length is None else length, hd)  # float64, any length
+        cos, sin = (jnp.asarray(np.asarray(a, np.float32)[:, None, :]) for a in (cos, sin))
+        if length is None:
+            return cos, sin
+        return lax.dynamic_slice_in_dim(cos, start, n), lax.dynamic_slice_in_dim(sin, start, n)
+
+    def rotate(z: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+        """Rotate-half rotary embedding of ``z`` ``[B, n, heads, hd]``."""
+        cos, sin = cos.astype(z.dtype), sin.astype(z.dtype)
         z1, z2 = z[..., : hd // 2], z[..., hd // 2:]
         return jnp.concatenate([z1 * cos - z2 * sin, z2 * cos + z1 * sin], axis=-1)
 
@@ -187,19 +253,24 @@ def _attention(node: Node) -> Fn:
         k = qkv[..., h * hd: (h + kv) * hd].reshape(b, n, kv, hd)
         v = qkv[..., (h + kv) * hd:].reshape(b, n, kv, hd)
         cache = ctx.get("cache")
-        start = ctx["start"] if cache is not None else 0
-        if tables is not None:
-            q, k = rotate(q, n, start), rotate(k, n, start)
-        if cache is None:
-            y = jax.nn.dot_product_attention(q, k, v, is_causal=True)  # [B, T, H, hd]
+        if layer.rope:
+            cached = cache is not None
+            cos, sin = tables(n, ctx["start"], cache[node.path][0].shape[1]) if cached else tables(n, 0, None)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        if cache is None and ctx["train"] and layer.dropout > 0.0:
+            if ctx["rng"] is None:
+                raise ValueError(f"{node.where}: attention dropout in training needs an rng key")
+            y = _attend_dropped(q, k, v, layer.dropout, jax.random.fold_in(ctx["rng"], index), ctx["precision"])
+        elif cache is None:
+            y = _attend(q, k, v, ctx, implementation)  # [B, T, H, hd]
         else:  # generation: write positions start..start+n-1 into this layer's [B, T_max, kv, hd] cache
+            start = ctx["start"]
             keys, values = cache[node.path]
             keys = lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, start, 0, 0))
             values = lax.dynamic_update_slice(values, v.astype(values.dtype), (0, start, 0, 0))
             ctx["new_cache"][node.path] = (keys, values)
             seen = jnp.arange(keys.shape[1])[None, :] <= (start + jnp.arange(n))[:, None]  # [n, T_max]
-            y = jax.nn.dot_product_attention(q, keys.astype(q.dtype), values.astype(q.dtype),
-                                             mask=seen[None, None])
+            y = _attend(q, keys.astype(q.dtype), values.astype(q.dtype), ctx, None, mask=seen[None, None])
         return _linear(p, f"{path}proj.", y.reshape(b, n, h * hd), ctx, layer.bias)
 
     return attention
@@ -223,8 +294,22 @@ def missing_layers(graph: Graph) -> list[str]:
     return sorted(k for k in graph.kinds() if k not in builtin and implementation(k) is None)
 
 
-def lower_layer(node: Node, index: int) -> Fn:
-    """The function of one leaf layer (``index``: its position, which keys its dropout)."""
+def _positional(node: Node) -> Fn:
+    layer: L.PositionalEmbedding = node.layer
+    name = f"{_prefix(node)}weight"
+
+    def positional(p: Params, x: jax.Array, ctx: dict) -> jax.Array:
+        if isinstance(x.shape[1], int) and x.shape[1] > layer.max_len:  # a slice past the table would clamp
+            raise ValueError(f"{node.where}: sequences of {x.shape[1]} tokens are longer than max_len "
+                             f"{layer.max_len} (a gpt's model.max_seq_len)")
+        return x + lax.dynamic_slice_in_dim(p[name], ctx.get("start", 0), x.shape[1])
+
+    return positional
+
+
+def lower_layer(node: Node, index: int, device: Any = None, dtype: Any = None) -> Fn:
+    """The function of one leaf layer (``index``: its position, which keys its dropout; ``device`` and
+    ``dtype``: where and in what it runs, which picks the attention kernel)."""
     layer = node.layer
     if isinstance(layer, L.Dense):
         return _dense(node)
@@ -241,8 +326,7 @@ def lower_layer(node: Node, index: int) -> Fn:
         path = _prefix(node)
         return lambda p, x, ctx: jnp.take(p[f"{path}weight"], x, axis=0)
     if isinstance(layer, L.PositionalEmbedding):
-        path = _prefix(node)
-        return lambda p, x, ctx: x + lax.dynamic_slice_in_dim(p[f"{path}weight"], ctx.get("start", 0), x.shape[1])
+        return _positional(node)
     if isinstance(layer, L.TiedHead):  # logits from the embedding's table
         name = layer.weight_name
         return lambda p, x, ctx: _matmul(x, p[name].T, ctx["precision"])
@@ -256,7 +340,7 @@ def lower_layer(node: Node, index: int) -> Fn:
     if isinstance(layer, L.GatedMLP):
         return _gated(node)
     if isinstance(layer, L.Attention):
-        return _attention(node)
+        return _attention(node, index, device, dtype)
     target = implementation(node.kind)
     if target is None:
         raise CapabilityError(f"{node.where}: backend '{BACKEND}' has no implementation of layer '{node.kind}'")
@@ -264,9 +348,42 @@ def lower_layer(node: Node, index: int) -> Fn:
     return getattr(importlib.import_module(module), function)(node.layer, node.in_shape, _prefix(node))
 
 
-def _lower(node: Node, counter: list[int]) -> Fn:
+#: the entries of a forward's ``ctx`` that are arrays (traced), as opposed to Python settings
+TRACED_CONTEXT = ("rng", "lora_call")
+
+
+def _block_names(node: Node) -> tuple[str, tuple[str, ...]]:
+    """The parameters block ``node`` reads: its own (by prefix) and the tables its tied heads borrow."""
+    borrowed = tuple(sorted({n.layer.weight_name for n in node.walk() if isinstance(n.layer, L.TiedHead)}))
+    return f"{node.path}.", borrowed
+
+
+def checkpointed(part: Fn, node: Node) -> Fn:
+    """``part`` (one block at ``node``) as a ``jax.checkpoint`` while training: the backward pass recomputes
+    its activations (and redraws the very same dropout masks, from the same key) instead of keeping them.
+    Its parameters and the traced context (keys) go in as arguments; evaluation runs ``part`` as it is."""
+    prefix, borrowed = _block_names(node)
+
+    def run(p: Params, x: jax.Array, ctx: dict) -> jax.Array:
+        if not ctx["train"]:
+            return part(p, x, ctx)
+        settings = {k: v for k, v in ctx.items() if k not in TRACED_CONTEXT}
+        traced = {k: ctx[k] for k in TRACED_CONTEXT if ctx.get(k) is not None}
+        own = {k: v for k, v in p.items() if k.startswith(prefix) or k in borrowed}
+
+        def block(own: Params, x: jax.Array, traced: dict) -> jax.Array:
+            return part(own, x, {**settings, **traced})
+
+        return jax.checkpoint(block)(own, x, traced)
+
+    return run
+
+
+def _lower(node: Node, counter: list[int], device: Any = None, dtype: Any = None, remat: bool = False) -> Fn:
     if isinstance(node.layer, L.Sequential | L.Residual):
-        parts = [_lower(child, counter) for child in node.children]
+        parts = [_lower(child, counter, device, dtype, remat) for child in node.children]
+        if remat and isinstance(node.layer, L.Sequential) and node.layer.repeat > 1:
+            parts = [checkpointed(part, child) for part, child in zip(parts, node.children, strict=True)]
         residual = isinstance(node.layer, L.Residual)
 
         def run(p: Params, x: jax.Array, ctx: dict) -> jax.Array:
@@ -277,17 +394,20 @@ def _lower(node: Node, counter: list[int]) -> Fn:
 
         return run
     counter[0] += 1
-    return lower_layer(node, counter[0])
+    return lower_layer(node, counter[0], device, dtype)
 
 
-def make_forward(graph: Graph, dtype: Any = None) -> Callable[..., jax.Array]:
+def make_forward(graph: Graph, dtype: Any = None, *, remat: bool = False, device: Any = None
+                 ) -> Callable[..., jax.Array]:
     """The pure ``fn(params, x, *, train=False, rng=None)`` of ``graph``; ``dtype`` is the compute dtype
-    (None: float32 with HIGHEST matmul precision; else parameters and float inputs are cast inside)."""
+    (None: float32 with HIGHEST matmul precision; else parameters and float inputs are cast inside).
+    ``remat``: each block of a repeated ``sequential`` is recomputed in the backward pass (training only,
+    see :func:`checkpointed`); ``device`` (a ``jax.Device``) picks the attention kernel."""
     missing = missing_layers(graph)
     if missing:
         raise CapabilityError(f"model.layers: backend '{BACKEND}' has no implementation of layer "
                               f"{', '.join(repr(m) for m in missing)}")
-    body = _lower(graph.root, [0])
+    body = _lower(graph.root, [0], device, dtype, remat)
     precision = lax.Precision.HIGHEST if dtype is None else lax.Precision.DEFAULT
     ids = graph.takes_ids
     from crossframe.nn.lora import lora_scales
@@ -312,17 +432,18 @@ def make_forward(graph: Graph, dtype: Any = None) -> Callable[..., jax.Array]:
 
 
 def uses_rng(graph: Graph) -> bool:
-    """Whether training draws random numbers (a dropout with a positive rate)."""
-    return any(isinstance(n.layer, L.Dropout) and n.layer.rate > 0 for n in graph.root.walk())
+    """Whether training draws random numbers (a dropout layer or attention dropout with a positive rate)."""
+    return any((isinstance(n.layer, L.Dropout) and n.layer.rate > 0)
+               or (isinstance(n.layer, L.Attention) and n.layer.dropout > 0) for n in graph.root.walk())
 
 
 def make_cached_forward(graph: Graph, dtype: Any = None) -> Callable[..., Any]:
-    from crossframe.nn.lora import lora_scales
-
     """The pure ``fn(params, ids, cache, start) -> (logits, cache)`` of a decoder ``graph`` for generation:
     ``ids`` ``[B, n]`` at positions ``start..start+n-1``; ``cache`` maps each attention layer's path to its
     ``(keys, values)`` ``[B, T_max, kv_heads, head_dim]`` (see :func:`new_cache`)."""
-    body = _lower(graph.root, [0])
+    from crossframe.nn.lora import lora_scales
+
+    body = _lower(graph.root, [0], dtype=dtype)
     precision = lax.Precision.HIGHEST if dtype is None else lax.Precision.DEFAULT
 
     def forward(params: Params, ids: jax.Array, cache: dict, start: jax.Array) -> tuple[jax.Array, dict]:
