@@ -112,7 +112,9 @@ def gpt_layers(params: dict[str, Any]) -> list[Any]:
     block = [
         {"residual": {"name": "", "layers": [{"norm": {"name": "ln_1"}}, {"attention": attention}, *drop]}},
         {"residual": {"name": "", "layers": [{"norm": {"name": "ln_2"}},
-                                             {"dense": {"name": "mlp.fc", "units": ff, "std": INIT_STD}}, "gelu_tanh",
+                                             {"dense": {"name": "mlp.fc", "units": ff, "std": INIT_STD}},
+                                             {"activation": {"name": "mlp.act", "fn": "gelu_tanh"}},  # named: the
+                                             # two residuals share the path h.{i}, so unnamed layers would collide
                                              {"dense": {"name": "mlp.proj", "units": d, "std": residual_std}},
                                              *drop]}},
     ]
