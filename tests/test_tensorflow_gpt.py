@@ -116,7 +116,7 @@ def test_canonical_round_trip_is_exact(variant: str) -> None:
     for name, value in weights.items():
         assert back[name].dtype == np.float32 and np.array_equal(back[name], value), name
     assert set(opt) == {"step"} | {f"{s}/{n}" for n in weights for s in ("exp_avg", "exp_avg_sq")}
-    back["wte"][...] = 3.0  # a copy, not a view
+    back["wte.weight"][...] = 3.0  # a copy, not a view
     other = spec.init(1)
     BACKEND.load_state(state, other, None)
     again, _ = BACKEND.export_state(state)
@@ -262,7 +262,7 @@ def test_bf16_trains_close_to_fp32() -> None:
         state = BACKEND.create_state(TrainSetup(spec, weights, "adamw", {"lr": 0.01}, precision=precision,
                                                 activation_checkpointing=checkpointing))
         curves[precision, checkpointing] = curve = losses(state, batches)
-        assert state.model.params["wte"].dtype == tf.float32  # master weights stay float32
+        assert state.model.params["wte.weight"].dtype == tf.float32  # master weights stay float32
         logits = BACKEND.predict(state, batches[0]["x"])
         assert logits.dtype == np.float32 and np.all(np.isfinite(logits))
         assert all(np.isfinite(curve)) and curve[-1] < curve[0] - 0.1, curve

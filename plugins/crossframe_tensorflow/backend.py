@@ -1,6 +1,6 @@
 """The TensorFlow backend: ``tf.Variable`` s in ``tf.Module`` s, steps compiled with ``tf.function``.
 
-No Keras anywhere: the forward passes are tf ops (:mod:`crossframe_tensorflow.models`), the
+No Keras anywhere: the forward passes are tf ops (:mod:`crossframe_tensorflow.lowering`), the
 optimizer rules are written in tf ops (:mod:`crossframe_tensorflow.optim`), so Keras' global
 backend setting (``KERAS_BACKEND``) cannot change what runs, and every number is under our
 control. Each step is one call of a ``tf.function`` traced once (through its concrete function,
@@ -277,8 +277,8 @@ class TensorFlowBackend(Backend):
 
     def generate(self, state: TFState, prompt: np.ndarray, max_new_tokens: int,
                  sample: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """Extend ``prompt`` (int ids ``[B, T0]``) by ``max_new_tokens``: a decoder graph with its KV cache
-        (see :mod:`crossframe_tensorflow.decoding`), a hand-written model by recomputing the window."""
+        """Extend ``prompt`` (int ids ``[B, T0]``) by ``max_new_tokens`` with the decoder graph's KV cache
+        (see :mod:`crossframe_tensorflow.decoding`)."""
         from crossframe_tensorflow.decoding import graph_generate
 
         return graph_generate(self, state, prompt, max_new_tokens, sample)
