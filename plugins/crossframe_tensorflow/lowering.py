@@ -185,8 +185,31 @@ def _attention(layer: L.Attention, shape: tuple[int, ...], index: int) -> Fn:
     if layer.rope:
         cos, sin = layer.rope_cos_sin(t_max, hd)
         tables = (cos.astype(np.float32), sin.astype(np.float32))
+        inv = layer.rope_base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)  # as crossframe.nn.layers.rope_tables
+        inv = layer.rope_scaling.apply(inv) if layer.rope_scaling is not None else inv
     mask = np.tril(np.ones((t_max, t_max), bool))
     scale = 1.0 / math.sqrt(hd)
+
+    def within(n: Any) -> bool:
+        """Whether ``n`` positions from 0 are a static length the precomputed tables cover."""
+        return isinstance(n, int) and n <= t_max
+
+    def rotary(start: Any, n: Any, cached: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        """``cos, sin`` ``[n, hd / 2]`` (float32) of positions ``start..start+n-1``: rows of the reference's
+        tables; a length known only at run time (an export's signature) may pass them, and the positions
+        past the tables are computed in float32 (TFLite has no float64 kernels)."""
+        if cached or within(n):
+            return tuple(tf.constant(a)[start:start + n] for a in tables)  # type: ignore[return-value]
+        angles = tf.cast(tf.range(t_max, tf.maximum(n, t_max)), tf.float32)[:, None] * tf.constant(
+            inv.astype(np.float32))[None, :]
+        return (tf.concat([tf.constant(tables[0])[:n], tf.cos(angles)], axis=0),
+                tf.concat([tf.constant(tables[1])[:n], tf.sin(angles)], axis=0))
+
+    def rotate(z: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor) -> tf.Tensor:
+        """Rotate-half on ``[B, heads, n, hd]`` in float32 (cast back under mixed precision)."""
+        zf = tf.cast(z, tf.float32)
+        z1, z2 = zf[..., : hd // 2], zf[..., hd // 2:]
+        return tf.cast(tf.concat([z1 * cos - z2 * sin, z2 * cos + z1 * sin], axis=-1), z.dtype)
 
     def attention(weight: Callable[[str], tf.Tensor], x: tf.Tensor, ctx: dict) -> tf.Tensor:
         b, n = tf.shape(x)[0], _length(x)
@@ -195,9 +218,8 @@ def _attention(layer: L.Attention, shape: tuple[int, ...], index: int) -> Fn:
         qkv = _linear(weight, ctx, "qkv.", x, layer.qkv_bias)
         q, k, v = _heads(qkv, b, n, h, kv, hd)
         if tables is not None:
-            cos, sin = (tf.cast(tf.constant(a)[start:start + n], q.dtype) for a in tables)
-            q, k = (tf.concat([z[..., : hd // 2] * cos - z[..., hd // 2:] * sin,
-                               z[..., hd // 2:] * cos + z[..., : hd // 2] * sin], axis=-1) for z in (q, k))
+            cos, sin = rotary(start, n, cache is not None)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if cache is not None:  # generation: write positions start..start+n-1 into [B, kv, T_max, hd]
             keys, values = cache[ctx["path"]]
             pads = [[0, 0], [0, 0], [start, t_max - start - n], [0, 0]]
@@ -211,8 +233,10 @@ def _attention(layer: L.Attention, shape: tuple[int, ...], index: int) -> Fn:
         scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) * scale
         if cache is not None:
             scores = tf.where(tf.range(t_max)[None, :] <= start + tf.range(n)[:, None], scores, -np.inf)
-        else:
+        elif within(n):
             scores = tf.where(tf.constant(mask)[:n, :n], scores, -np.inf)
+        else:  # a length known only at run time
+            scores = tf.where(tf.range(n)[None, :] <= tf.range(n)[:, None], scores, -np.inf)
         att = tf.cast(tf.nn.softmax(scores, axis=-1), v.dtype)
         if layer.dropout > 0.0 and ctx["training"]:  # on the weights, as F.scaled_dot_product_attention(dropout_p)
             att = tf.nn.experimental.stateless_dropout(att, layer.dropout, seed=_site_seed(ctx, index),
