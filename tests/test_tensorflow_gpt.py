@@ -367,3 +367,20 @@ def test_activation_checkpointing_recomputes_each_block() -> None:
         counts[checkpointing] = softmaxes(state.train_fn), softmaxes(state.predict_fn)
     assert counts[False] == (3, 3)
     assert counts[True] == (6, 3)
+
+
+@pytest.mark.parametrize("variant", ["learned", "rope-untied-dff"])
+def test_generation_with_the_cache_equals_recomputing(variant: str) -> None:
+    """``gpt`` generates through the graph's key / value cache: greedy tokens equal recomputing the whole
+    context for each token, past the context window too (the loop then slides it)."""
+    from crossframe.sampling import generate_by_recompute, make_sampler
+
+    spec = gpt_spec(**VARIANTS[variant])
+    state = BACKEND.inference_state(spec, sharpened(spec, 4))  # weights whose greedy streams vary
+    prompt = lm_batch(2, 6)["x"][:, :4]
+    steps = SEQ + 3  # past the window of SEQ tokens
+    want = generate_by_recompute(lambda t: BACKEND.predict(state, t), prompt, steps, make_sampler(0.0), SEQ)
+    got = BACKEND.generate(state, prompt, steps, make_sampler(0.0))
+    assert got.shape == (2, 4 + steps)
+    np.testing.assert_array_equal(got, want)
+    assert all(len(np.unique(row[4:])) > 1 for row in got)  # not a degenerate constant stream
