@@ -480,7 +480,7 @@ def tensorflow_native(spec: Any, init: dict[str, np.ndarray]) -> NativeRun:
 
     def forward(idx: tf.Tensor) -> tf.Tensor:
         b, t = idx.shape
-        h = tf.reshape(tf.gather(w["wte"], idx) + w["wpe"][:t], [b * t, D_MODEL])
+        h = tf.reshape(tf.gather(w["wte.weight"], idx) + w["wpe.weight"][:t], [b * t, D_MODEL])
         for i in range(N_LAYER):
             p = f"h.{i}."
             qkv = dense(layer_norm(h, p + "ln_1"), p + "attn.qkv")
@@ -491,7 +491,7 @@ def tensorflow_native(spec: Any, init: dict[str, np.ndarray]) -> NativeRun:
             h = h + dense(att, p + "attn.proj")
             h = h + dense(tf.nn.gelu(dense(layer_norm(h, p + "ln_2"), p + "mlp.fc"), approximate=True),
                           p + "mlp.proj")
-        return tf.matmul(layer_norm(h, "ln_f"), w["wte"], transpose_b=True)  # [B*T, vocab]
+        return tf.matmul(layer_norm(h, "ln_f"), w["wte.weight"], transpose_b=True)  # [B*T, vocab]
 
     def adamw(grads: list[tf.Tensor]) -> None:
         """torch's AdamW: ``p *= 1 - lr wd`` (2-D only), then ``p -= lr / c1 * m / (sqrt(v / c2) + eps)``."""
@@ -516,7 +516,7 @@ def tensorflow_native(spec: Any, init: dict[str, np.ndarray]) -> NativeRun:
         adamw(tape.gradient(loss, [w[n] for n in names]))
         return loss
 
-    if vocab != init["wte"].shape[0]:
+    if vocab != init["wte.weight"].shape[0]:
         raise RuntimeError("tensorflow native: vocabulary mismatch")
 
     class Run(NativeRun):

@@ -1,6 +1,8 @@
-"""The TensorFlow backend's ``gpt``: forward against the numpy reference, canonical round trips, the
-language-modelling loss (masks, exact gradient accumulation, eval sums), learning, activation
-checkpointing, dropout determinism, tracing and bf16. Tiny configs; the Backend API directly."""
+"""The TensorFlow backend's ``gpt`` (a graph of neutral layers, lowered like any other): forward against the
+numpy reference, canonical round trips, the language-modelling loss (masks, exact gradient accumulation, eval
+sums), learning, activation checkpointing, dropout determinism, tracing and bf16; and what the lowering does
+for it: factorised attention and gated-MLP linears, dropout on attention weights, recomputed blocks. Tiny
+configs; the Backend API directly."""
 
 from __future__ import annotations
 
@@ -116,7 +118,7 @@ def test_canonical_round_trip_is_exact(variant: str) -> None:
     for name, value in weights.items():
         assert back[name].dtype == np.float32 and np.array_equal(back[name], value), name
     assert set(opt) == {"step"} | {f"{s}/{n}" for n in weights for s in ("exp_avg", "exp_avg_sq")}
-    back["wte"][...] = 3.0  # a copy, not a view
+    back["wte.weight"][...] = 3.0  # a copy, not a view
     other = spec.init(1)
     BACKEND.load_state(state, other, None)
     again, _ = BACKEND.export_state(state)
@@ -262,10 +264,123 @@ def test_bf16_trains_close_to_fp32() -> None:
         state = BACKEND.create_state(TrainSetup(spec, weights, "adamw", {"lr": 0.01}, precision=precision,
                                                 activation_checkpointing=checkpointing))
         curves[precision, checkpointing] = curve = losses(state, batches)
-        assert state.model.params["wte"].dtype == tf.float32  # master weights stay float32
+        assert state.model.params["wte.weight"].dtype == tf.float32  # master weights stay float32
         logits = BACKEND.predict(state, batches[0]["x"])
         assert logits.dtype == np.float32 and np.all(np.isfinite(logits))
         assert all(np.isfinite(curve)) and curve[-1] < curve[0] - 0.1, curve
         np.testing.assert_allclose(curve, curves["fp32", False], rtol=2e-2)
     fresh = BACKEND.predict(BACKEND.inference_state(spec, weights, precision="bf16"), batches[0]["x"])
     np.testing.assert_allclose(fresh, spec.reference_forward(weights, batches[0]["x"]), atol=2e-2)
+
+
+# --------------------------------------------------------------------------- what the graph lowering adds
+
+#: a tiny grouped-query decoder with a gated MLP: every factorisable linear of a graph that gpt lacks
+GATED = [{"embedding": {"name": "wte", "dim": 16}},
+         {"residual": {"name": "", "layers": [{"norm": {"name": "ln", "kind": "rms"}},
+                                              {"attention": {"name": "attn", "heads": 4, "kv_heads": 2,
+                                                             "rope": True}}]}},
+         {"residual": {"name": "", "layers": [{"norm": {"name": "ln2", "kind": "rms"}},
+                                              {"gated_mlp": {"name": "mlp", "hidden": 24}}]}},
+         {"norm": {"name": "ln_f", "kind": "rms"}}, {"tied_head": "wte"}]
+
+
+@pytest.mark.parametrize(("model", "low_rank"), [
+    ("gpt", {"h.0.attn.qkv": 3, "h.0.attn.proj": 2, "h.1.attn.qkv": 5, "h.1.mlp.fc": 4}),
+    ("graph", {"attn.qkv": 3, "attn.proj": 4, "mlp.gate": 2, "mlp.up": 3, "mlp.down": 5}),
+])
+def test_factorised_linears_match_the_reference(model: str, low_rank: dict[str, int]) -> None:
+    """A factorised attention qkv / proj and gated-MLP gate / up / down run as ``(x @ U) @ V + b``: the
+    forward equals the numpy reference (which folds ``U @ V``), and both factors get gradients."""
+    info = DataInfo("language_modeling", (SEQ,), VOCAB)
+    params = ({"n_layer": 2, "n_head": 2, "d_model": 16, "max_seq_len": 16} if model == "gpt"
+              else {"layers": GATED})
+    spec = build_model(model, params | {"low_rank": low_rank}, info)
+    names = {p.name for p in spec.table}
+    for prefix in low_rank:
+        assert {f"{prefix}.weight_u", f"{prefix}.weight_v"} <= names and f"{prefix}.weight" not in names
+    weights = sharpened(spec, 3)
+    x = lm_batch(4, 2)["x"]
+    got = BACKEND.predict(BACKEND.inference_state(spec, weights), x)
+    np.testing.assert_allclose(got, spec.reference_forward(weights, x), atol=1e-4, rtol=0)
+    state = BACKEND.create_state(TrainSetup(spec, weights, "sgd", {"lr": 0.1}))
+    BACKEND.train_step(state, lm_batch(4, 3), 0.1)
+    after, _ = BACKEND.export_state(state)
+    for prefix in low_rank:
+        for factor in ("weight_u", "weight_v"):
+            name = f"{prefix}.{factor}"
+            assert not np.array_equal(after[name], weights[name]), f"'{name}' took no gradient"
+
+
+def attention_only(rate: float) -> object:
+    """Embeddings, one causal attention with dropout ``rate`` on its weights, and the tied head: no dropout layer."""
+    layers = [{"embedding": {"name": "wte", "dim": 16}},
+              {"attention": {"name": "attn", "heads": 2, "dropout": rate}}, {"tied_head": "wte"}]
+    return build_model("graph", {"layers": layers}, DataInfo("language_modeling", (SEQ,), VOCAB))
+
+
+def test_attention_dropout_is_on_in_training_only_and_unbiased() -> None:
+    rate = 0.5
+    spec = attention_only(rate)
+    weights = sharpened(spec, 5)
+    model = BACKEND.inference_state(spec, weights).model
+    assert model.uses_rng and not BACKEND.inference_state(attention_only(0.0), weights).model.uses_rng
+    n = 512  # one sequence, many rows: every row draws its own mask
+    x = tf.constant(np.repeat(lm_batch(1, 4)["x"], n, axis=0).astype(np.int32))
+    evaluation = model(x).numpy()
+    np.testing.assert_allclose(evaluation[0], spec.reference_forward(weights, x.numpy()[:1])[0], atol=1e-4)
+
+    def train(seed: int) -> np.ndarray:
+        return model(x, training=True, seed=tf.constant([seed, 0], tf.int64)).numpy()
+
+    a, b, c = train(1), train(1), train(2)
+    np.testing.assert_array_equal(a, b)  # a pure function of the seed
+    assert not np.array_equal(a, c)
+    assert np.abs(a - evaluation).max() > 1e-2
+    # the first position attends only to itself (weight 1): each head's dropped weight is 0 or 2, so its
+    # logits take at most 2 ** heads values over the rows; dropout on the layer's output would give ~n
+    first = {tuple(np.round(row, 4)) for row in a[:, 0]}
+    assert 2 <= len(first) <= 4, len(first)
+    # dropout rescales the kept weights by 1 / (1 - rate): the mean over the rows is the evaluation output,
+    # within six standard errors of that mean (the rows are independent draws)
+    mean, sem = a.mean(axis=0), a.std(axis=0, ddof=1) / math.sqrt(n)
+    assert np.all(np.abs(mean - evaluation[0]) <= 6 * sem + 1e-6)
+
+
+def test_activation_checkpointing_recomputes_each_block() -> None:
+    """With checkpointing the train step's graph runs each block's forward again in the backward pass
+    (one more softmax per attention layer); prediction and evaluation run it once."""
+
+    def softmaxes(fn) -> int:
+        graph = fn.function.get_concrete_function().graph
+        ops = list(graph.get_operations())
+        for function in graph.as_graph_def().library.function:  # recompute_grad may trace into functions
+            ops += [type("Op", (), {"type": node.op}) for node in function.node_def]
+        return sum(op.type == "Softmax" for op in ops)
+
+    spec = gpt_spec(n_layer=3)
+    counts = {}
+    for checkpointing in (False, True):
+        state = BACKEND.create_state(TrainSetup(spec, spec.init(0), "sgd", {"lr": 0.1},
+                                                activation_checkpointing=checkpointing))
+        BACKEND.train_step(state, lm_batch(4, 1), 0.1)
+        counts[checkpointing] = softmaxes(state.train_fn), softmaxes(state.predict_fn)
+    assert counts[False] == (3, 3)
+    assert counts[True] == (6, 3)
+
+
+@pytest.mark.parametrize("variant", ["learned", "rope-untied-dff"])
+def test_generation_with_the_cache_equals_recomputing(variant: str) -> None:
+    """``gpt`` generates through the graph's key / value cache: greedy tokens equal recomputing the whole
+    context for each token, past the context window too (the loop then slides it)."""
+    from crossframe.sampling import generate_by_recompute, make_sampler
+
+    spec = gpt_spec(**VARIANTS[variant])
+    state = BACKEND.inference_state(spec, sharpened(spec, 4))  # weights whose greedy streams vary
+    prompt = lm_batch(2, 6)["x"][:, :4]
+    steps = SEQ + 3  # past the window of SEQ tokens
+    want = generate_by_recompute(lambda t: BACKEND.predict(state, t), prompt, steps, make_sampler(0.0), SEQ)
+    got = BACKEND.generate(state, prompt, steps, make_sampler(0.0))
+    assert got.shape == (2, 4 + steps)
+    np.testing.assert_array_equal(got, want)
+    assert all(len(np.unique(row[4:])) > 1 for row in got)  # not a degenerate constant stream

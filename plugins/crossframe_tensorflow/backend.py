@@ -1,6 +1,6 @@
 """The TensorFlow backend: ``tf.Variable`` s in ``tf.Module`` s, steps compiled with ``tf.function``.
 
-No Keras anywhere: the forward passes are tf ops (:mod:`crossframe_tensorflow.models`), the
+No Keras anywhere: the forward passes are tf ops (:mod:`crossframe_tensorflow.lowering`), the
 optimizer rules are written in tf ops (:mod:`crossframe_tensorflow.optim`), so Keras' global
 backend setting (``KERAS_BACKEND``) cannot change what runs, and every number is under our
 control. Each step is one call of a ``tf.function`` traced once (through its concrete function,
@@ -236,15 +236,17 @@ class TensorFlowBackend(Backend):
 
     def _inputs(self, state: TFState, batch: dict[str, np.ndarray]) -> tuple[tf.Tensor, ...]:
         """``(x, y)``, or ``(x, y, mask)`` for a language model (ones when the batch has no mask)."""
+        # tf.constant of an array already in the signature's dtype: half the cost of tf.convert_to_tensor's
+        # dispatch, which a small model's step feels
         if not state.language_model:
-            x = tf.convert_to_tensor(batch["x"], dtype=tf.float32)
-            y = tf.convert_to_tensor(batch["y"], dtype=state.label_dtype)
+            x = tf.constant(np.asarray(batch["x"], dtype=np.float32))
+            y = tf.constant(np.asarray(batch["y"], dtype=state.label_dtype.as_numpy_dtype))
             return x, y
-        x = tf.convert_to_tensor(np.asarray(batch["x"], dtype=np.int32))
-        y = tf.convert_to_tensor(np.asarray(batch["y"], dtype=np.int32))
+        x = tf.constant(np.asarray(batch["x"], dtype=np.int32))
+        y = tf.constant(np.asarray(batch["y"], dtype=np.int32))
         mask = batch.get("mask")
         if mask is not None:
-            return x, y, tf.convert_to_tensor(np.asarray(mask, dtype=np.float32))
+            return x, y, tf.constant(np.asarray(mask, dtype=np.float32))
         shape = tuple(np.shape(batch["y"]))
         ones = state.ones.get(shape)
         if ones is None:
@@ -277,8 +279,8 @@ class TensorFlowBackend(Backend):
 
     def generate(self, state: TFState, prompt: np.ndarray, max_new_tokens: int,
                  sample: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-        """Extend ``prompt`` (int ids ``[B, T0]``) by ``max_new_tokens``: a decoder graph with its KV cache
-        (see :mod:`crossframe_tensorflow.decoding`), a hand-written model by recomputing the window."""
+        """Extend ``prompt`` (int ids ``[B, T0]``) by ``max_new_tokens`` with the decoder graph's KV cache
+        (see :mod:`crossframe_tensorflow.decoding`)."""
         from crossframe_tensorflow.decoding import graph_generate
 
         return graph_generate(self, state, prompt, max_new_tokens, sample)
@@ -516,6 +518,13 @@ class Compiled:
     calling the ``tf.function``, without its per-call Python argument binding and signature
     matching (about 0.1 to 0.25 ms per call on CPU, as much as a small model's whole step). A
     concrete function cannot retrace: an input that does not fit the signature raises.
+
+    The first call goes through the concrete function's structured call, which checks the
+    arguments against the signature; later calls hand the tensors straight to its flat call
+    (``_call_flat``, what the structured call ends in), skipping the binding of the arguments
+    to the signature's parameters a second time, which costs as much as a small model's
+    forward pass. The callers build every argument with the signature's dtypes; a TensorFlow
+    without that private method keeps the structured call.
     """
 
     def __init__(self, function: Any) -> None:
@@ -525,13 +534,19 @@ class Compiled:
         function._omit_frequent_tracing_warning = True
         self.function = function
         self._concrete: Any = None
+        self._flat: Callable[..., Any] | None = None
 
     def __call__(self, *args: tf.Tensor) -> Any:
         """Run the traced graph on ``args`` (tensors that fit the input signature)."""
+        flat = self._flat
+        if flat is not None:
+            return flat(list(args), self._concrete.captured_inputs)
         concrete = self._concrete
         if concrete is None:
             concrete = self._concrete = self.function.get_concrete_function()
-        return concrete(*args)
+        out = concrete(*args)  # checked against the signature once
+        self._flat = getattr(concrete, "_call_flat", None)
+        return out
 
     def tracing_count(self) -> int:
         """How many times the ``tf.function`` has been traced (1 after the first call, ever after)."""

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from crossframe.errors import CapabilityError
 from crossframe.nn.decoding import generate_with_cache
-from crossframe.sampling import generate_by_recompute
 from crossframe_tensorflow.devices import tf
 
 
@@ -27,9 +27,10 @@ def graph_generate(backend: Any, state: Any, prompt: np.ndarray, max_new_tokens:
     """Extend ``prompt`` ``[B, T0]`` by ``max_new_tokens`` with the graph's KV cache, in the state's precision;
     see :func:`crossframe.nn.decoding.generate_with_cache`."""
     spec = state.setup.spec
-    window = int(spec.graph.input_shape[0]) if spec.graph is not None else int(spec.params["max_seq_len"])
-    if not is_graph_lm(spec):  # a hand-written model: a full forward per token
-        return generate_by_recompute(lambda ids: backend.predict(state, ids), prompt, max_new_tokens, sample, window)
+    if not is_graph_lm(spec):
+        raise CapabilityError(f"generate: model '{spec.name}' does not read token ids; only a language model "
+                              f"generates")
+    window = int(spec.graph.input_shape[0])
     model, dtype = state.model, state.dtype
 
     @tf.function

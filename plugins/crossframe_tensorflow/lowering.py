@@ -3,9 +3,11 @@
 
 Variables carry the canonical names in the canonical layouts (TensorFlow's own: dense ``[in, out]``,
 conv HWIO on NHWC). The graph is walked once into a list of closures; tracing runs them once, so the
-step is one TensorFlow graph. Dense layers are 2-D ``tf.matmul`` s over ``[B * T, D]``; attention is
-``softmax(q k^T / sqrt(hd) + causal mask) v`` with grouped-query heads repeated to the query heads;
-dropout draws stateless masks from the step's ``seed`` folded with the layer's index.
+step is one TensorFlow graph. Dense layers are 2-D ``tf.matmul`` s over ``[B * T, D]`` (a factorised
+one, ``low_rank``, as ``(x @ U) @ V + b``); attention is ``softmax(q k^T / sqrt(hd) + causal mask) v``
+with grouped-query heads repeated to the query heads and dropout on its weights in training;
+dropout draws stateless masks from the step's ``seed`` folded with the layer's index. With activation
+checkpointing, each block of a repeated ``sequential`` runs under ``tf.recompute_grad`` in training.
 """
 
 from __future__ import annotations
@@ -41,16 +43,24 @@ ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
 Fn = Callable[[Callable[[str], tf.Tensor], tf.Tensor, dict], tf.Tensor]
 
 
-def _matmul(x: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
-    """``x @ w`` on the last axis as one 2-D matmul."""
+def _matmul(x: tf.Tensor, w: tf.Tensor, transpose_b: bool = False) -> tf.Tensor:
+    """``x @ w`` (``x @ w^T`` with ``transpose_b``) on the last axis as one 2-D matmul."""
     if x.shape.rank == 2:
-        return tf.matmul(x, w)
-    lead = tf.shape(x)[:-1]
-    y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), w)
-    return tf.reshape(y, tf.concat([lead, [w.shape[-1]]], axis=0))
+        return tf.matmul(x, w, transpose_b=transpose_b)
+    y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), w, transpose_b=transpose_b)
+    out = w.shape[0] if transpose_b else w.shape[-1]
+    inner = x.shape[1:-1]
+    if inner.is_fully_defined():  # only the batch is dynamic (the step's signature): no shape arithmetic
+        return tf.reshape(y, [-1, *inner.as_list(), out])
+    return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [out]], axis=0))
 
 
-def _linear(weight: Callable[[str], tf.Tensor], prefix: str, x: tf.Tensor, bias: bool) -> tf.Tensor:
+def _linear(weight: Callable[[str], tf.Tensor], ctx: dict, prefix: str, x: tf.Tensor, bias: bool) -> tf.Tensor:
+    """``x @ W + b`` of the linear ``<prefix>weight``; a factorised one (``low_rank``: ``weight_u`` ``[in, r]``,
+    ``weight_v`` ``[r, out]``) as ``(x @ U) @ V + b``, two thin matmuls instead of the product's."""
+    if not ctx["has"](f"{prefix}weight"):
+        y = _matmul(_matmul(x, weight(f"{prefix}weight_u")), weight(f"{prefix}weight_v"))
+        return tf.nn.bias_add(y, weight(f"{prefix}bias")) if bias else y
     y = _matmul(x, weight(f"{prefix}weight"))
     delta = getattr(weight, "lora_delta", None)  # adapter dropout while training (_AdapterReader)
     if delta is not None:
@@ -138,14 +148,13 @@ def _pool(layer: L.Pool) -> Fn:
 
 def _norm(layer: L.Norm) -> Fn:
     def norm(weight: Callable[[str], tf.Tensor], x: tf.Tensor, ctx: dict) -> tf.Tensor:
-        h = tf.cast(x, tf.float32)  # statistics in float32 under mixed precision
+        h = tf.cast(x, tf.float32)  # statistics and the float32 scale and shift under mixed precision
         if layer.kind_ == "rms":
-            y = h * tf.math.rsqrt(tf.reduce_mean(h * h, axis=-1, keepdims=True) + layer.eps)
-            y = y * tf.cast(weight("weight"), tf.float32)
-        else:
-            mu, var = tf.nn.moments(h, axes=[-1], keepdims=True)
-            y = (h - mu) * tf.math.rsqrt(var + layer.eps) * tf.cast(weight("weight"), tf.float32) + tf.cast(
-                weight("bias"), tf.float32)
+            y = h * tf.math.rsqrt(tf.reduce_mean(h * h, axis=-1, keepdims=True) + layer.eps) * ctx["raw"]("weight")
+        else:  # the centred values once, for the variance and the output (tf.nn.moments would subtract twice)
+            centred = h - tf.reduce_mean(h, axis=-1, keepdims=True)
+            var = tf.reduce_mean(tf.square(centred), axis=-1, keepdims=True)
+            y = centred * tf.math.rsqrt(var + layer.eps) * ctx["raw"]("weight") + ctx["raw"]("bias")
         return tf.cast(y, x.dtype)
 
     return norm
@@ -156,27 +165,61 @@ def _length(x: tf.Tensor) -> Any:
     return x.shape[1] if x.shape[1] is not None else tf.shape(x)[1]
 
 
-def _attention(layer: L.Attention, shape: tuple[int, ...]) -> Fn:
+def _heads(qkv: tf.Tensor, b: Any, n: Any, h: int, kv: int, hd: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """``q`` ``[B, h, n, hd]``, ``k`` and ``v`` ``[B, kv, n, hd]`` from the fused projection ``[B, n, (h + 2 kv) hd]``.
+
+    Multi-head: one reshape, one transpose and an unstack (its gradient is one stack), as a hand-written
+    GPT did; grouped-query heads: one split (its gradient is one concat) and a transpose each."""
+    if kv == h:
+        return tuple(tf.unstack(tf.transpose(tf.reshape(qkv, [b, n, 3, h, hd]), [2, 0, 3, 1, 4])))  # type: ignore
+    q, k, v = tf.split(qkv, [h * hd, kv * hd, kv * hd], axis=-1)
+    return (tf.transpose(tf.reshape(q, [b, n, h, hd]), [0, 2, 1, 3]),
+            tf.transpose(tf.reshape(k, [b, n, kv, hd]), [0, 2, 1, 3]),
+            tf.transpose(tf.reshape(v, [b, n, kv, hd]), [0, 2, 1, 3]))
+
+
+def _attention(layer: L.Attention, shape: tuple[int, ...], index: int) -> Fn:
     t_max, d = shape
     h, kv, hd = layer.dims(d)
     tables = None
     if layer.rope:
         cos, sin = layer.rope_cos_sin(t_max, hd)
         tables = (cos.astype(np.float32), sin.astype(np.float32))
+        inv = layer.rope_base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)  # as crossframe.nn.layers.rope_tables
+        inv = layer.rope_scaling.apply(inv) if layer.rope_scaling is not None else inv
     mask = np.tril(np.ones((t_max, t_max), bool))
+    scale = 1.0 / math.sqrt(hd)
+
+    def within(n: Any) -> bool:
+        """Whether ``n`` positions from 0 are a static length the precomputed tables cover."""
+        return isinstance(n, int) and n <= t_max
+
+    def rotary(start: Any, n: Any, cached: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        """``cos, sin`` ``[n, hd / 2]`` (float32) of positions ``start..start+n-1``: rows of the reference's
+        tables; a length known only at run time (an export's signature) may pass them, and the positions
+        past the tables are computed in float32 (TFLite has no float64 kernels)."""
+        if cached or within(n):
+            return tuple(tf.constant(a)[start:start + n] for a in tables)  # type: ignore[return-value]
+        angles = tf.cast(tf.range(t_max, tf.maximum(n, t_max)), tf.float32)[:, None] * tf.constant(
+            inv.astype(np.float32))[None, :]
+        return (tf.concat([tf.constant(tables[0])[:n], tf.cos(angles)], axis=0),
+                tf.concat([tf.constant(tables[1])[:n], tf.sin(angles)], axis=0))
+
+    def rotate(z: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor) -> tf.Tensor:
+        """Rotate-half on ``[B, heads, n, hd]`` in float32 (cast back under mixed precision)."""
+        zf = tf.cast(z, tf.float32)
+        z1, z2 = zf[..., : hd // 2], zf[..., hd // 2:]
+        return tf.cast(tf.concat([z1 * cos - z2 * sin, z2 * cos + z1 * sin], axis=-1), z.dtype)
 
     def attention(weight: Callable[[str], tf.Tensor], x: tf.Tensor, ctx: dict) -> tf.Tensor:
         b, n = tf.shape(x)[0], _length(x)
         cache = ctx.get("cache")
         start = ctx["start"] if cache is not None else 0
-        qkv = _linear(weight, "qkv.", x, layer.qkv_bias)
-        q = tf.transpose(tf.reshape(qkv[..., : h * hd], [b, n, h, hd]), [0, 2, 1, 3])
-        k = tf.transpose(tf.reshape(qkv[..., h * hd: (h + kv) * hd], [b, n, kv, hd]), [0, 2, 1, 3])
-        v = tf.transpose(tf.reshape(qkv[..., (h + kv) * hd:], [b, n, kv, hd]), [0, 2, 1, 3])
+        qkv = _linear(weight, ctx, "qkv.", x, layer.qkv_bias)
+        q, k, v = _heads(qkv, b, n, h, kv, hd)
         if tables is not None:
-            cos, sin = (tf.cast(tf.constant(a)[start:start + n], q.dtype) for a in tables)
-            q, k = (tf.concat([z[..., : hd // 2] * cos - z[..., hd // 2:] * sin,
-                               z[..., hd // 2:] * cos + z[..., : hd // 2] * sin], axis=-1) for z in (q, k))
+            cos, sin = rotary(start, n, cache is not None)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if cache is not None:  # generation: write positions start..start+n-1 into [B, kv, T_max, hd]
             keys, values = cache[ctx["path"]]
             pads = [[0, 0], [0, 0], [start, t_max - start - n], [0, 0]]
@@ -187,14 +230,19 @@ def _attention(layer: L.Attention, shape: tuple[int, ...]) -> Fn:
             k, v = tf.cast(keys, q.dtype), tf.cast(values, q.dtype)
         if kv != h:
             k, v = tf.repeat(k, h // kv, axis=1), tf.repeat(v, h // kv, axis=1)
-        scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) / math.sqrt(hd)
+        scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) * scale
         if cache is not None:
             scores = tf.where(tf.range(t_max)[None, :] <= start + tf.range(n)[:, None], scores, -np.inf)
-        else:
+        elif within(n):
             scores = tf.where(tf.constant(mask)[:n, :n], scores, -np.inf)
+        else:  # a length known only at run time
+            scores = tf.where(tf.range(n)[None, :] <= tf.range(n)[:, None], scores, -np.inf)
         att = tf.cast(tf.nn.softmax(scores, axis=-1), v.dtype)
+        if layer.dropout > 0.0 and ctx["training"]:  # on the weights, as F.scaled_dot_product_attention(dropout_p)
+            att = tf.nn.experimental.stateless_dropout(att, layer.dropout, seed=_site_seed(ctx, index),
+                                                       rng_alg=RNG_ALG)
         y = tf.reshape(tf.transpose(tf.matmul(att, v), [0, 2, 1, 3]), [b, n, h * hd])
-        return _linear(weight, "proj.", y, layer.bias)
+        return _linear(weight, ctx, "proj.", y, layer.bias)
 
     return attention
 
@@ -203,20 +251,25 @@ def _gated(layer: L.GatedMLP) -> Fn:
     act = ACTIVATIONS[layer.activation]
 
     def gated(weight: Callable[[str], tf.Tensor], x: tf.Tensor, ctx: dict) -> tf.Tensor:
-        hidden = act(_linear(weight, "gate.", x, layer.bias)) * _linear(weight, "up.", x, layer.bias)
-        return _linear(weight, "down.", hidden, layer.bias)
+        hidden = act(_linear(weight, ctx, "gate.", x, layer.bias)) * _linear(weight, ctx, "up.", x, layer.bias)
+        return _linear(weight, ctx, "down.", hidden, layer.bias)
 
     return gated
+
+
+def _site_seed(ctx: dict, index: int) -> tf.Tensor:
+    """The step's dropout seed folded with the layer's index: a layer recomputed under activation
+    checkpointing draws the very same mask again."""
+    if ctx["seed"] is None:
+        raise ValueError("graph: dropout in training needs a seed")
+    return tf.random.experimental.stateless_fold_in(ctx["seed"], index, alg=RNG_ALG)
 
 
 def _dropout(layer: L.Dropout, index: int) -> Fn:
     def dropout(weight: Callable[[str], tf.Tensor], x: tf.Tensor, ctx: dict) -> tf.Tensor:
         if not ctx["training"] or layer.rate == 0.0:
             return x
-        if ctx["seed"] is None:
-            raise ValueError("graph: dropout in training needs a seed")
-        site = tf.random.experimental.stateless_fold_in(ctx["seed"], index, alg=RNG_ALG)
-        return tf.nn.experimental.stateless_dropout(x, layer.rate, seed=site, rng_alg=RNG_ALG)
+        return tf.nn.experimental.stateless_dropout(x, layer.rate, seed=_site_seed(ctx, index), rng_alg=RNG_ALG)
 
     return dropout
 
@@ -239,13 +292,7 @@ def lower_layer(node: Node, index: int) -> Fn:
     """The function of one leaf layer (``index``: its position, which keys its dropout)."""
     layer, shape = node.layer, node.in_shape
     if isinstance(layer, L.Dense):
-        def dense(weight: Callable[[str], tf.Tensor], x: tf.Tensor, ctx: dict) -> tf.Tensor:
-            if ctx["has"]("weight"):
-                return _linear(weight, "", x, layer.bias)
-            y = _matmul(_matmul(x, weight("weight_u")), weight("weight_v"))
-            return y + weight("bias") if layer.bias else y
-
-        return dense
+        return lambda weight, x, ctx: _linear(weight, ctx, "", x, layer.bias)
     if isinstance(layer, L.Conv2D):
         return _conv(layer, shape)
     if isinstance(layer, L.Pool):
@@ -266,7 +313,7 @@ def lower_layer(node: Node, index: int) -> Fn:
 
         return positions
     if isinstance(layer, L.TiedHead):  # logits from the embedding's table
-        return lambda weight, x, ctx: _matmul(x, tf.transpose(ctx["param"](layer.weight_name)))
+        return lambda weight, x, ctx: _matmul(x, ctx["param"](layer.weight_name), transpose_b=True)
     if isinstance(layer, L.Norm):
         return _norm(layer)
     if isinstance(layer, L.Dropout):
@@ -277,7 +324,7 @@ def lower_layer(node: Node, index: int) -> Fn:
     if isinstance(layer, L.GatedMLP):
         return _gated(layer)
     if isinstance(layer, L.Attention):
-        return _attention(layer, shape)
+        return _attention(layer, shape, index)
     target = implementation(node.kind)
     if target is None:
         raise CapabilityError(f"{node.where}: backend '{BACKEND}' has no implementation of layer '{node.kind}'")
@@ -285,10 +332,18 @@ def lower_layer(node: Node, index: int) -> Fn:
     return getattr(importlib.import_module(module), function)(node.layer, node.in_shape)
 
 
+def _recomputed(part: Callable[[tf.Tensor, dict], tf.Tensor], ctx: dict) -> Callable[[tf.Tensor], tf.Tensor]:
+    """``part`` under ``tf.recompute_grad``: its activations are dropped after the forward and recomputed in
+    the backward pass. The block reads its variables itself (:meth:`Model.weight`), which is what
+    ``recompute_grad`` differentiates, and its dropout masks are a function of the step's seed and the
+    layer's index, so the recomputation draws the same ones."""
+    return tf.recompute_grad(lambda h: part(h, ctx))
+
+
 class GraphModel(Model):
     """The lowered graph: the canonical variables and one forward built from the graph once."""
 
-    def __init__(self, spec: ModelSpec, weights: Params) -> None:
+    def __init__(self, spec: ModelSpec, weights: Params, activation_checkpointing: bool = False) -> None:
         graph: Graph = spec.graph
         missing = missing_layers(graph)
         if missing:
@@ -296,12 +351,14 @@ class GraphModel(Model):
                                   f"{', '.join(repr(m) for m in missing)}")
         super().__init__(spec, weights)
         self._counter = 0
+        self.checkpointing = bool(activation_checkpointing)
         from crossframe.nn.lora import lora_scales
         from crossframe.nn.lora_dropout import site_constants
 
         self._lora_sites = site_constants(lora_scales(graph))
         self._body = self._lower(graph.root)
-        self._rng = any(isinstance(n.layer, L.Dropout) and n.layer.rate > 0 for n in graph.root.walk())
+        self._rng = any((isinstance(n.layer, L.Dropout) and n.layer.rate > 0) or
+                        (isinstance(n.layer, L.Attention) and n.layer.dropout > 0) for n in graph.root.walk())
 
     @property
     def uses_rng(self) -> bool:
@@ -312,11 +369,13 @@ class GraphModel(Model):
         if isinstance(node.layer, L.Sequential | L.Residual):
             parts = [self._lower(child) for child in node.children]
             residual = isinstance(node.layer, L.Residual)
+            # activation checkpointing: each block of a repeated sequential is recomputed in the backward pass
+            blocks = self.checkpointing and isinstance(node.layer, L.Sequential) and node.layer.repeat > 1
 
             def run(x: tf.Tensor, ctx: dict) -> tf.Tensor:
                 h = x
                 for part in parts:
-                    h = part(h, ctx)
+                    h = _recomputed(part, ctx)(h) if blocks and ctx["training"] else part(h, ctx)
                 return x + h if residual else h
 
             return run
