@@ -167,6 +167,7 @@ def test_fully_sharded_gpt_shards_each_block_and_steps_as_one_process() -> None:
     from crossframe.data.dataset import DataInfo
     from crossframe.models import build_model
     from crossframe_torch.backend import TorchBackend
+    from crossframe_torch.lowering import repeated_blocks
 
     be = TorchBackend()
     spec = build_model("gpt", {"n_layer": 2, "n_head": 2, "d_model": 8, "max_seq_len": 8},
@@ -178,8 +179,8 @@ def test_fully_sharded_gpt_shards_each_block_and_steps_as_one_process() -> None:
         states = [be.create_state(TrainSetup(spec, w, "adamw", {"lr": 0.01}, activation_checkpointing=True,
                                              world=world_)) for world_ in (world, None)]
         sharded = states[0].module
-        assert isinstance(sharded, FSDPModule) and len(sharded.blocks()) == 2
-        assert all(isinstance(block, FSDPModule) for block in sharded.blocks())
+        assert isinstance(sharded, FSDPModule) and len(repeated_blocks(sharded)) == 2
+        assert all(isinstance(block, FSDPModule) for block in repeated_blocks(sharded))
         rng = np.random.default_rng(1)
         for _ in range(3):
             x = rng.integers(0, 11, (4, 9))

@@ -116,3 +116,10 @@ def test_flops_per_token_counts_the_matmuls() -> None:
     params = GPTParams(n_layer=2, d_model=8, n_head=2)
     per_layer = 8 * 24 + 8 * 8 + 2 * 8 * 32
     assert flops_per_token(params, 11, 16) == 6 * (2 * per_layer + 8 * 11) + 12 * 2 * 16 * 8
+
+
+def test_a_one_block_gpt_keeps_the_block_names() -> None:
+    """``h.0...`` as in a deeper gpt (and in its hand-written checkpoints, and a one-layer GPT-2's file)."""
+    names = [p.name for p in gpt(n_layer=1).table]
+    assert "h.0.ln_1.weight" in names and "h.0.attn.qkv.weight" in names and "h.0.mlp.proj.bias" in names
+    assert not [n for n in names if n.startswith("h.") and not n.startswith("h.0.")]

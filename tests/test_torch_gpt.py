@@ -359,13 +359,13 @@ def test_attention_dropout_acts_on_the_weights_in_training_only(be) -> None:
 def test_activation_checkpointing_recomputes_each_block_in_the_backward_pass(be) -> None:
     """With activation checkpointing each block h.i runs twice per training step (forward, then its
     recomputation in the backward pass), once without it, and once in evaluation either way."""
-    from crossframe_torch.lowering import Block
+    from crossframe_torch.lowering import Block, repeated_blocks
 
     spec = gpt(n_layer=3)
     batch = lm_batch(2, 8, 3)
     for remat, want in ((False, 1), (True, 2)):
         state = be.create_state(TrainSetup(spec, spec.init(0), "sgd", {"lr": 0.1}, activation_checkpointing=remat))
-        blocks = state.module.blocks()
+        blocks = repeated_blocks(state.module)
         assert [n for n, m in state.module.named_modules() if isinstance(m, Block)] == ["h.0", "h.1", "h.2"]
         assert blocks == [state.module.get_submodule(f"h.{i}") for i in range(3)]
         calls = {i: 0 for i in range(3)}
@@ -433,3 +433,21 @@ def test_dp_sgd_steps_a_graph_with_activation_checkpointing_as_without(be) -> No
     assert any(not np.array_equal(after[0][k], w[k]) for k in w)
     for name in w:
         np.testing.assert_array_equal(after[1][name], after[0][name], err_msg=name)
+
+
+def test_a_graph_may_name_its_layers_like_the_lowered_modules_helpers() -> None:
+    """Layer names are the user's: ``blocks`` (once a method of the lowered module) lowers and trains."""
+    from crossframe.backend import TrainSetup
+    from crossframe.data.dataset import DataInfo
+    from crossframe.models import build_model
+    from crossframe_torch.backend import TorchBackend
+
+    layers = [{"sequential": {"name": "blocks", "repeat": 2, "layers": [{"dense": {"name": "fc", "units": 4}}]}},
+              {"dense": {"name": "head", "units": "outputs"}}]
+    spec = build_model("graph", {"layers": layers}, DataInfo("classification", (4,), 3))
+    be = TorchBackend()
+    state = be.create_state(TrainSetup(spec, spec.init(0), "sgd", {"lr": 0.1}, activation_checkpointing=True))
+    batch = {"x": np.ones((2, 4), np.float32), "y": np.array([0, 2])}
+    state, out = be.train_step(state, batch, 0.1)
+    assert np.isfinite(float(out["loss"]))
+    assert "blocks.0.fc.weight" in dict(state.module.named_parameters())

@@ -382,7 +382,7 @@ def checkpointed(part: Fn, node: Node) -> Fn:
 def _lower(node: Node, counter: list[int], device: Any = None, dtype: Any = None, remat: bool = False) -> Fn:
     if isinstance(node.layer, L.Sequential | L.Residual):
         parts = [_lower(child, counter, device, dtype, remat) for child in node.children]
-        if remat and isinstance(node.layer, L.Sequential) and node.layer.repeat > 1:
+        if remat and isinstance(node.layer, L.Sequential) and node.layer.repeated:
             parts = [checkpointed(part, child) for part, child in zip(parts, node.children, strict=True)]
         residual = isinstance(node.layer, L.Residual)
 

@@ -370,7 +370,7 @@ class GraphModel(Model):
             parts = [self._lower(child) for child in node.children]
             residual = isinstance(node.layer, L.Residual)
             # activation checkpointing: each block of a repeated sequential is recomputed in the backward pass
-            blocks = self.checkpointing and isinstance(node.layer, L.Sequential) and node.layer.repeat > 1
+            blocks = self.checkpointing and isinstance(node.layer, L.Sequential) and node.layer.repeated
 
             def run(x: tf.Tensor, ctx: dict) -> tf.Tensor:
                 h = x

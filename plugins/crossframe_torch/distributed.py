@@ -108,8 +108,9 @@ def shard_module(module: torch.nn.Module, setup: TrainSetup, device: torch.devic
 
     assert setup.world is not None
     mesh = init_device_mesh(device.type, (setup.world.world_size,))
-    blocks = module.blocks() if hasattr(module, "blocks") else []  # a lowered graph's repeated blocks (h.0, ...)
-    for block in blocks:  # gather and free their weights one block at a time
+    from crossframe_torch.lowering import repeated_blocks
+
+    for block in repeated_blocks(module):  # gather and free their weights one block at a time
         fully_shard(block, mesh=mesh)
     fully_shard(module, mesh=mesh)
     return module

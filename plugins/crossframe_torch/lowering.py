@@ -371,10 +371,6 @@ class GraphModule(nn.Module):
         self._depth = 0  # while planning: how many repeated sequentials enclose the node
         self._plan = self._steps(graph.root.children)
 
-    def blocks(self) -> list[Block]:
-        """The blocks of the outermost repeated ``sequential`` s (a GPT's ``h.0``, ``h.1``, ...), in order."""
-        return list(self._blocks)
-
     def _dropout(self, rate: float) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda x: F.dropout(x, rate, self.training) if rate > 0 else x
 
@@ -407,7 +403,7 @@ class GraphModule(nn.Module):
     def _step(self, node: Node) -> Step:
         layer = node.layer
         if isinstance(layer, L.Sequential):
-            if layer.repeat > 1:
+            if layer.repeated:
                 return self._repeated(node)
             plan = self._steps(node.children)
             return lambda x, nchw: _run(plan, x, nchw)
@@ -439,6 +435,12 @@ class GraphModule(nn.Module):
         """The graph's outputs for a batch in the canonical layout (NHWC images, int ids)."""
         y, nchw = _run(self._plan, x, False)
         return _layout(y, nchw, False)
+
+
+def repeated_blocks(module: nn.Module) -> list[Block]:
+    """The blocks of a lowered graph's outermost repeated ``sequential`` s (a GPT's ``h.0``, ``h.1``, ...), in
+    order; none for another module. A function, not a method: a graph may name a layer ``blocks``."""
+    return list(getattr(module, "_blocks", []))
 
 
 def _layout(x: torch.Tensor, nchw: bool, want_nchw: bool) -> torch.Tensor:

@@ -229,7 +229,7 @@ class _Builder:
             raise ConfigError(f"{where}.name: '{own}' repeats the name of {self.seen[path]}")
         self.seen[path] = where
         if isinstance(layer, Sequential):
-            if layer.repeat == 1:
+            if not layer.repeated:
                 children, out = self.children(layer.layers, path, shape, f"{where}.layers")
             else:
                 children, out = [], shape

@@ -598,6 +598,12 @@ class Sequential(Layer):
     layers: list[Any]
     repeat: PositiveInt = Field(1, description="stack this many copies, named 0..repeat-1 (each its own weights)")
 
+    @property
+    def repeated(self) -> bool:
+        """Whether the children are numbered copies (blocks ``0..repeat-1``): ``repeat`` was given, even as 1, so
+        a one-block stack keeps the names (``h.0...``) a deeper one has."""
+        return self.repeat > 1 or "repeat" in self.model_fields_set
+
 
 class Residual(Layer):
     """``x + body(x)``: the body is a sequence of layers that keeps the shape."""
