@@ -225,3 +225,27 @@ def test_an_encrypted_run_is_never_exported_in_the_clear(adapter_run: dict, work
     assert err == "error: export: --format hf: cannot be encrypted (transformers loads a Hugging Face directory " \
                   "only from plain files); use onnx, or turn security.encrypt off for it", err
     assert not (result.run_dir / "exports" / "hf").exists()
+
+
+def test_a_resumed_lora_run_keeps_the_base_it_started_from(workdir: Path) -> None:
+    """``model.init_from: RUN`` is pinned to the checkpoint RUN had when the LoRA run started: a resume after RUN
+    saved a newer checkpoint still rebuilds (and checks) the old base, and trains on from it."""
+    base_cfg = {**graph_config("torch", 2), "name": "base"}
+    base_cfg["train"] = {k: v for k, v in base_cfg["train"].items() if k != "lora"}
+    base = crossframe.run(base_cfg, quiet=True)
+    first = load_checkpoint(base.run_dir)
+    lora_cfg = graph_config("torch", 2, checkpoint_every=2)
+    lora_cfg["model"] = {**lora_cfg["model"], "init_from": str(base.run_dir)}
+    started = crossframe.run(lora_cfg, quiet=True)
+    pinned = json.loads((started.run_dir / "checkpoints" / "step_2" / "state.json").read_text())[STATE_KEY]
+    assert pinned["init_from"].endswith("step_2")  # the base run's checkpoint, not the run directory
+    newer = {k: v + np.float32(0.5) for k, v in first.weights.items()}  # the base run moves on
+    save_checkpoint(base.run_dir / "checkpoints", 9, newer, {}, {k: v for k, v in first.state.items() if k != "step"},
+                    keep=3)
+    assert load_checkpoint(base.run_dir).step == 9
+    resumed = crossframe.run(started.run_dir / "config.yaml", overrides=["train.steps=4"], resume=started.run_dir,
+                             quiet=True)
+    assert resumed.steps == 4
+    end = load_checkpoint(resumed.run_dir)
+    for name, value in first.weights.items():  # the frozen base is the one the run started from
+        np.testing.assert_array_equal(end.weights[name], value, err_msg=name)
