@@ -258,9 +258,7 @@ def _uses_rng(setup: TrainSetup) -> bool:
     """Whether training draws random numbers: a dropout layer or attention dropout of the graph."""
     if setup.spec.graph is None:
         return False
-    from crossframe_jax.lowering import uses_rng as graph_uses_rng
-
-    return graph_uses_rng(setup.spec.graph)
+    return setup.spec.graph.has_dropout
 
 
 def apply_masks(params: Mapping[str, jax.Array], masks: Mapping[str, jax.Array]) -> dict[str, jax.Array]:

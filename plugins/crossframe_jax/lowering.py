@@ -230,9 +230,8 @@ def _attention(node: Node, index: int, device: Any, dtype: Any) -> Fn:
         tables (built at trace time for ``length`` positions, or ``n`` from 0), or, for a symbolic ``n`` (an
         export's), computed in the graph from the float64 frequencies."""
         if length is None and not isinstance(n, int):
-            inv = layer.rope_base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
-            inv = inv if layer.rope_scaling is None else layer.rope_scaling.apply(inv)
-            angles = jnp.arange(n, dtype=jnp.float32)[:, None, None] * jnp.asarray(inv, jnp.float32)
+            inv = jnp.asarray(layer.rope_frequencies(hd), jnp.float32)
+            angles = jnp.arange(n, dtype=jnp.float32)[:, None, None] * inv
             return jnp.cos(angles), jnp.sin(angles)
         cos, sin = layer.rope_cos_sin(n if length is None else length, hd)  # float64, any length
         cos, sin = (jnp.asarray(np.asarray(a, np.float32)[:, None, :]) for a in (cos, sin))
@@ -429,12 +428,6 @@ def make_forward(graph: Graph, dtype: Any = None, *, remat: bool = False, device
         return body(params, x, ctx)
 
     return forward
-
-
-def uses_rng(graph: Graph) -> bool:
-    """Whether training draws random numbers (a dropout layer or attention dropout with a positive rate)."""
-    return any((isinstance(n.layer, L.Dropout) and n.layer.rate > 0)
-               or (isinstance(n.layer, L.Attention) and n.layer.dropout > 0) for n in graph.root.walk())
 
 
 def make_cached_forward(graph: Graph, dtype: Any = None) -> Callable[..., Any]:

@@ -185,8 +185,7 @@ def _attention(layer: L.Attention, shape: tuple[int, ...], index: int) -> Fn:
     if layer.rope:
         cos, sin = layer.rope_cos_sin(t_max, hd)
         tables = (cos.astype(np.float32), sin.astype(np.float32))
-        inv = layer.rope_base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)  # as crossframe.nn.layers.rope_tables
-        inv = layer.rope_scaling.apply(inv) if layer.rope_scaling is not None else inv
+        inv = layer.rope_frequencies(hd)
     mask = np.tril(np.ones((t_max, t_max), bool))
     scale = 1.0 / math.sqrt(hd)
 
@@ -357,8 +356,7 @@ class GraphModel(Model):
 
         self._lora_sites = site_constants(lora_scales(graph))
         self._body = self._lower(graph.root)
-        self._rng = any((isinstance(n.layer, L.Dropout) and n.layer.rate > 0) or
-                        (isinstance(n.layer, L.Attention) and n.layer.dropout > 0) for n in graph.root.walk())
+        self._rng = graph.has_dropout
 
     @property
     def uses_rng(self) -> bool:

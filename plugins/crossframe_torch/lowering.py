@@ -210,14 +210,10 @@ class Attention(nn.Module):
             if self.rope:
                 cos, sin = self._rope(t, q, start)
                 q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            if self.rows is None:
-                keys[:, :, start:end] = k.to(keys.dtype)
-                values[:, :, start:end] = v.to(values.dtype)
-                seen_k, seen_v = keys[:, :, :end], values[:, :, :end]
-            else:
-                keys[self.rows, :, start:end] = k.to(keys.dtype)
-                values[self.rows, :, start:end] = v.to(values.dtype)
-                seen_k, seen_v = keys[self.rows, :, :end], values[self.rows, :, :end]
+            rows = slice(None) if self.rows is None else self.rows  # every row, or the slots of the batch
+            keys[rows, :, start:end] = k.to(keys.dtype)
+            values[rows, :, start:end] = v.to(values.dtype)
+            seen_k, seen_v = keys[rows, :, :end], values[rows, :, :end]
             mask = torch.arange(end, device=device)[None, :] <= (start + torch.arange(t, device=device))[:, None]
         return F.scaled_dot_product_attention(q, seen_k.to(q.dtype), seen_v.to(q.dtype), attn_mask=mask,
                                               enable_gqa=self.gqa)

@@ -29,6 +29,7 @@ from crossframe.nn.layers import (
     ACTIVATION_FUNCTIONS,
     Activation,
     Attention,
+    Dropout,
     Layer,
     Residual,
     Sequential,
@@ -140,6 +141,12 @@ class Graph:
     def nodes(self) -> list[Node]:
         """Every leaf layer (no containers), in order."""
         return [n for n in self.root.walk() if not isinstance(n.layer, Sequential | Residual)]
+
+    @property
+    def has_dropout(self) -> bool:
+        """Whether training draws random numbers: a dropout layer, or attention dropout, with a positive rate."""
+        return any((isinstance(n.layer, Dropout) and n.layer.rate > 0)
+                   or (isinstance(n.layer, Attention) and n.layer.dropout > 0) for n in self.root.walk())
 
     def kinds(self) -> set[str]:
         """Every layer kind used (containers included)."""

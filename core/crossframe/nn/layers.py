@@ -449,13 +449,18 @@ class RopeScaling(BaseModel):
         return np.where(medium, blended, scaled)
 
 
+def rope_frequencies(head_dim: int, base: float, scaling: RopeScaling | None = None) -> np.ndarray:
+    """The ``head_dim / 2`` rotary frequencies (float64): ``base ** (-2i / head_dim)`` (with ``scaling``: Llama 3's
+    scaled frequencies)."""
+    inv = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    return inv if scaling is None else scaling.apply(inv)
+
+
 def rope_tables(t: int, head_dim: int, base: float, scaling: RopeScaling | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """``cos, sin`` ``[t, head_dim / 2]`` (float64) of rotary embeddings: frequencies ``base ** (-2i / head_dim)``
-    (with ``scaling``: Llama 3's scaled frequencies)."""
-    inv = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    if scaling is not None:
-        inv = scaling.apply(inv)
+    """``cos, sin`` ``[t, head_dim / 2]`` (float64) of rotary embeddings at positions ``0..t-1``
+    (:func:`rope_frequencies`)."""
+    inv = rope_frequencies(head_dim, base, scaling)
     angles = np.arange(t, dtype=np.float64)[:, None] * inv[None, :]
     return np.cos(angles), np.sin(angles)
 
@@ -501,6 +506,10 @@ class Attention(Layer):
     def rope_cos_sin(self, t: int, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
         """``cos, sin`` ``[t, head_dim / 2]`` (float64) of this layer's rotary embeddings (base and scaling)."""
         return rope_tables(t, head_dim, self.rope_base, self.rope_scaling)
+
+    def rope_frequencies(self, head_dim: int) -> np.ndarray:
+        """This layer's ``head_dim / 2`` rotary frequencies (float64; base and scaling)."""
+        return rope_frequencies(head_dim, self.rope_base, self.rope_scaling)
 
     @property
     def n_kv(self) -> int:
