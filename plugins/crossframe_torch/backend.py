@@ -44,6 +44,8 @@ class TorchState:
     masked: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
     #: distillation: the teacher (eval mode, no gradients), or its torch.compile'd wrapper
     teacher: Any = None
+    #: the step of a plain classification run (see :func:`plain_step`), built once; None: the general step
+    plain_step: Callable[[TorchState, dict[str, np.ndarray], float], tuple[TorchState, dict[str, Any]]] | None = None
 
     def set_training(self, training: bool) -> None:
         """Switch train / eval mode only when it changes (``Module.train`` walks every submodule)."""
@@ -196,6 +198,7 @@ class TorchBackend(Backend):
             state.apply_masks()
         if setup.distill is not None:
             state.teacher = _teacher(setup, device)
+        state.plain_step = plain_step(state)
         return state
 
     def inference_state(self, spec: ModelSpec, weights: Params, device: str = "cpu",
@@ -287,6 +290,8 @@ class TorchBackend(Backend):
         tokens of the *whole* batch, so accumulation is exact however the mask falls. (A batch whose
         mask is all zeros gives loss 0 and zero gradients, not NaN.)
         """
+        if state.plain_step is not None:
+            return state.plain_step(state, batch, lr)
         if state.setup.privacy is not None:  # DP-SGD: per-example clipping plus the core's noise
             from crossframe_torch import privacy
 
@@ -423,6 +428,49 @@ class TorchBackend(Backend):
         if isinstance(values, (list, tuple)):
             return type(values)(self.fetch(v) for v in values)
         return values
+
+
+# ---------------------------------------------------------------------- the plain step
+
+
+def plain_step(state: TorchState) -> Callable[[TorchState, dict[str, np.ndarray], float],
+                                              tuple[TorchState, dict[str, Any]]] | None:
+    """The training step of a run that needs none of the general step's options, or None.
+
+    Plain means: one micro-batch, classification with plain cross-entropy, no clipping, loss scaling, pruning
+    masks, teacher, DP-SGD, LoRA dropout or data parallelism. Then the step is forward, loss, backward, update,
+    with everything else decided here once: on a small model the general step's per-call checks cost a few
+    percent of the step (about 20 us on the quickstart MLP, whose whole step takes about 650 us on one core).
+    The numbers are the general step's: the same calls in the same order.
+    """
+    setup, opt = state.setup, state.optimizer
+    graph = setup.spec.graph
+    if (opt is None or setup.privacy is not None or setup.grad_accum != 1 or setup.distill is not None
+            or setup.clip_norm is not None or state.scaler is not None or state.masked is not None
+            or setup.loss != "cross_entropy" or setup.objective is not None or distributed.active(setup)
+            or (graph is not None and graph.lora_dropout > 0)):
+        return None
+    groups, module, forward, device = opt.param_groups, state.module, state.run_forward, state.device
+    on_host, non_blocking = device.type == "cpu", device.type == "cuda"
+
+    def step(state: TorchState, batch: dict[str, np.ndarray], lr: float) -> tuple[TorchState, dict[str, Any]]:
+        for group in groups:
+            group["lr"] = lr
+        if not module.training:
+            module.train()
+        x = torch.from_numpy(np.ascontiguousarray(batch["x"]))
+        y = torch.from_numpy(np.ascontiguousarray(batch["y"]))
+        if not on_host:
+            x, y = x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
+        out = forward(x)
+        loss = F.cross_entropy(out if out.dtype == torch.float32 else out.float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        state.step += 1
+        return state, {"loss": loss.detach()}
+
+    return step
 
 
 # ---------------------------------------------------------------------- pruning masks and distillation

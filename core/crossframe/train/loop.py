@@ -151,6 +151,11 @@ class Trainer:
         with DeferredSignals() as signals:
             stop: int | None = None
             while run.step < total and not run.should_stop and (stop := self._stop_signal(signals)) is None:
+                if profile is None:
+                    quiet_end = self._next_event(run.step) - 1
+                    if quiet_end > run.step:
+                        self._quiet_steps(quiet_end, pending, signals)
+                        continue
                 step = run.step
                 if profile is not None:
                     profile.before(step)
@@ -192,6 +197,53 @@ class Trainer:
         if self.observers.fatal is not None:  # strict plugins: checkpointed above, now stop
             raise RunError(f"{self.observers.fatal}; checkpoint written to '{run.last_checkpoint}'")
         return run.status
+
+    def _next_event(self, step: int) -> int:
+        """The first step count after ``step`` at which the loop logs, evaluates, saves or ends."""
+        def next_multiple(every: int) -> int:
+            return (step // every + 1) * every
+
+        events = [self.run.total_steps, next_multiple(self.log_every)]
+        events += [next_multiple(every) for every in (self.eval_every, self.ckpt_every) if every]
+        return min(events)
+
+    def _quiet_steps(self, end: int, pending: list[dict[str, Any]], signals: DeferredSignals) -> None:
+        """Train up to step count ``end``, through steps at which nothing is logged, evaluated or saved.
+
+        The same steps as the loop's general body, with its per-step decisions taken once for the stretch:
+        between two log steps the loop's own code is a few lines, so the hooks, the resource monitor and
+        the progress bar cost nothing when they are off. An ``on_step_end`` hook still sees every step (and
+        may stop the run); a signal stops a single process after the running step.
+        """
+        run, backend, loader, schedule = self.run, self.run.backend, self.loader, self.schedule
+        train_step, batch_of, append, clock = backend.train_step, loader.batch, pending.append, time.perf_counter
+        record = self.monitor.record if self.monitor is not None else None
+        step_end = self.observers.call if self.observers.implemented("on_step_end") else None
+        progress = self.progress.update if self.progress.enabled else None
+        watch_signals = not self._multiprocess  # the ranks of a job agree on stopping at log steps only
+        state, step = self.state, run.step
+        try:
+            while step < end:
+                started = clock()
+                batch = batch_of(step)
+                fetched = clock()
+                state, out = train_step(state, batch, schedule(step))
+                if record is not None:
+                    record(fetched - started, clock() - started)
+                append(out)
+                step += 1
+                run.step = step
+                if step_end is not None:
+                    self.state = state
+                    step_end("on_step_end", run=run, step=step, batch=batch, logs=None)
+                    if run.should_stop:
+                        return
+                if progress is not None:
+                    progress(step)
+                if watch_signals and signals.received is not None:
+                    return
+        finally:
+            self.state = state
 
     @property
     def _multiprocess(self) -> bool:

@@ -63,6 +63,10 @@ class Observers:
             except Exception as exc:
                 self._failed(impl.plugin_name, hook_name, exc)
 
+    def implemented(self, hook_name: str) -> bool:
+        """Whether some enabled plugin implements ``hook_name`` (the loop skips a per-step call that reaches none)."""
+        return any(impl.plugin_name not in self.disabled for impl in getattr(self.hook, hook_name).get_hookimpls())
+
     def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
         """Hand ``metrics`` to every logger that has not failed."""
         for logger in list(self.loggers):
