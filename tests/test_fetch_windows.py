@@ -35,3 +35,17 @@ def test_tensorflow_fetch_of_pending_outputs_is_host_numpy() -> None:
     tf = pytest.importorskip("tensorflow")
     backend = make_backend("tensorflow")
     _check(backend.fetch(_pending(tf.constant, lambda v: tf.constant(v, tf.float32))))
+
+
+def test_torch_fetch_of_a_window_of_scalars_is_host_numpy_and_anything_else_takes_the_general_path() -> None:
+    torch = pytest.importorskip("torch")
+    backend = make_backend("torch")
+    window = backend.fetch([{"loss": torch.tensor(float(i)), "grad_norm": torch.tensor(2.0 * i)} for i in range(5)])
+    assert [float(h["loss"]) for h in window] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert [float(h["grad_norm"]) for h in window] == [0.0, 2.0, 4.0, 6.0, 8.0]
+    assert all(isinstance(v, np.generic) for h in window for v in h.values())
+    _check(backend.fetch(_pending(torch.tensor, lambda v: torch.tensor(v, dtype=torch.float32))))
+    uneven = backend.fetch([{"a": torch.ones(())}, {"b": torch.ones(())}])  # keys differ: each dict on its own
+    assert list(uneven[0]) == ["a"] and list(uneven[1]) == ["b"]
+    vectors = backend.fetch([{"a": torch.ones(2)}, {"a": torch.zeros(2)}])  # not scalars
+    np.testing.assert_array_equal(vectors[1]["a"], np.zeros(2, np.float32))

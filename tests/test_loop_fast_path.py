@@ -97,3 +97,37 @@ def test_the_plain_torch_step_is_the_general_step() -> None:
 def test_options_the_plain_step_lacks_take_the_general_step() -> None:
     _, clipped = _states(clip_norm=1.0)
     assert clipped.plain_step is None
+
+
+@pytest.mark.parametrize("model", [
+    {"name": "mlp", "hidden": [12, 7], "activation": "gelu", "dropout": 0.0},
+    {"name": "graph",
+     "layers": ["flatten", {"dense": 9}, "silu", {"sequential": [{"dense": 5}, "tanh"]}, {"dense": 4}]},
+])
+def test_a_graph_without_image_layers_runs_as_a_chain_with_the_plan_s_outputs(model: dict[str, Any]) -> None:
+    from crossframe_torch.lowering import build_module
+    from crossframe_torch.models import load_canonical
+
+    params = {k: v for k, v in model.items() if k != "name"}
+    spec = build_model(model["name"], params, DataInfo("classification", (3, 2, 1), 4))
+    weights = spec.init(seed=2)
+    module = build_module(spec.graph)
+    load_canonical(module, spec, weights)
+    assert module._chain is not None
+    x = torch.from_numpy(np.random.default_rng(1).normal(size=(5, 3, 2, 1)).astype(np.float32))
+    chained = module(x)
+    module._chain = None
+    planned = module(x)
+    torch.testing.assert_close(chained, planned, rtol=0, atol=0)
+    np.testing.assert_allclose(chained.detach().numpy(), spec.forward(weights, x.numpy()), atol=1e-5, rtol=1e-5)
+
+
+def test_a_graph_with_image_layers_or_residuals_keeps_its_plan() -> None:
+    from crossframe_torch.lowering import build_module
+
+    info = DataInfo("classification", (6, 6, 1), 3)
+    cnn = build_model("cnn", {"channels": [2], "kernel_size": 3, "hidden": 5}, info)
+    residual = build_model("graph", {"layers": ["flatten", {"dense": 4}, {"residual": [{"dense": 4}, "relu"]},
+                                                {"dense": 3}]}, info)
+    assert build_module(cnn.graph)._chain is None
+    assert build_module(residual.graph)._chain is None

