@@ -10,6 +10,7 @@ happen inside that one compiled function, so a step is one dispatch and never sy
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -54,10 +55,19 @@ class JaxProgram:
     #: extra arguments of ``train`` after ``lr``: ``()``, or ``({"masks": ..., "teacher": ...},)`` on the device
     extra: tuple[Any, ...] = ()
 
+    @functools.cached_property
+    def plain(self) -> bool:
+        """Whether ``train`` runs as is at every step: it exists, no DP-SGD, and no token mask to pass (decided
+        once: the step reads it, not the setup's properties)."""
+        return self.train is not None and self.setup.privacy is None and self.setup.loss != "token_cross_entropy"
 
-@dataclass(frozen=True)
+
+@dataclass(slots=True)
 class JaxState:
-    """The native state of a jax run; every step returns a new one (the old one's buffers are donated)."""
+    """The native state of a jax run; every step returns a new one (the old one's buffers are donated).
+
+    Never changed in place. Not a frozen dataclass: building one goes through ``object.__setattr__`` per field,
+    which the loop would pay at every step."""
 
     program: JaxProgram
     params: dict[str, jax.Array]
@@ -472,6 +482,10 @@ class JaxBackend(Backend):
         array, and several times less per-step overhead than a ``jax.device_put`` beforehand.
         """
         program = state.program
+        if program.plain:  # classification or regression without DP-SGD: nothing to decide per step
+            params, opt, out = program.train(state.params, state.opt_state, batch["x"], batch["y"], None,
+                                             np.float32(lr), *program.extra)
+            return JaxState(program, params, opt), out
         if state.setup.privacy is not None:
             from crossframe_jax import privacy
 
