@@ -78,6 +78,20 @@ def test_window_percentiles_and_shares_follow_the_recorded_steps() -> None:
     assert "sys/step_ms_p50" not in monitor.window()  # a new window starts empty
 
 
+def test_a_device_figure_the_backend_does_not_keep_is_asked_for_once() -> None:
+    asked: list[str] = []
+
+    def none() -> None:
+        asked.append("peak")
+
+    monitor = ResourceMonitor(device_peak_mb=none, device_mb=lambda: 3.0)
+    for _ in range(3):
+        monitor.record(0.001, 0.002)
+        out = monitor.window()
+        assert out["sys/device_mb"] == 3.0 and "sys/device_peak_mb" not in out
+    assert asked == ["peak"]
+
+
 @given(st.lists(st.floats(min_value=0.0, max_value=10.0), min_size=1, max_size=60),
        st.floats(min_value=0.0, max_value=100.0))
 def test_pure_python_percentile_is_numpys_linear_method(values: list[float], q: float) -> None:

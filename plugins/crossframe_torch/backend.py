@@ -436,7 +436,7 @@ def _stacked_window(values: list[dict[str, Any]]) -> list[dict[str, Any]] | None
     scalars. At the end of each log window this costs about a third of checking every value first in Python.
     """
     keys = tuple(values[0])
-    if not all(type(v) is dict and len(v) == len(keys) for v in values):
+    if set(map(type, values)) != {dict} or set(map(len, values)) != {len(keys)}:
         return None
     try:
         columns = [torch.stack([v[k] for v in values]) for k in keys]

@@ -110,10 +110,12 @@ class ResourceMonitor:
             out["sys/data_wait_share"] = float(sum(self._data) / total) if total > 0 else 0.0
             out["sys/step_ms_p50"] = percentile(steps, 50) * 1e3
             out["sys/step_ms_p95"] = percentile(steps, 95) * 1e3
-        for key, read in self._device.items():
+        for key, read in list(self._device.items()):
             value = read() if read is not None else None
             if value is not None:
                 out[key] = float(value)
+            else:  # the device keeps no such figure (the host CPU): not asked again
+                del self._device[key]
         self._data, self._steps = [], []
         self._wall, self._cpu = wall, cpu
         return out
