@@ -47,5 +47,7 @@ def test_torch_fetch_of_a_window_of_scalars_is_host_numpy_and_anything_else_take
     _check(backend.fetch(_pending(torch.tensor, lambda v: torch.tensor(v, dtype=torch.float32))))
     uneven = backend.fetch([{"a": torch.ones(())}, {"b": torch.ones(())}])  # keys differ: each dict on its own
     assert list(uneven[0]) == ["a"] and list(uneven[1]) == ["b"]
+    tracked = backend.fetch([{"loss": torch.ones((), requires_grad=True) * 2} for _ in range(3)])  # not detached
+    assert [float(h["loss"]) for h in tracked] == [2.0, 2.0, 2.0]
     vectors = backend.fetch([{"a": torch.ones(2)}, {"a": torch.zeros(2)}])  # not scalars
     np.testing.assert_array_equal(vectors[1]["a"], np.zeros(2, np.float32))

@@ -444,7 +444,7 @@ def _stacked_window(values: list[dict[str, Any]]) -> list[dict[str, Any]] | None
         return None
     if any(column.ndim != 1 for column in columns):
         return None
-    host = list(zip(keys, (column.cpu().numpy() for column in columns), strict=True))
+    host = list(zip(keys, (column.detach().cpu().numpy() for column in columns), strict=True))
     return [{key: column[i] for key, column in host} for i in range(len(values))]
 
 
