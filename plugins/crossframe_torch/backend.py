@@ -238,13 +238,10 @@ class TorchBackend(Backend):
 
     def _inputs(self, state: TorchState, batch: dict[str, np.ndarray]
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        non_blocking = state.device.type == "cuda"
-
-        on_host = state.device.type == "cpu"
+        device = state.device
 
         def put(a: np.ndarray) -> torch.Tensor:
-            tensor = torch.from_numpy(np.ascontiguousarray(a))
-            return tensor if on_host else tensor.to(state.device, non_blocking=non_blocking)
+            return to_device(a, device)
 
         x, y = put(batch["x"]), put(batch["y"])
         mask = None
@@ -448,6 +445,13 @@ def _stacked_window(values: list[dict[str, Any]]) -> list[dict[str, Any]] | None
     return [{key: column[i] for key, column in host} for i in range(len(values))]
 
 
+def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host batch array as a tensor on ``device``: shared memory on the CPU (no copy), else one copy
+    (asynchronous to CUDA)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(a))
+    return tensor if device.type == "cpu" else tensor.to(device, non_blocking=device.type == "cuda")
+
+
 # ---------------------------------------------------------------------- the plain step
 
 
@@ -469,17 +473,13 @@ def plain_step(state: TorchState) -> Callable[[TorchState, dict[str, np.ndarray]
             or (graph is not None and graph.lora_dropout > 0)):
         return None
     groups, module, forward, device = opt.param_groups, state.module, state.run_forward, state.device
-    on_host, non_blocking = device.type == "cpu", device.type == "cuda"
 
     def step(state: TorchState, batch: dict[str, np.ndarray], lr: float) -> tuple[TorchState, dict[str, Any]]:
         for group in groups:
             group["lr"] = lr
         if not module.training:
             module.train()
-        x = torch.from_numpy(np.ascontiguousarray(batch["x"]))
-        y = torch.from_numpy(np.ascontiguousarray(batch["y"]))
-        if not on_host:
-            x, y = x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
+        x, y = to_device(batch["x"], device), to_device(batch["y"], device)
         out = forward(x)
         loss = F.cross_entropy(out if out.dtype == torch.float32 else out.float(), y)
         loss.backward()
